@@ -1,0 +1,29 @@
+"""Adversarial attacks as functions: `attack(model_fn, x, y=None, **params) -> x_adv`.
+
+`model_fn` maps images to logits (call the model with `training=False`).
+L-inf attacks keep `||x_adv - x||_inf <= eps` and `x_adv` inside `[clip_min, clip_max]`.
+"""
+
+from at2l_tf.attacks.fast_gradient import fgsm, fgsm_rs, ll
+from at2l_tf.attacks.iterative import ifgsm, ill, pgd
+from at2l_tf.attacks.registry import (
+    TRAINING_ATTACKS,
+    available_attacks,
+    get_attack,
+    get_entry,
+    make_attack,
+)
+
+__all__ = [
+    "TRAINING_ATTACKS",
+    "available_attacks",
+    "fgsm",
+    "fgsm_rs",
+    "get_attack",
+    "get_entry",
+    "ifgsm",
+    "ill",
+    "ll",
+    "make_attack",
+    "pgd",
+]

@@ -1,0 +1,49 @@
+"""Maths shared by the attacks, written once: argument checks, the L-inf
+projection, the random start and the least-likely class."""
+
+import numbers
+
+import tensorflow as tf
+from cleverhans.tf2.utils import clip_eta
+
+
+def check_nonnegative(name, value):
+    """Raises `ValueError` unless the Python number `value` is >= 0."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, received {name}={value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, received {name}={value}")
+
+
+def check_positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, received {name}={value!r}")
+
+
+def check_box(clip_min, clip_max):
+    if clip_min >= clip_max:
+        raise ValueError(
+            f"clip_min must be < clip_max, received clip_min={clip_min}, clip_max={clip_max}"
+        )
+
+
+def project_linf(x_adv, x, eps, clip_min, clip_max):
+    """Projects `x_adv` onto {z : ||z - x||_inf <= eps} ∩ [clip_min, clip_max]^d."""
+    eta = clip_eta(x_adv - x, float("inf"), eps)
+    return tf.clip_by_value(x + eta, clip_min, clip_max)
+
+
+def random_start(x, eps, clip_min, clip_max, seed=None):
+    """`x + U(-eps, eps)`, clipped to the box: the random start of PGD / FGSM-RS."""
+    noise = tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype, seed=seed)
+    return tf.clip_by_value(x + noise, clip_min, clip_max)
+
+
+def least_likely_class(logits):
+    """Index of the smallest logit per example: the target of LL / I-LL."""
+    return tf.argmin(logits, axis=-1)
+
+
+def predicted_labels(model_fn, x):
+    """Model predictions, used as labels when `y` is not given (avoids label leaking)."""
+    return tf.argmax(model_fn(x), axis=-1)

@@ -1,0 +1,285 @@
+"""Datasets of the paper as `tf.data` pipelines of one shape.
+
+Every dataset yields `(image, label)` with `image` a float32 tensor in [0, 1] of
+shape `spec.image_shape` and `label` an int64 class index:
+
+* `mnist`: the MNIST copy shipped inside the package (`at2l_tf/resources/mnist`),
+  verified against its SHA-256 checksums on load, so the main job runs with no
+  network. 60,000 train / 10,000 test images; the last `validation_size`
+  (default 5,000) training images form the validation split so that the test
+  split stays untouched for final numbers.
+* `cifar10`: through TFDS, the last `validation_size` training images as validation.
+* `cats_vs_dogs`: through TFDS. Upstream has only a train split, so it is sliced
+  80% / 10% / 10% into train / validation / test with TFDS split slicing;
+  images are resized to `image_size` x `image_size`; label 0 = cat, 1 = dog.
+
+MNIST is read with NumPy rather than TFDS because TFDS would need to download
+it; the IDX format is four lines of parsing.
+"""
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import importlib.resources
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from at2l_tf.errors import DatasetError
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_VALIDATION_SIZE = 5000
+DEFAULT_IMAGE_SIZE = 64  # Cats vs Dogs side length; small enough for a CPU.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a dataset.
+
+    Attributes:
+        name: registry name.
+        num_classes: number of labels.
+        image_shape: `(height, width, channels)` of one image.
+        default_eps: L-inf radius used when `--eps` is not given.
+        default_model: model registry name used when `--model` is not given.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    default_eps: float
+    default_model: str
+
+
+def get_spec(name, image_size=DEFAULT_IMAGE_SIZE):
+    """Returns the `DatasetSpec` of `name`.
+
+    Raises:
+        DatasetError: if `name` is not a known dataset.
+    """
+    if name == "mnist":
+        return DatasetSpec("mnist", 10, (28, 28, 1), 0.3, "mnist_small")
+    if name == "cifar10":
+        return DatasetSpec("cifar10", 10, (32, 32, 3), 8 / 255, "cifar10_small")
+    if name == "cats_vs_dogs":
+        if image_size < 8:
+            raise DatasetError(
+                f"image_size must be >= 8, received image_size={image_size}"
+            )
+        return DatasetSpec(
+            "cats_vs_dogs", 2, (image_size, image_size, 3), 8 / 255, "cats_vs_dogs_cnn"
+        )
+    raise DatasetError(
+        f"unknown dataset {name!r}; known datasets: {', '.join(available_datasets())}"
+    )
+
+
+def available_datasets():
+    """Names accepted by `load` and `--dataset`."""
+    return ("mnist", "cifar10", "cats_vs_dogs")
+
+
+# --------------------------------------------------------------------- MNIST
+
+_MNIST_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte.gz",
+    ("train", "labels"): "train-labels-idx1-ubyte.gz",
+    ("test", "images"): "t10k-images-idx3-ubyte.gz",
+    ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def mnist_dir():
+    """Directory of the shipped MNIST IDX files (inside the installed package)."""
+    return str(importlib.resources.files("at2l_tf") / "resources" / "mnist")
+
+
+def _expected_checksums(directory):
+    sums = {}
+    with open(os.path.join(directory, "SHA256SUMS")) as f:
+        for line in f:
+            if line.strip():
+                digest, fname = line.split()
+                sums[fname] = digest
+    return sums
+
+
+def _read_idx(path, expected_sha256):
+    with open(path, "rb") as f:
+        raw = f.read()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != expected_sha256:
+        raise DatasetError(
+            f"MNIST file {path} is corrupted: SHA-256 {digest} does not match "
+            f"{expected_sha256}; reinstall at2l_tf or restore the file"
+        )
+    data = gzip.decompress(raw)
+    magic = int.from_bytes(data[0:4], "big")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist_part(part, directory):
+    sums = _expected_checksums(directory)
+    images_f = _MNIST_FILES[(part, "images")]
+    labels_f = _MNIST_FILES[(part, "labels")]
+    images = _read_idx(os.path.join(directory, images_f), sums[images_f])
+    labels = _read_idx(os.path.join(directory, labels_f), sums[labels_f])
+    return images[..., None], labels.astype(np.int64)
+
+
+def load_mnist_arrays(split, validation_size=DEFAULT_VALIDATION_SIZE, directory=None):
+    """Returns MNIST `split` as uint8 images `(n, 28, 28, 1)` and int64 labels.
+
+    Args:
+        split: one of `train`, `validation`, `test`.
+        validation_size: number of examples, taken from the end of the 60,000
+            training images, that form `validation` and are removed from `train`.
+        directory: where the IDX files and `SHA256SUMS` are; default the copy
+            shipped with the package.
+
+    Raises:
+        DatasetError: on an unknown split, a bad `validation_size`, or a file
+            whose checksum does not match.
+    """
+    directory = directory or mnist_dir()
+    _check_split(split)
+    if not 0 <= validation_size < 60000:
+        raise DatasetError(
+            f"validation_size must be in [0, 60000), received validation_size={validation_size}"
+        )
+    if split == "test":
+        return _mnist_part("test", directory)
+    images, labels = _mnist_part("train", directory)
+    cut = 60000 - validation_size
+    if split == "train":
+        return images[:cut], labels[:cut]
+    if validation_size == 0:
+        raise DatasetError("the validation split is empty: validation_size=0")
+    return images[cut:], labels[cut:]
+
+
+# ---------------------------------------------------------------------- TFDS
+
+
+def _tfds_split(name, split, validation_size):
+    if name == "cats_vs_dogs":
+        return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}[
+            split
+        ]
+    # cifar10: 50,000 train images.
+    if split == "test":
+        return "test"
+    if not 0 <= validation_size < 50000:
+        raise DatasetError(
+            f"validation_size must be in [0, 50000), received validation_size={validation_size}"
+        )
+    cut = 50000 - validation_size
+    if split == "train":
+        return f"train[:{cut}]"
+    if validation_size == 0:
+        raise DatasetError("the validation split is empty: validation_size=0")
+    return f"train[{cut}:]"
+
+
+def _load_tfds(name, split, data_dir, validation_size):
+    import tensorflow_datasets as tfds  # Imported lazily: slow, and MNIST needs none of it.
+
+    tfds_split = _tfds_split(name, split, validation_size)
+    try:
+        return tfds.load(
+            name, split=tfds_split, data_dir=data_dir, as_supervised=True, shuffle_files=False
+        )
+    except Exception as e:  # TFDS raises unrelated errors when offline (see module doc).
+        where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
+        raise DatasetError(
+            f"{name} is not prepared in {where} and could not be downloaded "
+            f"({type(e).__name__}); prepare it where there is network with "
+            f"`tfds build {name} --data_dir=DIR`, then pass --data_dir=DIR"
+        ) from e
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+def load(
+    name,
+    split,
+    *,
+    data_dir=None,
+    validation_size=DEFAULT_VALIDATION_SIZE,
+    image_size=DEFAULT_IMAGE_SIZE,
+    max_examples=None,
+):
+    """Loads one split as an unbatched dataset of `(float32 image in [0, 1], int64 label)`.
+
+    Args:
+        name: dataset name, see `available_datasets()`.
+        split: `train`, `validation` or `test`.
+        data_dir: TFDS data directory (ignored for the shipped MNIST).
+        validation_size: examples moved from train to validation (MNIST, CIFAR-10).
+        image_size: square side of Cats vs Dogs images after resizing.
+        max_examples: keep only the first `max_examples` examples (quick runs).
+
+    Returns:
+        A `tf.data.Dataset`; images have shape `get_spec(name, image_size).image_shape`.
+    """
+    spec = get_spec(name, image_size)
+    _check_split(split)
+    if max_examples is not None and max_examples < 1:
+        raise DatasetError(f"max_examples must be >= 1, received max_examples={max_examples}")
+    if name == "mnist":
+        images, labels = load_mnist_arrays(split, validation_size)
+        if max_examples is not None:
+            images, labels = images[:max_examples], labels[:max_examples]
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    else:
+        ds = _load_tfds(name, split, data_dir, validation_size)
+        if max_examples is not None:
+            ds = ds.take(max_examples)
+        if name == "cats_vs_dogs":
+            side = spec.image_shape[0]
+
+            def _resize(image, label):
+                # Resized back to uint8 so that the cache stays 4x smaller.
+                image = tf.image.resize(image, (side, side), antialias=True)
+                return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+
+            ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _to_float(image, label):
+        image = tf.ensure_shape(tf.cast(image, tf.float32) / 255.0, spec.image_shape)
+        return image, tf.cast(label, tf.int64)
+
+    return ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_pipeline(
+    ds, *, batch_size, shuffle=False, seed=0, cache=True, drop_remainder=False, shuffle_buffer=10000
+):
+    """Caches, shuffles (seeded, reshuffled each epoch), batches and prefetches `ds`.
+
+    Args:
+        ds: an unbatched dataset from `load`.
+        batch_size: examples per batch (>= 1).
+        shuffle: shuffle with `seed` before batching.
+        cache: cache decoded examples in memory (all datasets here fit).
+        drop_remainder: drop the last partial batch (training: triplets need
+            at least two examples and fixed shapes avoid retracing).
+    """
+    if batch_size < 1:
+        raise DatasetError(f"batch_size must be >= 1, received batch_size={batch_size}")
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")

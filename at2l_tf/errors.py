@@ -1,0 +1,18 @@
+"""Exceptions that the command-line entry points turn into one-line errors.
+
+Library code raises these (or plain `ValueError` for bad arguments); the entry
+points in `at2l_tf.cli` catch them, print `<command>: error: <message>` on one
+line and exit with status 1, so users never see a traceback for bad input.
+"""
+
+
+class At2lError(Exception):
+    """Base class of the errors the package raises on purpose."""
+
+
+class DatasetError(At2lError):
+    """A dataset is unknown, missing, corrupted or cannot be prepared."""
+
+
+class ConfigError(At2lError, ValueError):
+    """A configuration value is out of range or inconsistent."""

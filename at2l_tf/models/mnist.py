@@ -1,0 +1,114 @@
+"""MNIST architectures.
+
+`mnist_a` .. `mnist_d` are the four structures of Tramèr et al., *Ensemble
+Adversarial Training* (ICLR 2018, Table 5), which the AT²L paper's Table 3 uses;
+`mnist_small` is a fast CNN, the CPU default; `madry_mnist` is the CNN of Madry
+et al. (2018), used by the speed benchmark.
+"""
+
+import keras
+from keras import layers
+
+from at2l_tf.models.registry import register
+
+
+def _sequential(name, input_shape, stack):
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    for layer in stack:
+        x = layer(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@register("mnist_small", "mnist", "conv32-pool-conv64-pool-dense128; the fast CPU default")
+def mnist_small(input_shape, num_classes):
+    return _sequential(
+        "mnist_small",
+        input_shape,
+        [
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+    )
+
+
+@register("madry_mnist", "mnist", "Madry et al. (2018) CNN: conv32 5x5-pool-conv64 5x5-pool-dense1024")
+def madry_mnist(input_shape, num_classes):
+    return _sequential(
+        "madry_mnist",
+        input_shape,
+        [
+            layers.Conv2D(32, 5, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 5, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(1024, activation="relu"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+    )
+
+
+@register("mnist_a", "mnist", "Tramèr et al. model A: conv64 5x5, conv64 5x5, dropout, dense128, dropout")
+def mnist_a(input_shape, num_classes):
+    return _sequential(
+        "mnist_a",
+        input_shape,
+        [
+            layers.Conv2D(64, 5, activation="relu"),
+            layers.Conv2D(64, 5, activation="relu"),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, name="logits"),
+        ],
+    )
+
+
+@register("mnist_b", "mnist", "Tramèr et al. model B: dropout, conv64 8x8/2, conv128 6x6/2, conv128 5x5, dropout")
+def mnist_b(input_shape, num_classes):
+    return _sequential(
+        "mnist_b",
+        input_shape,
+        [
+            layers.Dropout(0.2),
+            layers.Conv2D(64, 8, strides=2, padding="same", activation="relu"),
+            layers.Conv2D(128, 6, strides=2, activation="relu"),
+            layers.Conv2D(128, 5, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Flatten(),
+            layers.Dense(num_classes, name="logits"),
+        ],
+    )
+
+
+@register("mnist_c", "mnist", "Tramèr et al. model C: conv128 3x3, conv64 3x3, dropout, dense128, dropout")
+def mnist_c(input_shape, num_classes):
+    return _sequential(
+        "mnist_c",
+        input_shape,
+        [
+            layers.Conv2D(128, 3, activation="relu"),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, name="logits"),
+        ],
+    )
+
+
+@register("mnist_d", "mnist", "Tramèr et al. model D: four dense300 layers with dropout")
+def mnist_d(input_shape, num_classes):
+    stack = [layers.Flatten()]
+    for _ in range(4):
+        stack += [layers.Dense(300, activation="relu"), layers.Dropout(0.5)]
+    stack.append(layers.Dense(num_classes, name="logits"))
+    return _sequential("mnist_d", input_shape, stack)

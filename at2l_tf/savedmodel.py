@@ -1,0 +1,155 @@
+"""SavedModel export for TF Serving, and loading of trained classifiers.
+
+Layout: `<export_dir>/<version>/` with integer versions, as TF Serving expects.
+The `serving_default` signature takes `images`, float32 `(batch, H, W, C)` in
+[0, 1], and returns `probabilities` (softmax), `classes` (int64 argmax) and
+`logits` (for attacks: gradients of logits do not saturate as softmax does).
+A version is written to a hidden temporary directory and renamed into place,
+so an interrupted export never leaves a half-written version that TF Serving
+would try to load.
+
+`load_classifier` accepts such an export root, one version directory, or a
+Keras `.keras` file, and returns a `Classifier` whose `model_fn` gives logits.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+METADATA_FILE = "at2l_metadata.json"
+
+
+def _versions(export_dir):
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(export_dir) if d.isdigit())
+
+
+def export_saved_model(model, export_dir, *, version=None, metadata=None):
+    """Exports a Keras classifier (images -> logits) as a TF Serving SavedModel.
+
+    Args:
+        model: a built `keras.Model` returning logits.
+        export_dir: export root; the model goes to `<export_dir>/<version>/`.
+        version: integer version; default one more than the largest present.
+        metadata: JSON-serialisable dict saved as `at2l_metadata.json` beside
+            the SavedModel (dataset, model name, training configuration...).
+
+    Returns:
+        The path of the written version directory.
+
+    Raises:
+        FileExistsError: if `version` already exists (versions are immutable).
+    """
+    input_shape = tuple(model.input_shape[1:])
+    if version is None:
+        version = (_versions(export_dir) or [0])[-1] + 1
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be an integer >= 1, received version={version!r}")
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"export version already exists: {final}")
+    os.makedirs(export_dir, exist_ok=True)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        logits = model(images, training=False)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "classes": tf.argmax(logits, axis=-1),
+        }
+
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32, name="images")],
+    )
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    try:
+        archive.write_out(tmp, verbose=False)
+        meta = dict(metadata or {})
+        meta.setdefault("input_shape", list(input_shape))
+        meta.setdefault("num_classes", int(model.output_shape[-1]))
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        os.rename(tmp, final)  # Atomic on one filesystem.
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A loaded classifier.
+
+    Attributes:
+        model_fn: callable, float32 images `(batch, H, W, C)` -> logits.
+        input_shape: `(H, W, C)`.
+        num_classes: width of the logits.
+        path: where it was loaded from.
+        metadata: the export's metadata (empty for `.keras` files).
+    """
+
+    model_fn: object
+    input_shape: tuple
+    num_classes: int
+    path: str
+    metadata: dict
+
+
+def resolve_saved_model_dir(path):
+    """Maps an export root to its newest version; returns `path` if it is a SavedModel."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = _versions(path)
+    if versions:
+        return os.path.join(path, str(versions[-1]))
+    raise FileNotFoundError(
+        f"no SavedModel (saved_model.pb) or numbered version directory in {path}"
+    )
+
+
+def load_classifier(path):
+    """Loads a classifier from a SavedModel export or a `.keras` file.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist or holds no model.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path does not exist: {path}")
+    if os.path.isfile(path):
+        if not path.endswith(".keras"):
+            raise FileNotFoundError(f"not a .keras file or SavedModel directory: {path}")
+        model = keras.models.load_model(path, compile=False)
+        return Classifier(
+            model_fn=lambda x: model(x, training=False),
+            input_shape=tuple(model.input_shape[1:]),
+            num_classes=int(model.output_shape[-1]),
+            path=path,
+            metadata={},
+        )
+    version_dir = resolve_saved_model_dir(path)
+    loaded = tf.saved_model.load(version_dir)
+    serving = loaded.signatures["serving_default"]
+    spec = serving.structured_input_signature[1]["images"]
+    meta = {}
+    meta_path = os.path.join(version_dir, METADATA_FILE)
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    num_classes = int(serving.structured_outputs["logits"].shape[-1])
+
+    def model_fn(x):
+        return serving(images=x)["logits"]
+
+    model_fn.loaded = loaded  # Keep the restored object (and its variables) alive.
+    return Classifier(model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta)

@@ -1,0 +1,40 @@
+"""Packaging of at2l_tf. `pip install -e .` (CPU), `.[cuda]` (GPU), `.[test]` (pytest)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "at2l_tf" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="at2l_tf",
+    version=VERSION,
+    description=(
+        "Adversarial training with triplet loss (AT2L, Li et al., IJCAI 2019) for Keras 3 / "
+        "TensorFlow, with strong-attack robustness evaluation"
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["at2l_tf", "at2l_tf.*"]),
+    package_data={"at2l_tf": ["resources/mnist/*"]},
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.16",  # Keras 3
+        "keras>=3.0",
+        "tensorflow-datasets>=4.9",
+        "cleverhans>=4.0",
+        "keras-tuner>=1.4",
+        "absl-py>=1.0",
+        "numpy",
+    ],
+    extras_require={
+        "cuda": ["tensorflow[and-cuda]>=2.16"],
+        "test": ["pytest>=7"],
+        "bench": ["adversarial-robustness-toolbox==1.20.*", "psutil"],
+    },
+)

@@ -30,6 +30,7 @@ setup(
         "cleverhans>=4.0",
         "keras-tuner>=1.4",
         "absl-py>=1.0",
+        "tensorboard",  # TensorFlow 2.21 no longer pulls it in; the TensorBoard callback needs it.
         "numpy",
     ],
     extras_require={

@@ -12,7 +12,7 @@ import sys
 # progress output on CPU machines; users can still raise it with the variable.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from at2l_tf.errors import At2lError  # noqa: E402
 
@@ -26,6 +26,9 @@ def run(main, prog):
     """
 
     def _guarded(argv):
+        if not flags.FLAGS["verbosity"].present:
+            # TensorFlow's SavedModel writer logs every asset at INFO level.
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except (At2lError, FileNotFoundError) as e:

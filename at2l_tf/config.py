@@ -1,0 +1,193 @@
+"""Experiment configuration: one small dataclass per concern, composed.
+
+Every default lives here (dataset-dependent ones, such as eps and the model,
+come from `at2l_tf.data.get_spec`). Entry points map flags onto these
+dataclasses; `ExperimentConfig.validate()` checks everything before any data is
+loaded or any model is built, and raises a `ConfigError` whose message names
+the bad value.
+"""
+
+import dataclasses
+from typing import Optional
+
+from at2l_tf import attacks, data, losses, models
+from at2l_tf.errors import ConfigError
+from at2l_tf.training.at2l_model import DEFENSES
+
+STRATEGIES = ("auto", "default", "mirrored")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which data, and how it is batched.
+
+    Attributes:
+        dataset: `mnist` (shipped), `cifar10` or `cats_vs_dogs` (TFDS).
+        data_dir: TFDS data directory.
+        batch_size: global batch size (split across replicas).
+        max_train_examples: cap on training examples (quick runs).
+        validation_size: examples carved from train for validation.
+        image_size: Cats vs Dogs side length after resizing.
+    """
+
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    batch_size: int = 128
+    max_train_examples: Optional[int] = None
+    validation_size: int = data.DEFAULT_VALIDATION_SIZE
+    image_size: int = data.DEFAULT_IMAGE_SIZE
+
+
+@dataclasses.dataclass
+class AttackConfig:
+    """The attack that crafts `x_adv` inside the training step.
+
+    Attributes:
+        name: one of `at2l_tf.attacks.TRAINING_ATTACKS`.
+        eps: L-inf radius; `None` = the dataset's default (MNIST 0.3, else 8/255).
+        steps: iterations of iterative attacks.
+        step_size: per-step size; `None` = the attack's default (2.5·eps/steps
+            for iterative attacks, 1.25·eps for FGSM-RS).
+    """
+
+    name: str = "pgd"
+    eps: Optional[float] = None
+    steps: int = 5
+    step_size: Optional[float] = None
+
+    def params(self):
+        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Loss and optimisation.
+
+    Attributes:
+        defense: `none`, `at` (Eq. 1), `at2l` (Eq. 2) or `tr` (triplet regulariser).
+        lambda1: weight of the adversarial cross-entropy (Eq. 1, 2).
+        lambda2: weight of the triplet term (Eq. 2).
+        margin: triplet margin α.
+        norm: logit distance of the triplet term.
+        epochs: passes over the training split.
+        learning_rate: Adam learning rate.
+        seed: seeds Python, NumPy, TensorFlow, shuffling and negative selection.
+        strategy: `auto` (MirroredStrategy if more than one GPU), `default`, `mirrored`.
+    """
+
+    defense: str = "at2l"
+    lambda1: float = 1.0
+    lambda2: float = 0.5
+    margin: float = 0.5
+    norm: str = "linf"
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    seed: int = 0
+    strategy: str = "auto"
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The final robustness check on the test split.
+
+    Attributes:
+        attacks: attacks to report (besides clean accuracy).
+        num_examples: test images evaluated (the first ones of the split).
+        pgd_steps: PGD iterations of the final check.
+        pgd_step_size: PGD step size of the final check.
+    """
+
+    attacks: tuple = ("fgsm", "pgd")
+    num_examples: int = 1000
+    pgd_steps: int = 40
+    pgd_step_size: float = 0.01
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """A whole run: data, model, attack, training, evaluation and outputs.
+
+    Attributes:
+        model: model registry name; `None` = the dataset's default.
+        workdir: where checkpoints, TensorBoard logs and results go.
+        export_dir: SavedModel export root (`<export_dir>/<version>/`); `None` skips export.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    model: Optional[str] = None
+    workdir: str = "runs/mnist_at2l"
+    export_dir: Optional[str] = "savedmodels/mnist_at2l"
+
+    @property
+    def spec(self):
+        return data.get_spec(self.data.dataset, self.data.image_size)
+
+    @property
+    def model_name(self):
+        return self.model or self.spec.default_model
+
+    @property
+    def eps(self):
+        return self.spec.default_eps if self.attack.eps is None else self.attack.eps
+
+    def validate(self):
+        """Checks every value; raises `ConfigError` naming the first bad one."""
+        d, a, t, e = self.data, self.attack, self.train, self.eval
+        if d.dataset not in data.available_datasets():
+            raise ConfigError(
+                f"unknown dataset {d.dataset!r}; known datasets: "
+                f"{', '.join(data.available_datasets())}"
+            )
+        _at_least("batch_size", d.batch_size, 2)  # A triplet needs two examples.
+        _at_least("image_size", d.image_size, 8)
+        _at_least("validation_size", d.validation_size, 0)
+        if d.max_train_examples is not None:
+            _at_least("max_train_examples", d.max_train_examples, d.batch_size)
+        entry = models.get_entry(self.model_name)
+        if entry.dataset != d.dataset:
+            raise ConfigError(
+                f"model {self.model_name!r} is built for {entry.dataset}, not {d.dataset}"
+            )
+        if t.defense not in DEFENSES:
+            raise ConfigError(
+                f"unknown defense {t.defense!r}; known defenses: {', '.join(DEFENSES)}"
+            )
+        if a.name not in attacks.TRAINING_ATTACKS:
+            raise ConfigError(
+                f"unknown training attack {a.name!r}; known: {', '.join(attacks.TRAINING_ATTACKS)}"
+            )
+        if a.eps is not None:
+            _at_least("eps", a.eps, 0.0)
+            if a.eps > 1:
+                raise ConfigError(f"eps must be <= 1 for images in [0, 1], received eps={a.eps}")
+        _at_least("attack_steps", a.steps, 1)
+        if a.step_size is not None:
+            _at_least("attack_step_size", a.step_size, 0.0)
+        for name in ("lambda1", "lambda2", "margin"):
+            _at_least(name, getattr(t, name), 0.0)
+        if t.norm not in losses.NORMS:
+            raise ConfigError(f"unknown norm {t.norm!r}; known norms: {', '.join(losses.NORMS)}")
+        _at_least("epochs", t.epochs, 1)
+        if not t.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, received learning_rate={t.learning_rate}")
+        if t.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {t.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
+            )
+        for name in e.attacks:
+            attacks.get_entry(name)
+        _at_least("eval_examples", e.num_examples, 0)
+        _at_least("eval_pgd_steps", e.pgd_steps, 1)
+        _at_least("eval_pgd_step_size", e.pgd_step_size, 0.0)
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _at_least(name, value, low):
+    if value is None or value < low:
+        raise ConfigError(f"{name} must be >= {low}, received {name}={value}")

@@ -1,0 +1,173 @@
+"""Robustness measurement: clean error and error under attacks, white-box or transferred.
+
+`robustness_report` walks a batched dataset once. For every batch it crafts
+each attack's adversarial examples on a *source* model (the target itself for
+white-box, another model for transfer / black-box, the paper's Fig. 2) and
+counts the target's errors on them. Error rates are over all evaluated
+examples (an example the target already misclassifies counts as an error).
+For every attack it also reports the mean L-inf and L2 norm of the
+perturbation, which is the figure of merit of minimal-norm attacks (C&W,
+DeepFool).
+
+Each (attack, source) pair is compiled once with `tf.function`, so the attack
+runs as one graph per batch shape.
+"""
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from at2l_tf import attacks
+
+
+@dataclasses.dataclass
+class AttackSpec:
+    """An attack to run: registry name, parameters, and a table label.
+
+    Attributes:
+        name: registry name (`fgsm`, `pgd`, ...).
+        params: keyword parameters (`eps`, `steps`, ...); `None` values = defaults.
+        label: key in the report; default `name`.
+    """
+
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
+    label: str = None
+
+    def __post_init__(self):
+        attacks.get_entry(self.name)  # Unknown names fail here, before any work.
+        self.label = self.label or self.name
+
+
+def _compiled(attack_fn, model_fn):
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        return attack_fn(model_fn, x, y)
+
+    return run
+
+
+def robustness_report(
+    model_fn,
+    dataset,
+    attack_specs,
+    *,
+    sources=None,
+    num_examples=None,
+    verbose=1,
+):
+    """Measures clean error and error under each attack.
+
+    Args:
+        model_fn: the target; float images -> logits.
+        dataset: batched `(images, labels)`.
+        attack_specs: list of `AttackSpec`.
+        sources: optional `{name: model_fn}` of source models for transfer
+            attacks; each attack is then crafted on every source (labels
+            `"<attack>@<source>"` when there is more than one source) and
+            never on the target.
+        num_examples: stop after this many examples (default: the whole dataset).
+        verbose: 1 shows a progress bar on stderr, 0 is silent.
+
+    Returns:
+        A JSON-ready dict: `{"num_examples", "clean_error", "clean_accuracy",
+        "attacks": {label: {"attack", "error", "accuracy", "mean_linf",
+        "mean_l2", "source", "seconds", <params>}}}`.
+    """
+    runs = []  # (label, spec, source_name, compiled fn)
+    source_items = list((sources or {"target": None}).items())
+    for spec in attack_specs:
+        attack_fn = attacks.make_attack(spec.name, **spec.params)
+        for src_name, src_fn in source_items:
+            label = spec.label if len(source_items) == 1 else f"{spec.label}@{src_name}"
+            runs.append((label, spec, src_name, _compiled(attack_fn, src_fn or model_fn), attack_fn))
+    target = tf.function(model_fn, reduce_retracing=True)
+
+    n = 0
+    clean_wrong = 0
+    stats = {label: {"wrong": 0, "linf": 0.0, "l2": 0.0, "seconds": 0.0} for label, *_ in runs}
+    total = num_examples
+    cardinality = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+    if total is None and cardinality > 0 and hasattr(dataset, "element_spec"):
+        batch = dataset.element_spec[0].shape[0]
+        total = cardinality * batch if batch else None
+    progbar = keras.utils.Progbar(total, stateful_metrics=["clean_err"]) if verbose else None
+    for x, y in dataset:
+        if num_examples is not None and n >= num_examples:
+            break
+        if num_examples is not None and n + len(y) > num_examples:
+            x, y = x[: num_examples - n], y[: num_examples - n]
+        y = tf.cast(y, tf.int64)
+        clean_pred = tf.argmax(target(x), axis=-1)
+        clean_wrong += int(tf.reduce_sum(tf.cast(clean_pred != y, tf.int32)))
+        for label, spec, src_name, run, _ in runs:
+            start = time.perf_counter()
+            x_adv = run(x, y)
+            adv_pred = tf.argmax(target(x_adv), axis=-1)
+            st = stats[label]
+            st["wrong"] += int(tf.reduce_sum(tf.cast(adv_pred != y, tf.int32)))
+            st["seconds"] += time.perf_counter() - start
+            delta = tf.reshape(x_adv - x, (tf.shape(x)[0], -1))
+            st["linf"] += float(tf.reduce_sum(tf.reduce_max(tf.abs(delta), axis=1)))
+            st["l2"] += float(tf.reduce_sum(tf.norm(delta, axis=1)))
+        n += int(len(y))
+        if progbar is not None:
+            progbar.update(n, [("clean_err", clean_wrong / n)])
+    if progbar is not None and n != total:
+        print()  # Progbar leaves the line open when it does not know the total.
+    if n == 0:
+        raise ValueError("the dataset yielded no examples to evaluate")
+
+    report = {
+        "num_examples": n,
+        "clean_error": clean_wrong / n,
+        "clean_accuracy": 1 - clean_wrong / n,
+        "attacks": {},
+    }
+    for label, spec, src_name, _, attack_fn in runs:
+        st = stats[label]
+        entry = {
+            "attack": spec.name,
+            "norm": attacks.get_entry(spec.name).norm,
+            "error": st["wrong"] / n,
+            "accuracy": 1 - st["wrong"] / n,
+            "mean_linf": st["linf"] / n,
+            "mean_l2": st["l2"] / n,
+            "source": "white-box" if sources is None else src_name,
+            "seconds": round(st["seconds"], 2),
+        }
+        entry.update({k: _jsonable(v) for k, v in attack_fn.bound_params.items()})
+        report["attacks"][label] = entry
+    return report
+
+
+def format_report(report):
+    """Formats a report as a fixed-width table (one row per attack)."""
+    lines = [
+        f"{'attack':<16} {'source':<12} {'params':<34} {'error':>7} {'acc':>7} "
+        f"{'mean L2':>8} {'mean Linf':>9}",
+        f"{'clean':<16} {'-':<12} {'-':<34} {report['clean_error']:>7.2%} "
+        f"{report['clean_accuracy']:>7.2%} {'-':>8} {'-':>9}",
+    ]
+    skip = {"attack", "norm", "error", "accuracy", "mean_linf", "mean_l2", "source", "seconds"}
+    for label, e in report["attacks"].items():
+        params = ",".join(f"{k}={_short(v)}" for k, v in e.items() if k not in skip)
+        lines.append(
+            f"{label:<16} {e['source'][:12]:<12} {params[:34]:<34} {e['error']:>7.2%} "
+            f"{e['accuracy']:>7.2%} {e['mean_l2']:>8.3f} {e['mean_linf']:>9.3f}"
+        )
+    lines.append(f"({report['num_examples']} examples)")
+    return "\n".join(lines)
+
+
+def _short(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v

@@ -1,0 +1,99 @@
+r"""Train a classifier with AT²L (or AT, triplet regularisation, or clean training).
+
+    python -m at2l_tf.train                                  # AT²L on the shipped MNIST
+    python -m at2l_tf.train --flagfile=flags/mnist_at2l.flags
+    python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
+
+Every flag maps onto `at2l_tf.config.ExperimentConfig`, which is validated
+before any data is loaded: a bad value exits with status 1 and one line naming
+it. The run writes checkpoints, TensorBoard logs, `model.keras` and
+`results.json` under `--workdir`, prints the test-split table (clean, FGSM and
+PGD accuracy), and exports a SavedModel to `--export_dir/<version>/`.
+"""
+
+from absl import flags
+
+from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
+from at2l_tf import config as config_lib
+
+_D = config_lib.ExperimentConfig()
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
+flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
+flags.DEFINE_string("defense", _D.train.defense, "none | at (Eq. 1) | at2l (Eq. 2) | tr.")
+flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill.")
+flags.DEFINE_float("eps", None, "L-inf radius of the training attack; default per dataset (MNIST 0.3, else 8/255).")
+flags.DEFINE_integer("attack_steps", _D.attack.steps, "Iterations of iterative training attacks.")
+flags.DEFINE_float("attack_step_size", None, "Step size; default 2.5*eps/steps (iterative), 1.25*eps (fgsm_rs).")
+flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial cross-entropy.")
+flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term.")
+flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
+flags.DEFINE_string("norm", _D.train.norm, "Logit distance of the triplet term: linf | l2 | l1.")
+flags.DEFINE_integer("epochs", _D.train.epochs, "Training epochs.")
+flags.DEFINE_integer("batch_size", _D.data.batch_size, "Global batch size (>= 2).")
+flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.")
+flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.")
+flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examples held out for validation.")
+flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
+flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
+flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy).")
+flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final test-split check.")
+flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
+flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the final check.")
+flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size of the final check.")
+flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
+flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
+flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def config_from_flags(f=FLAGS):
+    """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
+    name = f"{f.dataset}_{f.defense}"
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(
+            dataset=f.dataset,
+            data_dir=f.data_dir,
+            batch_size=f.batch_size,
+            max_train_examples=f.max_train_examples,
+            validation_size=f.validation_size,
+            image_size=f.image_size,
+        ),
+        attack=config_lib.AttackConfig(
+            name=f.attack, eps=f.eps, steps=f.attack_steps, step_size=f.attack_step_size
+        ),
+        train=config_lib.TrainConfig(
+            defense=f.defense,
+            lambda1=f.lambda1,
+            lambda2=f.lambda2,
+            margin=f.margin,
+            norm=f.norm,
+            epochs=f.epochs,
+            learning_rate=f.learning_rate,
+            seed=f.seed,
+            strategy=f.strategy,
+        ),
+        eval=config_lib.EvalConfig(
+            attacks=tuple(f.eval_attacks),
+            num_examples=f.eval_examples,
+            pgd_steps=f.eval_pgd_steps,
+            pgd_step_size=f.eval_pgd_step_size,
+        ),
+        model=f.model,
+        workdir=f.workdir or f"runs/{name}",
+        export_dir=f"savedmodels/{name}" if f.export_dir is None else (f.export_dir or None),
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_from_flags().validate()
+    from at2l_tf.training import experiment  # Heavy imports after validation.
+
+    experiment.run(config, verbose=FLAGS.verbose)
+
+
+if __name__ == "__main__":
+    cli.run(main, "train")

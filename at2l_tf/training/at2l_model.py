@@ -1,0 +1,226 @@
+"""`AT2LModel`: adversarial training with triplet loss in a custom `train_step`.
+
+Algorithm 1 of the paper, one mini-batch `(x, y)` of size k at a time:
+
+1. craft `x_adv` against the *current* weights, inside the compiled step, with
+   the classifier called with `training=False` (dropout and batch norm must
+   not change under attack), and stop gradients through it;
+2. forward `x` and `x_adv` (`training=True`) to logits `f(x)`, `f(x_adv)`;
+3. build triplets in-batch and add the hinge through `add_loss`
+   (`TripletRegularizer`); the negatives' logits come from `f(x)`;
+4. minimise, by defence:
+
+   * `none`: `1/k Σ CE(x_i, y_i)` (clean training; no attack is run);
+   * `at`:   `1/((1+λ1) k) Σ [CE(x_i, y_i) + λ1 CE(x_adv_i, y_i)]`          (Eq. 1)
+   * `at2l`: Eq. 1 `+ λ2/k Σ max(d(f(x_adv_i), f(x_i)) - d(f(x_adv_i), f(x_n_i)) + α, 0)`  (Eq. 2)
+   * `tr`:   `1/k Σ CE(x_i, y_i) + λ2/k Σ h_i` (triplet regularisation alone).
+
+`k` is the global batch size: under `tf.distribute.MirroredStrategy` every
+replica builds triplets within its own share of the batch and divides by the
+global k, and the optimizer sums the replicas' gradients.
+
+`fit()`, `evaluate()`, callbacks and progress bars work unchanged; `test_step`
+shares `_compute_losses` with `train_step` (it attacks the validation batch too,
+so `adv_acc` is robust accuracy under the training attack).
+"""
+
+import keras
+import tensorflow as tf
+
+from at2l_tf import attacks
+from at2l_tf.training.triplet_regularizer import TripletRegularizer
+
+DEFENSES = ("none", "at", "at2l", "tr")
+
+
+@keras.saving.register_keras_serializable(package="at2l_tf")
+class AT2LModel(keras.Model):
+    """Wraps a logits classifier and trains it with AT / AT²L / triplet regularisation.
+
+    Args:
+        classifier: a `keras.Model` mapping images to logits.
+        defense: `none`, `at` (Eq. 1), `at2l` (Eq. 2) or `tr` (clean CE + triplet term).
+        attack: training attack name, one of `at2l_tf.attacks.TRAINING_ATTACKS`.
+        attack_params: keyword parameters of the attack (`eps`, `steps`,
+            `step_size`, ...); `None` values mean the attack's defaults.
+        lambda1: λ1, weight of the adversarial cross-entropy (>= 0).
+        lambda2: λ2, weight of the triplet term (>= 0; ignored by `none`/`at`).
+        margin: α, triplet margin (>= 0).
+        norm: logit distance of the triplet term (`linf`, `l2`, `l1`).
+        seed: seed of the negative selection.
+
+    Calling the model returns the classifier's logits.
+
+    Example:
+        >>> clf = at2l_tf.models.get_model("mnist_small")
+        >>> model = AT2LModel(clf, defense="at2l", attack="pgd",
+        ...                   attack_params={"eps": 0.3, "steps": 5})
+        >>> model.compile(optimizer="adam")
+        >>> model.fit(train_ds, epochs=3, validation_data=val_ds)
+    """
+
+    def __init__(
+        self,
+        classifier,
+        *,
+        defense="at2l",
+        attack="pgd",
+        attack_params=None,
+        lambda1=1.0,
+        lambda2=0.5,
+        margin=0.5,
+        norm="linf",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if defense not in DEFENSES:
+            raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
+        if defense != "none" and attack not in attacks.TRAINING_ATTACKS:
+            raise ValueError(
+                f"attack must be one of {attacks.TRAINING_ATTACKS} for training, "
+                f"received attack={attack!r}"
+            )
+        if lambda1 < 0:
+            raise ValueError(f"lambda1 must be >= 0, received lambda1={lambda1}")
+        self.classifier = classifier
+        self.defense = defense
+        self.attack = attack
+        self.attack_params = dict(attack_params or {})
+        self.lambda1 = float(lambda1)
+        self.seed = seed
+        self._attack_fn = (
+            attacks.make_attack(attack, **self.attack_params) if defense != "none" else None
+        )
+        self.num_classes = int(classifier.output_shape[-1])
+        self.uses_triplet = defense in ("at2l", "tr")
+        self.triplet = TripletRegularizer(
+            lambda2, margin, self.num_classes, norm=norm, seed=seed, name="triplet"
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_clean_tracker = keras.metrics.Mean(name="ce_clean")
+        self.acc_metric = keras.metrics.SparseCategoricalAccuracy(name="acc")
+        if defense != "none":
+            self.ce_adv_tracker = keras.metrics.Mean(name="ce_adv")
+            self.adv_acc_metric = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
+        if self.uses_triplet:
+            self.triplet_tracker = keras.metrics.Mean(name="triplet")
+        # All weights live in the (functional, already built) classifier; mark
+        # the wrapper built so that checkpoints can save it before any call.
+        self.built = classifier.built
+
+    @property
+    def lambda2(self):
+        return self.triplet.lambda2
+
+    @property
+    def margin(self):
+        return self.triplet.margin
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    @property
+    def metrics(self):
+        tracked = [self.loss_tracker, self.ce_clean_tracker]
+        if self.defense != "none":
+            tracked.append(self.ce_adv_tracker)
+        if self.uses_triplet:
+            tracked.append(self.triplet_tracker)
+        tracked.append(self.acc_metric)
+        if self.defense != "none":
+            tracked.append(self.adv_acc_metric)
+        return tracked
+
+    def generate_adversarial(self, x, y):
+        """Crafts `x_adv` against the current weights (classifier in inference mode)."""
+
+        def model_fn(z):
+            return self.classifier(z, training=False)
+
+        return tf.stop_gradient(self._attack_fn(model_fn, x, y))
+
+    def _compute_losses(self, data, training):
+        """Returns the replica's share of the loss (Eq. 1 / Eq. 2) and metric inputs."""
+        x, y = data[0], tf.cast(data[1], tf.int32)
+        local_k = tf.cast(tf.shape(y)[0], tf.float32)
+        replica_ctx = tf.distribute.get_replica_context()
+        global_k = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_k)
+        num_replicas = tf.cast(replica_ctx.num_replicas_in_sync, tf.float32)
+
+        logits = self.classifier(x, training=training)
+        ce_clean = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        out = {"y": y, "logits": logits, "ce_clean": ce_clean, "local_k": local_k}
+
+        if self.defense == "none":
+            ce_sum = tf.reduce_sum(ce_clean)
+        else:
+            x_adv = self.generate_adversarial(x, y)
+            adv_logits = self.classifier(x_adv, training=training)
+            ce_adv = keras.losses.sparse_categorical_crossentropy(y, adv_logits, from_logits=True)
+            out.update(adv_logits=adv_logits, ce_adv=ce_adv)
+            if self.defense in ("at", "at2l"):
+                ce_sum = (tf.reduce_sum(ce_clean) + self.lambda1 * tf.reduce_sum(ce_adv)) / (
+                    1.0 + self.lambda1
+                )
+            else:  # tr
+                ce_sum = tf.reduce_sum(ce_clean)
+        total = ce_sum / global_k
+
+        if self.uses_triplet:
+            # The layer adds λ2/k Σ h_i to its `losses` via add_loss.
+            out["hinge"] = self.triplet(y, logits, out["adv_logits"], global_k)
+            total += tf.add_n(self.triplet.losses)
+        # Weight regularisers of the classifier are per model, not per example:
+        # each replica contributes 1/num_replicas of them.
+        reg = self.classifier.losses
+        if reg:
+            total += tf.add_n(reg) / num_replicas
+        # Per-replica mean of the loss, for the tracker (weighted by local_k).
+        out["loss_local_mean"] = total * global_k / local_k
+        return total, out
+
+    def _update_metrics(self, out):
+        k = out["local_k"]
+        self.loss_tracker.update_state(out["loss_local_mean"], sample_weight=k)
+        self.ce_clean_tracker.update_state(out["ce_clean"])
+        self.acc_metric.update_state(out["y"], out["logits"])
+        if self.defense != "none":
+            self.ce_adv_tracker.update_state(out["ce_adv"])
+            self.adv_acc_metric.update_state(out["y"], out["adv_logits"])
+        if self.uses_triplet:
+            self.triplet_tracker.update_state(out["hinge"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            total, out = self._compute_losses(data, training=True)
+            scaled = self.optimizer.scale_loss(total)  # Mixed-precision loss scaling.
+        weights = self.classifier.trainable_weights
+        grads = tape.gradient(scaled, weights)
+        self.optimizer.apply(grads, weights)
+        return self._update_metrics(out)
+
+    def test_step(self, data):
+        _, out = self._compute_losses(data, training=False)
+        return self._update_metrics(out)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "defense": self.defense,
+            "attack": self.attack,
+            "attack_params": self.attack_params,
+            "lambda1": self.lambda1,
+            "lambda2": self.lambda2,
+            "margin": self.margin,
+            "norm": self.triplet.norm,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)

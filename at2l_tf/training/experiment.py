@@ -1,0 +1,187 @@
+"""One training run from an `ExperimentConfig`: data -> model -> fit -> test -> export.
+
+Outputs, all under `config.workdir` unless noted:
+
+* `checkpoints/epoch-NN.weights.h5`: weights after every epoch;
+* `logs/`: TensorBoard logs (losses, accuracies, triplet term per epoch);
+* `model.keras`: the trained classifier (images -> logits);
+* `results.json`: the configuration, the training history and the final
+  test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
+* `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`).
+"""
+
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from at2l_tf import data, evaluation, fileio, models, savedmodel
+from at2l_tf.training.at2l_model import AT2LModel
+
+
+def make_strategy(name):
+    """`auto`: MirroredStrategy when more than one GPU is visible, else the default."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config, strategy=None):
+    """Builds and compiles the `AT2LModel` of `config` (under `strategy`'s scope)."""
+    spec = config.spec
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        classifier = models.get_model(
+            config.model_name, input_shape=spec.image_shape, num_classes=spec.num_classes
+        )
+        params = config.attack.params()
+        params["eps"] = config.eps
+        model = AT2LModel(
+            classifier,
+            defense=config.train.defense,
+            attack=config.attack.name,
+            attack_params=params,
+            lambda1=config.train.lambda1,
+            lambda2=config.train.lambda2,
+            margin=config.train.margin,
+            norm=config.train.norm,
+            seed=config.train.seed,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    return model
+
+
+def load_datasets(config):
+    """Returns `(train, validation)` pipelines of `config`."""
+    d = config.data
+    common = dict(data_dir=d.data_dir, validation_size=d.validation_size, image_size=d.image_size)
+    train = data.make_pipeline(
+        data.load(d.dataset, "train", max_examples=d.max_train_examples, **common),
+        batch_size=d.batch_size,
+        shuffle=True,
+        seed=config.train.seed,
+        drop_remainder=True,
+    )
+    val = None
+    if d.validation_size > 0:
+        val = data.make_pipeline(
+            data.load(d.dataset, "validation", **common), batch_size=d.batch_size
+        )
+    return train, val
+
+
+def final_attack_specs(config):
+    """The test-split check: clean + each of `config.eval.attacks` at the training eps."""
+    specs = []
+    for name in config.eval.attacks:
+        params = {"eps": config.eps}
+        if name in ("pgd", "ifgsm", "ill"):
+            params.update(steps=config.eval.pgd_steps, step_size=config.eval.pgd_step_size)
+        specs.append(evaluation.AttackSpec(name, params))
+    return specs
+
+
+def run(config, *, verbose=1):
+    """Trains, evaluates on the test split and exports, as `config` says.
+
+    Args:
+        config: a validated-or-not `ExperimentConfig` (it is validated first).
+        verbose: Keras verbosity of `fit` (0 silent, 1 progress bar, 2 one line per epoch).
+
+    Returns:
+        The results dict also written to `<workdir>/results.json`.
+    """
+    config.validate()
+    keras.utils.set_random_seed(config.train.seed)
+    started = time.time()
+    train_ds, val_ds = load_datasets(config)
+    strategy = make_strategy(config.train.strategy)
+    model = build_model(config, strategy)
+    _log(
+        f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
+        f"attack={config.attack.name} eps={config.eps:.4g} steps={config.attack.steps} "
+        f"replicas={strategy.num_replicas_in_sync}"
+    )
+
+    workdir = config.workdir
+    os.makedirs(workdir, exist_ok=True)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(workdir, "checkpoints", "epoch-{epoch:02d}.weights.h5"),
+            save_weights_only=True,
+        ),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+    ]
+    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+    history = model.fit(
+        train_ds,
+        epochs=config.train.epochs,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
+    train_seconds = time.time() - started
+
+    classifier = model.classifier
+    tmp_model = os.path.join(workdir, ".tmp-model.keras")
+    classifier.save(tmp_model)
+    os.replace(tmp_model, os.path.join(workdir, "model.keras"))
+
+    results = {
+        "config": config.to_dict(),
+        "model": config.model_name,
+        "eps": config.eps,
+        "train_seconds": round(train_seconds, 1),
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    }
+    if config.eval.num_examples > 0:
+        _log(f"evaluating on the first {config.eval.num_examples} test images")
+        test_ds = data.make_pipeline(
+            data.load(
+                config.data.dataset,
+                "test",
+                data_dir=config.data.data_dir,
+                image_size=config.data.image_size,
+                max_examples=config.eval.num_examples,
+            ),
+            batch_size=max(config.data.batch_size, 256),
+            cache=False,
+        )
+        report = evaluation.robustness_report(
+            lambda x: classifier(x, training=False),
+            test_ds,
+            final_attack_specs(config),
+            num_examples=config.eval.num_examples,
+            verbose=1 if verbose else 0,
+        )
+        results["test"] = report
+        print(evaluation.format_report(report))
+    if config.export_dir:
+        path = savedmodel.export_saved_model(
+            classifier,
+            config.export_dir,
+            metadata={
+                "dataset": config.data.dataset,
+                "model": config.model_name,
+                "defense": config.train.defense,
+                "config": config.to_dict(),
+                "test": results.get("test"),
+            },
+        )
+        results["export_path"] = path
+        _log(f"exported SavedModel to {path}")
+    fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
+    _log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")
+    return results
+
+
+def _log(msg):
+    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
+
+
+__all__ = ["build_model", "final_attack_specs", "load_datasets", "make_strategy", "run"]

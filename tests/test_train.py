@@ -1,0 +1,110 @@
+"""The train command: flag validation and one tiny end-to-end run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from at2l_tf import config as config_lib
+from at2l_tf import train
+from at2l_tf.errors import ConfigError
+
+
+@pytest.fixture
+def parse():
+    def _parse(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", *args])
+        return train.config_from_flags()
+
+    yield _parse
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize(
+    "arg, match",
+    [
+        ("--eps=-0.1", "eps must be >= 0.0, received eps=-0.1"),
+        ("--attack=cw", "unknown training attack 'cw'"),
+        ("--defense=free", "unknown defense 'free'"),
+        ("--lambda1=-1", "lambda1=-1"),
+        ("--lambda2=-2", "lambda2=-2"),
+        ("--margin=-0.5", "margin=-0.5"),
+        ("--batch_size=1", "batch_size must be >= 2"),
+        ("--epochs=0", "epochs=0"),
+        ("--dataset=svhn", "unknown dataset 'svhn'"),
+        ("--model=mnist_z", "unknown model 'mnist_z'"),
+        ("--model=cifar10_small", "built for cifar10, not mnist"),
+        ("--attack_steps=0", "attack_steps=0"),
+        ("--eval_attacks=fgsm,nope", "unknown attack 'nope'"),
+        ("--strategy=tpu", "unknown strategy 'tpu'"),
+    ],
+)
+def test_bad_flags_are_one_line_config_errors(parse, arg, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse(arg).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_defaults_are_at2l_on_mnist(parse):
+    cfg = parse().validate()
+    assert (cfg.data.dataset, cfg.model_name, cfg.train.defense, cfg.attack.name) == (
+        "mnist",
+        "mnist_small",
+        "at2l",
+        "pgd",
+    )
+    assert cfg.eps == 0.3 and cfg.export_dir == "savedmodels/mnist_at2l"
+
+
+def test_flagfiles_parse_and_validate(parse):
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "flags")
+    names = sorted(f for f in os.listdir(root) if f.endswith(".flags"))
+    assert {"mnist_at2l.flags", "mnist_at.flags", "cifar10_at2l.flags", "cats_vs_dogs_at2l.flags"} <= set(names)
+    for name in names:
+        cfg = parse(f"--flagfile={os.path.join(root, name)}").validate()
+        assert isinstance(cfg, config_lib.ExperimentConfig)
+
+
+def test_bad_flag_exits_non_zero_with_one_line(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(
+        [sys.executable, "-m", "at2l_tf.train", "--eps=-1", f"--workdir={tmp_path / 'w'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("train: error:")]
+    assert errors == ["train: error: eps must be >= 0.0, received eps=-1.0"]
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "w").exists()  # Nothing written before validation.
+
+
+def test_tiny_end_to_end_run_writes_everything(tmp_path):
+    from at2l_tf.training import experiment
+
+    cfg = config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=128),
+        attack=config_lib.AttackConfig(name="pgd", steps=2),
+        train=config_lib.TrainConfig(defense="at2l", epochs=1),
+        eval=config_lib.EvalConfig(num_examples=64, pgd_steps=3),
+        workdir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "export"),
+    )
+    results = experiment.run(cfg, verbose=0)
+    run = tmp_path / "run"
+    assert (run / "model.keras").exists()
+    assert (run / "checkpoints" / "epoch-01.weights.h5").exists()
+    assert os.listdir(run / "logs")
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk["test"]["num_examples"] == 64
+    assert set(on_disk["test"]["attacks"]) == {"fgsm", "pgd"}
+    assert on_disk["test"]["attacks"]["pgd"]["steps"] == 3
+    assert on_disk["test"]["attacks"]["pgd"]["mean_linf"] <= 0.3 + 1e-6
+    assert set(on_disk["history"]) >= {"loss", "triplet", "acc", "adv_acc", "val_adv_acc"}
+    assert results["export_path"] == str(tmp_path / "export" / "1")
+    assert os.path.exists(os.path.join(results["export_path"], "saved_model.pb"))

@@ -54,21 +54,22 @@ def madry_mnist(input_shape, num_classes):
     )
 
 
+def _conv_conv_dense(name, input_shape, num_classes, convs):
+    """Models A and C: two valid convolutions, dropout, dense128, dropout."""
+    stack = [layers.Conv2D(filters, kernel, activation="relu") for filters, kernel in convs]
+    stack += [
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, name="logits"),
+    ]
+    return _sequential(name, input_shape, stack)
+
+
 @register("mnist_a", "mnist", "Tramèr et al. model A: conv64 5x5, conv64 5x5, dropout, dense128, dropout")
 def mnist_a(input_shape, num_classes):
-    return _sequential(
-        "mnist_a",
-        input_shape,
-        [
-            layers.Conv2D(64, 5, activation="relu"),
-            layers.Conv2D(64, 5, activation="relu"),
-            layers.Dropout(0.25),
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-            layers.Dropout(0.5),
-            layers.Dense(num_classes, name="logits"),
-        ],
-    )
+    return _conv_conv_dense("mnist_a", input_shape, num_classes, [(64, 5), (64, 5)])
 
 
 @register("mnist_b", "mnist", "Tramèr et al. model B: dropout, conv64 8x8/2, conv128 6x6/2, conv128 5x5, dropout")
@@ -90,19 +91,7 @@ def mnist_b(input_shape, num_classes):
 
 @register("mnist_c", "mnist", "Tramèr et al. model C: conv128 3x3, conv64 3x3, dropout, dense128, dropout")
 def mnist_c(input_shape, num_classes):
-    return _sequential(
-        "mnist_c",
-        input_shape,
-        [
-            layers.Conv2D(128, 3, activation="relu"),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.Dropout(0.25),
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-            layers.Dropout(0.5),
-            layers.Dense(num_classes, name="logits"),
-        ],
-    )
+    return _conv_conv_dense("mnist_c", input_shape, num_classes, [(128, 3), (64, 3)])
 
 
 @register("mnist_d", "mnist", "Tramèr et al. model D: four dense300 layers with dropout")

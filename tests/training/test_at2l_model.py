@@ -147,3 +147,23 @@ def test_one_step_under_two_replica_mirrored_strategy_matches_one_device():
     assert h1["triplet"][0] > 0  # The comparison covers a non-trivial triplet term.
     for a, b in zip(single.classifier.get_weights(), mirrored.classifier.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("attack", attacks.TRAINING_ATTACKS)
+def test_every_training_attack_runs_inside_the_compiled_step(attack):
+    x, y = _batch(32)
+    keras.utils.set_random_seed(0)
+    model = AT2LModel(
+        models.get_model("mnist_small"),
+        defense="at2l",
+        attack=attack,
+        attack_params={"eps": 0.3, "steps": 2, "step_size": None},
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = model.fit(ds, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and history["ce_adv"][0] > 0
+    # The adversarial batch stays in the eps ball and the box.
+    x_adv = model.generate_adversarial(tf.constant(x[:16]), tf.constant(y[:16]))
+    assert float(tf.reduce_max(tf.abs(x_adv - x[:16]))) <= 0.3 + 1e-6
+    assert 0.0 <= float(tf.reduce_min(x_adv)) and float(tf.reduce_max(x_adv)) <= 1.0

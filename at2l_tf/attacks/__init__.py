@@ -1,9 +1,12 @@
 """Adversarial attacks as functions: `attack(model_fn, x, y=None, **params) -> x_adv`.
 
 `model_fn` maps images to logits (call the model with `training=False`).
-L-inf attacks keep `||x_adv - x||_inf <= eps` and `x_adv` inside `[clip_min, clip_max]`.
+L-inf attacks keep `||x_adv - x||_inf <= eps` and `x_adv` inside `[clip_min, clip_max]`;
+the L2 attacks (C&W, DeepFool) look for the smallest perturbation that fools the model.
 """
 
+from at2l_tf.attacks.carlini_wagner import carlini_wagner_l2
+from at2l_tf.attacks.deepfool import deepfool
 from at2l_tf.attacks.fast_gradient import fgsm, fgsm_rs, ll
 from at2l_tf.attacks.iterative import ifgsm, ill, pgd
 from at2l_tf.attacks.registry import (
@@ -17,6 +20,8 @@ from at2l_tf.attacks.registry import (
 __all__ = [
     "TRAINING_ATTACKS",
     "available_attacks",
+    "carlini_wagner_l2",
+    "deepfool",
     "fgsm",
     "fgsm_rs",
     "get_attack",

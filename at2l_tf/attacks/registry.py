@@ -10,6 +10,9 @@ import dataclasses
 import inspect
 
 from at2l_tf.attacks import fast_gradient, iterative
+from at2l_tf.attacks.carlini_wagner import carlini_wagner_l2
+# The function, not the module: the package re-exports it under the module's name.
+from at2l_tf.attacks.deepfool import deepfool
 from at2l_tf.errors import ConfigError
 
 
@@ -53,6 +56,8 @@ register("ll", fast_gradient.ll, "linf", "single-step least-likely class (Kuraki
 register("ifgsm", iterative.ifgsm, "linf", "iterative FGSM / BIM (Kurakin et al., 2017)")
 register("pgd", iterative.pgd, "linf", "PGD with random start and restarts (Madry et al., 2018)")
 register("ill", iterative.ill, "linf", "iterative least-likely class (Kurakin et al., 2017)")
+register("cw", carlini_wagner_l2, "l2", "Carlini & Wagner L2 (2017), binary search on c")
+register("deepfool", deepfool, "l2", "multi-class DeepFool (Moosavi-Dezfooli et al., 2016)")
 
 # Attacks usable inside the training step (L-inf, fixed cost per batch).
 TRAINING_ATTACKS = ("fgsm", "fgsm_rs", "ifgsm", "pgd", "ll", "ill")

@@ -1,0 +1,68 @@
+"""The attack registry: names, norms and parameter binding."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+from at2l_tf import attacks
+from at2l_tf.errors import ConfigError
+
+
+def test_unknown_name_raises_config_error_listing_names():
+    with pytest.raises(ConfigError, match="unknown attack 'nope'") as info:
+        attacks.get_entry("nope")
+    for name in attacks.available_attacks():
+        assert name in str(info.value)
+
+
+def test_make_attack_with_unknown_name_raises_config_error():
+    with pytest.raises(ConfigError, match="deepfool"):
+        attacks.make_attack("deep_fool", eps=0.3)
+
+
+def test_l2_attacks_are_registered():
+    assert attacks.get_attack("cw") is attacks.carlini_wagner_l2
+    assert attacks.get_attack("deepfool") is attacks.deepfool
+    assert attacks.get_entry("cw").norm == "l2"
+    assert attacks.get_entry("deepfool").norm == "l2"
+    for name in attacks.TRAINING_ATTACKS:
+        assert attacks.get_entry(name).norm == "linf"
+    assert "cw" not in attacks.TRAINING_ATTACKS
+    assert "deepfool" not in attacks.TRAINING_ATTACKS
+
+
+@pytest.mark.parametrize("name", ["fgsm", "fgsm_rs", "ll", "ifgsm", "pgd", "ill", "cw", "deepfool"])
+def test_entry_params_are_the_keyword_only_parameters(name):
+    sig = inspect.signature(attacks.get_attack(name))
+    assert list(sig.parameters)[:3] == ["model_fn", "x", "y"]
+    assert set(attacks.get_entry(name).params) == set(list(sig.parameters)[3:])
+
+
+def test_make_attack_binds_accepted_params_and_drops_the_rest():
+    fn = attacks.make_attack("ifgsm", eps=0.3, steps=7, step_size=None, max_iterations=10)
+    assert fn.bound_params == {"eps": 0.3, "steps": 7}
+    assert fn.__name__ == "ifgsm_attack"
+    assert attacks.make_attack("fgsm", eps=0.3, steps=40).bound_params == {"eps": 0.3}
+
+
+def test_make_attack_binds_values_that_reach_the_attack(model_fn, clean_batch):
+    x, y = clean_batch[0][:4], clean_batch[1][:4]
+    x_adv = np.asarray(attacks.make_attack("fgsm", eps=0.05, steps=40)(model_fn, x, y))
+    assert np.max(np.abs(x_adv - x)) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_make_attack_cw_ignores_linf_params(model_fn, clean_batch):
+    x, y = clean_batch[0][:4], clean_batch[1][:4]
+    fn = attacks.make_attack(
+        "cw", eps=0.3, steps=40, step_size=None, binary_search_steps=1, max_iterations=5
+    )
+    assert fn.bound_params == {"binary_search_steps": 1, "max_iterations": 5}
+    x_adv = np.asarray(fn(model_fn, x, y))
+    assert x_adv.shape == x.shape
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_make_attack_deepfool_ignores_linf_params(model_fn, clean_batch):
+    fn = attacks.make_attack("deepfool", eps=0.3, steps=40, max_iter=3)
+    assert fn.bound_params == {"max_iter": 3}

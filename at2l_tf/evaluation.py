@@ -7,13 +7,20 @@ counts the target's errors on them. Error rates are over all evaluated
 examples (an example the target already misclassifies counts as an error).
 For every attack it also reports the mean L-inf and L2 norm of the
 perturbation, which is the figure of merit of minimal-norm attacks (C&W,
-DeepFool).
+DeepFool). The plain means are over all evaluated examples, so an example the
+attack leaves unchanged (C&W returns `x` where it finds nothing) counts as 0;
+`fooled_mean_l2` / `fooled_mean_linf` average only over the examples the
+attack *flips* (clean prediction right, adversarial prediction wrong), the
+figure DeepFool's and C&W's papers report.
 
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
 runs as one graph per batch shape.
 """
 
+import contextlib
 import dataclasses
+import functools
+import sys
 import time
 
 import keras
@@ -42,12 +49,15 @@ class AttackSpec:
         self.label = self.label or self.name
 
 
-def _compiled(attack_fn, model_fn):
-    @tf.function(reduce_retracing=True)
-    def run(x, y):
-        return attack_fn(model_fn, x, y)
+def _run_attack(attack_fn, model_fn, x, y):
+    return attack_fn(model_fn, x, y)
 
-    return run
+
+def _compiled(attack_fn, model_fn):
+    # A `partial`, not a closure: TensorFlow counts traces per code object, so
+    # one trace for each of several closures of the same `def` would set off
+    # its "excessive retracing" warning although nothing is retraced.
+    return tf.function(functools.partial(_run_attack, attack_fn, model_fn), reduce_retracing=True)
 
 
 def robustness_report(
@@ -70,54 +80,79 @@ def robustness_report(
             `"<attack>@<source>"` when there is more than one source) and
             never on the target.
         num_examples: stop after this many examples (default: the whole dataset).
-        verbose: 1 shows a progress bar on stderr, 0 is silent.
+        verbose: 1 shows a progress bar on stderr (stdout stays free for
+            the table), 0 is silent.
 
     Returns:
         A JSON-ready dict: `{"num_examples", "clean_error", "clean_accuracy",
-        "attacks": {label: {"attack", "error", "accuracy", "mean_linf",
-        "mean_l2", "source", "seconds", <params>}}}`.
+        "attacks": {label: {"attack", "norm", "error", "accuracy", "mean_linf",
+        "mean_l2", "fooled", "fooled_mean_linf", "fooled_mean_l2", "source",
+        "seconds", <params>}}}`; `fooled` is the fraction of examples the
+        attack flips, the `fooled_mean_*` norms are averaged over them
+        (`None` when there are none).
+
+    Raises:
+        ValueError: if two attacks have the same label (their counts would
+            be added up), or the dataset yields no example.
     """
-    runs = []  # (label, spec, source_name, compiled fn)
+    runs = []  # (label, spec, source name, compiled attack, attack_fn)
     source_items = list((sources or {"target": None}).items())
     for spec in attack_specs:
         attack_fn = attacks.make_attack(spec.name, **spec.params)
         for src_name, src_fn in source_items:
             label = spec.label if len(source_items) == 1 else f"{spec.label}@{src_name}"
-            runs.append((label, spec, src_name, _compiled(attack_fn, src_fn or model_fn), attack_fn))
+            if any(label == r[0] for r in runs):
+                raise ValueError(
+                    f"two attacks have the label {label!r}; give them distinct "
+                    "`AttackSpec.label`s"
+                )
+            compiled = _compiled(attack_fn, src_fn or model_fn)
+            runs.append((label, spec, src_name, compiled, attack_fn))
     target = tf.function(model_fn, reduce_retracing=True)
 
     n = 0
     clean_wrong = 0
-    stats = {label: {"wrong": 0, "linf": 0.0, "l2": 0.0, "seconds": 0.0} for label, *_ in runs}
+    counters = ("wrong", "linf", "l2", "fooled", "fooled_linf", "fooled_l2", "seconds")
+    stats = {label: dict.fromkeys(counters, 0) for label, *_ in runs}
     total = num_examples
     cardinality = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
     if total is None and cardinality > 0 and hasattr(dataset, "element_spec"):
         batch = dataset.element_spec[0].shape[0]
         total = cardinality * batch if batch else None
-    progbar = keras.utils.Progbar(total, stateful_metrics=["clean_err"]) if verbose else None
-    for x, y in dataset:
-        if num_examples is not None and n >= num_examples:
-            break
-        if num_examples is not None and n + len(y) > num_examples:
-            x, y = x[: num_examples - n], y[: num_examples - n]
-        y = tf.cast(y, tf.int64)
-        clean_pred = tf.argmax(target(x), axis=-1)
-        clean_wrong += int(tf.reduce_sum(tf.cast(clean_pred != y, tf.int32)))
-        for label, spec, src_name, run, _ in runs:
-            start = time.perf_counter()
-            x_adv = run(x, y)
-            adv_pred = tf.argmax(target(x_adv), axis=-1)
-            st = stats[label]
-            st["wrong"] += int(tf.reduce_sum(tf.cast(adv_pred != y, tf.int32)))
-            st["seconds"] += time.perf_counter() - start
-            delta = tf.reshape(x_adv - x, (tf.shape(x)[0], -1))
-            st["linf"] += float(tf.reduce_sum(tf.reduce_max(tf.abs(delta), axis=1)))
-            st["l2"] += float(tf.reduce_sum(tf.norm(delta, axis=1)))
-        n += int(len(y))
-        if progbar is not None:
-            progbar.update(n, [("clean_err", clean_wrong / n)])
-    if progbar is not None and n != total:
-        print()  # Progbar leaves the line open when it does not know the total.
+    # Keras' Progbar writes to stdout; send it to stderr so that stdout
+    # carries only results (`evaluate ... > table.txt`).
+    with contextlib.redirect_stdout(sys.stderr):
+        progbar = keras.utils.Progbar(total, stateful_metrics=["clean_err"]) if verbose else None
+        for x, y in dataset:
+            if num_examples is not None and n >= num_examples:
+                break
+            if num_examples is not None and n + len(y) > num_examples:
+                x, y = x[: num_examples - n], y[: num_examples - n]
+            y = tf.cast(y, tf.int64)
+            clean_pred = tf.argmax(target(x), axis=-1)
+            clean_right = clean_pred == y
+            clean_wrong += int(tf.reduce_sum(tf.cast(~clean_right, tf.int32)))
+            for label, spec, src_name, run, _ in runs:
+                start = time.perf_counter()
+                x_adv = run(x, y)
+                adv_wrong = tf.argmax(target(x_adv), axis=-1) != y
+                st = stats[label]
+                st["wrong"] += int(tf.reduce_sum(tf.cast(adv_wrong, tf.int32)))
+                st["seconds"] += time.perf_counter() - start
+                delta = tf.reshape(x_adv - x, (tf.shape(x)[0], -1))
+                linf = tf.reduce_max(tf.abs(delta), axis=1)
+                l2 = tf.norm(delta, axis=1)
+                flipped = tf.cast(clean_right & adv_wrong, linf.dtype)
+                st["linf"] += float(tf.reduce_sum(linf))
+                st["l2"] += float(tf.reduce_sum(l2))
+                st["fooled"] += int(tf.reduce_sum(flipped))
+                st["fooled_linf"] += float(tf.reduce_sum(linf * flipped))
+                st["fooled_l2"] += float(tf.reduce_sum(l2 * flipped))
+            n += int(len(y))
+            if progbar is not None:
+                progbar.update(n, [("clean_err", clean_wrong / n)])
+        if progbar is not None and n != total:
+            print()  # Progbar leaves the line open when it does not know the total.
     if n == 0:
         raise ValueError("the dataset yielded no examples to evaluate")
 
@@ -136,6 +171,9 @@ def robustness_report(
             "accuracy": 1 - st["wrong"] / n,
             "mean_linf": st["linf"] / n,
             "mean_l2": st["l2"] / n,
+            "fooled": st["fooled"] / n,
+            "fooled_mean_linf": st["fooled_linf"] / st["fooled"] if st["fooled"] else None,
+            "fooled_mean_l2": st["fooled_l2"] / st["fooled"] if st["fooled"] else None,
             "source": "white-box" if sources is None else src_name,
             "seconds": round(st["seconds"], 2),
         }
@@ -145,22 +183,62 @@ def robustness_report(
 
 
 def format_report(report):
-    """Formats a report as a fixed-width table (one row per attack)."""
-    lines = [
-        f"{'attack':<16} {'source':<12} {'params':<34} {'error':>7} {'acc':>7} "
-        f"{'mean L2':>8} {'mean Linf':>9}",
-        f"{'clean':<16} {'-':<12} {'-':<34} {report['clean_error']:>7.2%} "
-        f"{report['clean_accuracy']:>7.2%} {'-':>8} {'-':>9}",
+    """Formats a report as a fixed-width table (one row per attack).
+
+    Columns are as wide as their longest entry, so long labels, source paths
+    and the parameters of C&W are shown whole.
+    """
+    header = ["attack", "source", "params", "error", "acc", "mean L2", "mean Linf"]
+    rows = [
+        [
+            "clean",
+            "-",
+            "-",
+            f"{report['clean_error']:.2%}",
+            f"{report['clean_accuracy']:.2%}",
+            "-",
+            "-",
+        ]
     ]
-    skip = {"attack", "norm", "error", "accuracy", "mean_linf", "mean_l2", "source", "seconds"}
     for label, e in report["attacks"].items():
-        params = ",".join(f"{k}={_short(v)}" for k, v in e.items() if k not in skip)
-        lines.append(
-            f"{label:<16} {e['source'][:12]:<12} {params[:34]:<34} {e['error']:>7.2%} "
-            f"{e['accuracy']:>7.2%} {e['mean_l2']:>8.3f} {e['mean_linf']:>9.3f}"
+        params = ",".join(f"{k}={_short(v)}" for k, v in e.items() if k not in _NOT_PARAMS)
+        rows.append(
+            [
+                label,
+                e["source"],
+                params or "-",
+                f"{e['error']:.2%}",
+                f"{e['accuracy']:.2%}",
+                f"{e['mean_l2']:.3f}",
+                f"{e['mean_linf']:.3f}",
+            ]
         )
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = []
+    for r in [header] + rows:
+        left = [f"{c:<{w}}" for c, w in zip(r[:3], widths[:3])]
+        right = [f"{c:>{w}}" for c, w in zip(r[3:], widths[3:])]
+        lines.append(" ".join(left + right).rstrip())
     lines.append(f"({report['num_examples']} examples)")
     return "\n".join(lines)
+
+
+# Entry keys that are results, not attack parameters (the table's params column).
+_NOT_PARAMS = frozenset(
+    {
+        "attack",
+        "norm",
+        "error",
+        "accuracy",
+        "mean_linf",
+        "mean_l2",
+        "fooled",
+        "fooled_mean_linf",
+        "fooled_mean_l2",
+        "source",
+        "seconds",
+    }
+)
 
 
 def _short(v):

@@ -1,0 +1,266 @@
+"""The evaluate command and the robustness report behind it.
+
+One tiny MNIST model (50 Adam steps on real MNIST) is trained and exported
+once per module; the command runs in-process on fresh `absl.flags.FlagValues`
+(the global `flags.FLAGS` also holds the train command's flags), and in two
+subprocesses for the exit status of bad input.
+"""
+
+import contextlib
+import inspect
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from at2l_tf import attacks, data, evaluate, evaluation, models, savedmodel
+from at2l_tf.errors import At2lError, ConfigError
+
+EPS = 0.3
+LINF_ATTACKS = ("fgsm", "ifgsm", "pgd", "ll", "ill")
+# Small budgets: the properties under test do not need strong attacks.
+FAST = (
+    "--num_examples=32",
+    "--batch_size=32",
+    "--steps=3",
+    "--pgd_steps=5",
+    "--cw_steps=10",
+    "--cw_binary_search_steps=2",
+    "--deepfool_max_iter=5",
+    "--verbose=0",
+)
+
+
+def parse(*args):
+    """Fresh flag values of the command, parsed from `args`."""
+    fv = evaluate.define_flags(flags.FlagValues())
+    fv(["evaluate", *args])
+    return fv
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """A briefly trained SavedModel export, and an untrained `.keras` model."""
+    root = tmp_path_factory.mktemp("evaluate")
+    keras.utils.set_random_seed(0)
+    untrained = models.get_model("mnist_small")
+    untrained.save(root / "untrained.keras")
+    model = models.get_model("mnist_small")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    train = data.make_pipeline(
+        data.load("mnist", "train", max_examples=50 * 64), batch_size=64, shuffle=True
+    )
+    model.fit(train, epochs=1, verbose=0)
+    export = root / "export"
+    savedmodel.export_saved_model(
+        model, str(export), metadata={"dataset": "mnist", "model": "mnist_small"}
+    )
+    return {"target": str(export), "untrained": str(root / "untrained.keras"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def whitebox(exports):
+    """The command with its default attacks: `(returned report, JSON file, stdout)`."""
+    out = exports["root"] / "whitebox.json"
+    fv = parse(f"--model_dir={exports['target']}", f"--output_json={out}", *FAST)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        report = evaluate.evaluate_from_flags(fv)
+    return report, json.loads(out.read_text()), stdout.getvalue()
+
+
+def test_whitebox_report_has_the_documented_keys_and_bounds(whitebox, exports):
+    report, on_disk, _ = whitebox
+    assert on_disk == json.loads(json.dumps(report))
+    documented = {"clean_error", "attacks", "num_examples", "model_dir", "dataset", "split"}
+    assert documented <= set(on_disk)
+    assert (on_disk["model_dir"], on_disk["dataset"], on_disk["split"]) == (
+        exports["target"], "mnist", "test"
+    )
+    assert on_disk["num_examples"] == 32 and on_disk["eps"] == EPS
+    assert set(on_disk["attacks"]) == set(evaluate.DEFAULT_ATTACKS)
+    assert 0 <= on_disk["clean_error"] <= 0.5  # 50 steps of training do learn something.
+    for name, entry in on_disk["attacks"].items():
+        assert 0 <= entry["error"] <= 1 and entry["source"] == "white-box", name
+        assert entry["mean_l2"] >= 0 and entry["mean_linf"] >= 0, name
+    for name in LINF_ATTACKS:
+        entry = on_disk["attacks"][name]
+        assert entry["eps"] == EPS
+        assert entry["mean_linf"] <= EPS + 1e-6, name
+        assert entry["error"] >= on_disk["clean_error"] - 0.1, name  # Attacks do not help.
+    assert on_disk["attacks"]["pgd"]["steps"] == 5 and on_disk["attacks"]["ifgsm"]["steps"] == 3
+    assert on_disk["attacks"]["ifgsm"]["step_size"] == pytest.approx(2.5 * EPS / 3)
+    # Minimal-norm attacks: they fool the model with perturbations smaller than FGSM's.
+    for name in ("cw", "deepfool"):
+        entry = on_disk["attacks"][name]
+        assert entry["error"] > on_disk["clean_error"], name
+        assert 0 < entry["fooled_mean_l2"] < on_disk["attacks"]["fgsm"]["mean_l2"], name
+    assert on_disk["attacks"]["cw"]["max_iterations"] == 10
+
+
+def test_the_table_is_printed_on_stdout(whitebox):
+    report, _, stdout = whitebox
+    lines = stdout.splitlines()
+    assert lines[0].split()[:3] == ["attack", "source", "params"]
+    assert lines[1].split()[:2] == ["clean", "-"]
+    rows = {line.split()[0]: line for line in lines[2:-1]}
+    assert list(rows) == list(report["attacks"])  # One row per attack, in the report's order.
+    assert "eps=0.3,steps=5" in rows["pgd"]
+    assert f" {report['attacks']['pgd']['error']:.2%} " in rows["pgd"]
+    assert lines[-1] == "(32 examples)"
+
+
+def test_transfer_crafts_on_each_source_and_labels_it(whitebox, exports):
+    untrained, target = exports["untrained"], exports["target"]
+    fv = parse(
+        f"--model_dir={target}", f"--source_model_dir={untrained},{target}", "--attacks=fgsm", *FAST
+    )
+    report = evaluate.evaluate_from_flags(fv)
+    assert report["source_model_dirs"] == [untrained, target]
+    entries = report["attacks"]
+    assert set(entries) == {f"fgsm@{untrained}", f"fgsm@{target}"}
+    assert entries[f"fgsm@{untrained}"]["source"] == untrained
+    # Crafted on a copy of the target, FGSM is the white-box attack...
+    whitebox_error = whitebox[0]["attacks"]["fgsm"]["error"]
+    assert entries[f"fgsm@{target}"]["error"] == whitebox_error
+    # ...and from an untrained model it transfers worse than that.
+    assert entries[f"fgsm@{untrained}"]["error"] < whitebox_error
+    for entry in entries.values():
+        assert entry["mean_linf"] <= EPS + 1e-6
+
+
+def test_flags_map_onto_attack_parameters():
+    fv = parse(
+        "--model_dir=x",
+        "--attacks=fgsm,ifgsm,pgd,cw,deepfool",
+        "--steps=4",
+        "--pgd_step_size=0.02",
+        "--restarts=3",
+        "--cw_steps=7",
+        "--deepfool_overshoot=0.1",
+    )
+    specs = {s.name: s.params for s in evaluate.attack_specs_from_flags(fv, eps=0.2)}
+    assert specs["fgsm"] == {"eps": 0.2}
+    assert specs["ifgsm"] == {"eps": 0.2, "steps": 4, "step_size": pytest.approx(0.125)}
+    assert specs["pgd"] == {"eps": 0.2, "steps": 40, "step_size": 0.02, "restarts": 3}
+    assert specs["cw"]["max_iterations"] == 7 and specs["deepfool"]["overshoot"] == 0.1
+    # Unset C&W / DeepFool flags are the attacks' own defaults.
+    for name, flag, param in [
+        ("cw", "cw_binary_search_steps", "binary_search_steps"),
+        ("cw", "cw_learning_rate", "learning_rate"),
+        ("deepfool", "deepfool_max_iter", "max_iter"),
+    ]:
+        default = inspect.signature(attacks.get_attack(name)).parameters[param].default
+        assert fv[flag].value == default and specs[name][param] == default
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (["--attacks=fgsm,bogus"], ConfigError, "unknown attack 'bogus'"),
+        (["--attacks=pgd,pgd"], ConfigError, "attack 'pgd' is listed twice"),
+        (["--eps=-0.1"], ConfigError, "eps must be >= 0.0, received eps=-0.1"),
+        (["--num_examples=0"], ConfigError, "num_examples must be >= 1, received num_examples=0"),
+        (["--split=dev"], ConfigError, "unknown split 'dev'"),
+        (["--model_dir=/no/such/model"], FileNotFoundError, "model path does not exist"),
+        (["--source_model_dir=/no/such/src"], FileNotFoundError, "/no/such/src"),
+        (["--dataset=cifar10"], ConfigError, r"wrong shape: .*\(28, 28, 1\).*\(32, 32, 3\)"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_writes_nothing(exports, tmp_path, args, error, match):
+    out = tmp_path / "report.json"
+    fv = parse(f"--model_dir={exports['target']}", f"--output_json={out}", *FAST, *args)
+    with pytest.raises(error, match=match) as info:
+        evaluate.evaluate_from_flags(fv)
+    assert isinstance(info.value, (At2lError, FileNotFoundError))  # What `cli.run` reports.
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_a_keras_file_needs_the_dataset_flag(exports):
+    fv = parse(f"--model_dir={exports['untrained']}", "--attacks=", *FAST)
+    with pytest.raises(ConfigError, match="--dataset is required"):
+        evaluate.evaluate_from_flags(fv)
+    fv = parse(f"--model_dir={exports['untrained']}", "--attacks=", "--dataset=mnist", *FAST)
+    report = evaluate.evaluate_from_flags(fv)
+    assert report["attacks"] == {} and 0.5 < report["clean_error"] <= 1  # Untrained: chance.
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attacks=fgsm,bogus"], "evaluate: error: unknown attack 'bogus'; known attacks: "),
+        (["--dataset=cifar10"], "evaluate: error: images of the wrong shape: "),
+    ],
+)
+def test_bad_input_exits_1_with_one_line(exports, tmp_path, args, message):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "at2l_tf.evaluate", f"--model_dir={exports['target']}"]
+    cmd += [f"--output_json={out}", *args]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert run.returncode == 1
+    # TensorFlow's C++ start-up lines may precede it; the command's own output is one line.
+    errors = [line for line in run.stderr.splitlines() if line.startswith("evaluate:")]
+    assert len(errors) == 1 and errors[0].startswith(message), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert not out.exists()
+
+
+# ------------------------------------------------------------- the library
+
+
+def _always_class_0(x):
+    """Logits favouring class 0 whatever the image; zero input gradient."""
+    return 0.0 * tf.reduce_sum(x, axis=[1, 2, 3])[:, None] + tf.constant([[5.0, 0.0, 0.0, 0.0]])
+
+
+def _labelled(labels, batch_size=3):
+    labels = np.asarray(labels, dtype=np.int64)
+    images = np.random.default_rng(0).uniform(size=(len(labels), 4, 4, 1)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+
+
+def test_report_of_a_model_that_always_says_0(capsys):
+    labels = [0, 1, 0, 2, 3, 0, 0, 1]  # 4 of 8 are not 0.
+    specs = [
+        evaluation.AttackSpec("fgsm", {"eps": 0.1}),
+        evaluation.AttackSpec("pgd", {"eps": 0.1, "steps": 2}),
+    ]
+    report = evaluation.robustness_report(_always_class_0, _labelled(labels), specs, verbose=1)
+    assert report["num_examples"] == 8
+    assert report["clean_error"] == 0.5 and report["clean_accuracy"] == 0.5
+    fgsm = report["attacks"]["fgsm"]
+    # No gradient: FGSM leaves x as it is; predictions (all 0) do not move.
+    assert fgsm["error"] == 0.5 and fgsm["mean_linf"] == 0 and fgsm["fooled"] == 0
+    assert fgsm["fooled_mean_l2"] is None and fgsm["eps"] == 0.1
+    # PGD's random start moves x, but nothing moves the predictions.
+    assert report["attacks"]["pgd"]["error"] == 0.5
+    assert 0 < report["attacks"]["pgd"]["mean_linf"] <= 0.1 + 1e-6
+    captured = capsys.readouterr()
+    assert captured.out == "" and "clean_err" in captured.err  # Progress on stderr only.
+    table = evaluation.format_report(report)
+    assert "50.00%" in table and table.splitlines()[-1] == "(8 examples)"
+
+
+def test_report_stops_after_num_examples():
+    report = evaluation.robustness_report(
+        _always_class_0, _labelled([1, 0, 0, 0, 0, 0, 0]), [], num_examples=4, verbose=0
+    )
+    assert report["num_examples"] == 4 and report["clean_error"] == 0.25
+
+
+def test_duplicate_labels_are_refused():
+    specs = [evaluation.AttackSpec("fgsm", {"eps": 0.1})] * 2
+    with pytest.raises(ValueError, match="two attacks have the label 'fgsm'"):
+        evaluation.robustness_report(_always_class_0, _labelled([0]), specs, verbose=0)

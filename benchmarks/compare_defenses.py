@@ -46,9 +46,9 @@ def main(argv):
         res = experiment.run(cfg, verbose=2)
         test = res["test"]
         rows[cfg.train.defense] = {
-            "clean_accuracy": test["clean_accuracy"],
-            "fgsm_accuracy": test["attacks"]["fgsm"]["accuracy"],
-            "pgd_accuracy": test["attacks"]["pgd"]["accuracy"],
+            "clean_accuracy": round(test["clean_accuracy"], 4),
+            "fgsm_accuracy": round(test["attacks"]["fgsm"]["accuracy"], 4),
+            "pgd_accuracy": round(test["attacks"]["pgd"]["accuracy"], 4),
             "train_seconds": res["train_seconds"],
         }
     c = configs[0]
@@ -82,6 +82,8 @@ def main(argv):
         },
         "results": rows,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        # Training times are wall-clock: other load on the machine inflates them.
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d"),
     }
     print(

@@ -17,11 +17,22 @@ from absl import flags
 from at2l_tf import cli
 from at2l_tf.errors import ConfigError
 
-flags.DEFINE_string("model_path", None, "A `.keras` classifier (images -> logits), e.g. runs/<name>/model.keras.")
-flags.DEFINE_string("export_dir", None, "Export root; the model goes to <export_dir>/<version>/.")
-flags.DEFINE_integer("version", None, "Version number (default: newest + 1).")
-flags.DEFINE_string("dataset", None, "Dataset name recorded in the export's metadata.")
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines the command's flags; called only when run as a command, so that
+    importing this module beside `at2l_tf.train` (same flag names) is safe."""
+    fv = flag_values
+    flags.DEFINE_string(
+        "model_path", None, "A .keras classifier (images -> logits).", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "export_dir", None, "Export root; the model goes to <export_dir>/<version>/.", flag_values=fv
+    )
+    flags.DEFINE_integer("version", None, "Version number (default: newest + 1).", flag_values=fv)
+    flags.DEFINE_string("dataset", None, "Dataset name recorded in the metadata.", flag_values=fv)
+    return flag_values
 
 
 def main(argv):
@@ -53,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, "export")

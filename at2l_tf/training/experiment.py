@@ -79,7 +79,7 @@ def final_attack_specs(config):
     specs = []
     for name in config.eval.attacks:
         params = {"eps": config.eps}
-        if name in ("pgd", "ifgsm", "ill"):
+        if name == "pgd":  # Other iterative attacks keep their own defaults, as in evaluate.
             params.update(steps=config.eval.pgd_steps, step_size=config.eval.pgd_step_size)
         specs.append(evaluation.AttackSpec(name, params))
     return specs

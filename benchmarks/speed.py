@@ -1,0 +1,788 @@
+r"""Speed of the AT²L training step and of our attacks, against IBM ART and eager CleverHans.
+
+    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~50 min, 2 CPUs
+    python benchmarks/speed.py --quick --output_json=/tmp/speed.json            # < 1 min
+
+Runs on the CPU (`--device=cpu`, the default, hides any GPU), in one process, on
+the same models (`--models`, default `mnist_small,madry_mnist`), the same batch
+size (`--batch_size`, 128) and real MNIST (the copy shipped with the package:
+training batches for the training step, test batches for the attacks). Every
+figure is the median over `--repeats` (9) timed rounds after `--warmup` (2)
+untimed calls. The contenders of a ratio are timed round-robin in the same
+rounds (order rotated each round), so that load from other processes hits
+them alike; CPU-time ratios are recorded next to the wall-time ones as a
+cross-check that depends less on that load.
+
+`--quick` (the test runs it): `mnist_small` only, 3 rounds, 1 warm-up, PGD-3
+for training and attacks, 1 batch, epoch extrapolated, no XLA.
+
+Figures, per model (the JSON keys under `models.<name>`):
+
+* `at2l_over_at`: one AT²L training step over one AT step, both the compiled
+  `AT2LModel.train_step` (Keras' `train_function` on a fixed batch) with the
+  same PGD-`--train_pgd_steps` (5) attack. Target <= 1.05: the triplet term
+  reuses the clean logits. `triplet_term_s` times that term alone (forward
+  and backward) and `at2l_over_at_expected` = (AT step + it) / AT step.
+* `pgd_efficiency`: our PGD-k (`at2l_tf.attacks.pgd`, k = `--pgd_steps` (10),
+  in one `tf.function` as `evaluation` compiles it) over k calls of one input
+  gradient `∇x CE(model(x, training=False), y)` in its own `tf.function`, the
+  floor. Target <= 1.15. `pgd_breakdown` splits PGD into gradients, the
+  sign/projection ops alone, and the rest.
+* `fgsm_vs_art`, `pgd_vs_art`: images/s of our FGSM and PGD-k over ART 1.20's
+  `FastGradientMethod` / `ProjectedGradientDescent` on a `TensorFlowV2Classifier`
+  wrapping the same Keras model; same eps (0.3), step size (`2.5 eps / k`), k,
+  batch size, labels, and one random start for PGD (none for FGSM). Both sides
+  take and return NumPy images; ART's time includes what its `generate` always
+  does (PGD's success-rate pass). Targets >= 2 and >= 3. `null`, with a
+  top-level `"skipped"` note, when ART is not installed.
+* `pgd_vs_cleverhans_eager`: images/s of our compiled PGD-k over CleverHans'
+  `projected_gradient_descent` called eagerly in a Python loop over batches, as
+  its tutorial does (same eps, step, k, labels, clip box and random start, so
+  the work is identical; only compilation differs). Target >= 2.
+* `train_epoch_s`: seconds of one `fit` epoch (55,000 images, batch 128, the
+  train command's pipeline) for the defences none / at / at2l, run one after
+  the other (with the CPU cores each got). With `--quick`,
+  `--quick_epoch_steps` steps extrapolated to the epoch, marked
+  `"extrapolated": true`.
+* also `train_step_s`, attack seconds per batch, `images_per_s`, `validity`
+  (every contender's `max ||x_adv - x||_inf <= eps`, inside [0, 1], loss
+  raised), and under `xla` the same steps and attacks compiled with
+  `jit_compile=True`, timed in the same rounds as the plain ones.
+
+Top level: `machine` (platform, CPUs, CPU model), `load` (load averages; each
+entry of `models.<name>.sections` also has the cores this process got, since
+other jobs may share the machine), `versions`, `settings`, `date`, `command`,
+`targets` (value per model and pass/fail; a target passes when every model
+meets it), `peak_rss_mb` (peak resident memory of the process).
+"""
+
+import gc
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads, as at2l_tf.cli.
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+from cleverhans.tf2.attacks.projected_gradient_descent import (  # noqa: E402
+    projected_gradient_descent,
+)
+
+from at2l_tf import attacks, cli, data, models  # noqa: E402
+from at2l_tf.errors import ConfigError  # noqa: E402
+from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.training.at2l_model import AT2LModel  # noqa: E402
+from at2l_tf.training.triplet_regularizer import TripletRegularizer  # noqa: E402
+
+flags.DEFINE_bool(
+    "quick", False, "Short run (< 1 min): mnist_small, 3 rounds, PGD-3, epoch extrapolated."
+)
+flags.DEFINE_string("output_json", None, "Where to write the results JSON.")
+flags.DEFINE_list("models", None, "Models (default mnist_small,madry_mnist; --quick: mnist_small).")
+flags.DEFINE_integer("batch_size", 128, "Examples per batch, everywhere.")
+flags.DEFINE_integer("repeats", None, "Timed rounds per figure (default 9; --quick: 3).")
+flags.DEFINE_integer("warmup", None, "Untimed calls before timing (default 2; --quick: 1).")
+flags.DEFINE_integer(
+    "train_steps_per_round", None, "Training steps per timed round (default 3; --quick: 1)."
+)
+flags.DEFINE_integer(
+    "attack_batches", None, "Batches per attack-throughput round (default 2; --quick: 1)."
+)
+flags.DEFINE_float("eps", 0.3, "L-inf radius of every attack.")
+flags.DEFINE_integer(
+    "train_pgd_steps", None, "PGD steps of the training attack (default 5; --quick: 3)."
+)
+flags.DEFINE_integer(
+    "pgd_steps", None, "PGD steps k of the attack figures (default 10; --quick: 3)."
+)
+flags.DEFINE_integer(
+    "quick_epoch_steps", 3, "With --quick: fit steps timed and extrapolated to an epoch."
+)
+flags.DEFINE_bool(
+    "xla", None, "Also time attacks and train steps with jit_compile=True (default: not --quick)."
+)
+flags.DEFINE_enum(
+    "device", "cpu", ["cpu", "gpu"], "cpu hides every GPU; gpu uses TensorFlow's default."
+)
+flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random starts.")
+FLAGS = flags.FLAGS
+
+ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
+TARGETS = {  # name: (comparison, threshold)
+    "at2l_over_at": ("<=", 1.05),
+    "pgd_efficiency": ("<=", 1.15),
+    "pgd_vs_art": (">=", 3.0),
+    "fgsm_vs_art": (">=", 2.0),
+    "pgd_vs_cleverhans_eager": (">=", 2.0),
+}
+DEFENSES = ("none", "at", "at2l")
+MNIST_TRAIN_EXAMPLES = 55000  # 60,000 minus the default 5,000 validation images.
+
+
+# ----------------------------------------------------------------- timing
+
+
+def interleaved(fns, *, repeats, warmup, calls=1):
+    """Times callables round-robin.
+
+    Args:
+        fns: `{name: fn}`; each `fn()` must block until its work is done
+            (return NumPy, or call `.numpy()`).
+        repeats: timed rounds; in each, every fn is called `calls` times.
+        warmup: untimed calls of each fn first (tracing, caches).
+        calls: calls per fn per round.
+
+    Returns:
+        `({name: [wall seconds per call, one per round]}, {name: [CPU seconds
+        per call]}, {name: last output})`. The order of the fns is rotated
+        every round so that no contender always runs first; the CPU time (all
+        threads of this process) is the work done, whatever other processes
+        take from the machine.
+    """
+    names = list(fns)
+    last = {}
+    for name in names:
+        for _ in range(warmup):
+            last[name] = fns[name]()
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                last[name] = fns[name]()
+            wall[name].append((time.perf_counter() - start) / calls)
+            cpu[name].append((time.process_time() - start_cpu) / calls)
+    return wall, cpu, last
+
+
+def _rounded(times, digits=4):
+    return {name: [round(v, digits) for v in t] for name, t in times.items()}
+
+
+class Section:
+    """Wall time, CPU time and load average around one part of the benchmark."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+        self.load = os.getloadavg()[0]
+        _log(f"{self.name} ...")
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        cpu = time.process_time() - self.cpu
+        self.record = {
+            "wall_s": round(wall, 2),
+            # Cores this process got on average; ~cpu_count when it had the machine.
+            "cpu_cores_used": round(cpu / wall, 2) if wall > 0 else None,
+            "load_avg_1min": [round(self.load, 2), round(os.getloadavg()[0], 2)],
+        }
+        _log(f"{self.name}: {wall:.1f} s, {self.record['cpu_cores_used']} cores")
+        return False
+
+
+def _log(msg):
+    print(f"[speed] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ setup
+
+
+def _machine():
+    model_name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model_name or platform.processor() or None,
+    }
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _import_art():
+    """ART's `(TensorFlowV2Classifier, FastGradientMethod, ProjectedGradientDescent)`, or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "PyTorch not found" and the like.
+            from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+            from art.estimators.classification import TensorFlowV2Classifier
+    except ImportError:
+        return None
+    return TensorFlowV2Classifier, FastGradientMethod, ProjectedGradientDescent
+
+
+def _peak_rss_mb():
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _batches(images, labels, n, batch_size):
+    """The first `n` batches as float32 NumPy `(x, y)` in [0, 1]."""
+    out = []
+    for i in range(n):
+        sl = slice(i * batch_size, (i + 1) * batch_size)
+        out.append(((images[sl].astype("float32") / 255.0), labels[sl].astype("int64")))
+    return out
+
+
+class _StepClock(keras.callbacks.Callback):
+    """Notes when `fit` starts and when each training step ends."""
+
+    def on_train_begin(self, logs=None):
+        self.begin = time.perf_counter()
+        self.step_ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_ends.append(time.perf_counter())
+
+
+def _triplet_term_s(cfg, num_classes, repeats=50):
+    """Seconds of the λ2 term alone (Eq. 2, forward and backward) on one batch of logits.
+
+    This is all the work AT²L adds to an AT step (its negatives' logits come
+    from the clean forward pass), so `(at + this) / at` is what `at2l_over_at`
+    should be without noise.
+    """
+    bs = cfg["batch_size"]
+    reg = TripletRegularizer(0.5, 0.5, num_classes, seed=cfg["seed"])
+    labels = tf.random.stateless_uniform((bs,), (cfg["seed"], 2), 0, num_classes, tf.int32)
+    clean = tf.random.stateless_normal((bs, num_classes), (cfg["seed"], 3))
+    adv = tf.random.stateless_normal((bs, num_classes), (cfg["seed"], 4))
+    k = tf.constant(float(bs))
+
+    @tf.function
+    def term(clean, adv):
+        with tf.GradientTape() as tape:
+            tape.watch([clean, adv])
+            reg(labels, clean, adv, k)
+            loss = tf.add_n(reg.losses)
+        return tape.gradient(loss, [clean, adv])
+
+    wall, _, _ = interleaved(
+        {"triplet": lambda: term(clean, adv)[0].numpy()}, repeats=repeats, warmup=2
+    )
+    return statistics.median(wall["triplet"])
+
+
+def bench_train(model_name, train_arrays, cfg, record):
+    """Step time of none / AT / AT²L (compiled train_step) and one epoch of each."""
+    ((x, y),) = _batches(*train_arrays, 1, cfg["batch_size"])
+    # Same element spec as the training pipeline, so `fit` below reuses the trace.
+    fixed = tf.data.Dataset.from_tensors((x, y)).repeat()
+    attack_params = {"eps": cfg["eps"], "steps": cfg["train_pgd_steps"]}
+
+    def build(defense, jit_compile):
+        keras.utils.set_random_seed(cfg["seed"])  # Same initial weights for every defence.
+        clf = models.get_model(model_name)
+        model = AT2LModel(
+            clf, defense=defense, attack="pgd", attack_params=attack_params, seed=cfg["seed"]
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+        model.optimizer.build(model.trainable_variables)
+        model.make_train_function()
+        it = iter(fixed)
+        fn = model.train_function
+
+        def step():
+            return float(fn(it)["loss"])  # Reading a metric waits for the step.
+
+        return model, step
+
+    # Every variant is timed in the same rounds, XLA ones included, so that
+    # changes in the machine's load do not show up as differences between them.
+    variants = {d: build(d, False) for d in DEFENSES}
+    if cfg["xla"]:
+        variants.update({f"{d}_xla": build(d, True) for d in DEFENSES})
+    with Section(f"{model_name}: train steps") as s:
+        wall, cpu, _ = interleaved(
+            {name: v[1] for name, v in variants.items()},
+            repeats=cfg["repeats"],
+            warmup=cfg["warmup"],
+            calls=cfg["train_steps_per_round"],
+        )
+    record["sections"]["train_steps"] = s.record
+    med = {name: statistics.median(t) for name, t in wall.items()}
+    med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+
+    def figures(suffix):
+        at, at2l = f"at{suffix}", f"at2l{suffix}"
+        paired = [b / a for a, b in zip(wall[at], wall[at2l])]
+        return {
+            "train_step_s": {d: round(med[d + suffix], 4) for d in DEFENSES},
+            "train_step_cpu_s": {d: round(med_cpu[d + suffix], 4) for d in DEFENSES},
+            "train_step_rounds_s": {d: [round(v, 4) for v in wall[d + suffix]] for d in DEFENSES},
+            "at2l_over_at": round(med[at2l] / med[at], 3),
+            # Cross-checks, less sensitive to load: median of per-round ratios, and CPU time.
+            "at2l_over_at_paired": round(statistics.median(paired), 3),
+            "at2l_over_at_cpu": round(med_cpu[at2l] / med_cpu[at], 3),
+            "at_over_none": round(med[at] / med[f"none{suffix}"], 3),
+        }
+
+    record.update(figures(""))
+    triplet_s = _triplet_term_s(cfg, int(variants["at"][0].num_classes))
+    record["triplet_term_s"] = round(triplet_s, 6)
+    record["at2l_over_at_expected"] = round((med["at"] + triplet_s) / med["at"], 4)
+    if cfg["xla"]:
+        record["xla"].update(figures("_xla"))
+        record["xla"]["train_step_speedup"] = {
+            d: round(med[d] / med[f"{d}_xla"], 3) for d in DEFENSES
+        }
+        for d in DEFENSES:
+            del variants[f"{d}_xla"]
+        gc.collect()
+
+    # One epoch of `fit` on the train command's pipeline (shuffled, drop_remainder).
+    steps_per_epoch = MNIST_TRAIN_EXAMPLES // cfg["batch_size"]
+    quick = cfg["quick"]
+    timed_steps = min(cfg["quick_epoch_steps"], steps_per_epoch) if quick else steps_per_epoch
+    epoch = {
+        "steps_per_epoch": steps_per_epoch,
+        "timed_steps": timed_steps,
+        "extrapolated": timed_steps < steps_per_epoch,
+        "method": (
+            f"fit of {timed_steps} steps: start-up (pipeline, shuffle buffer, first step) "
+            f"+ {steps_per_epoch - 1} x the median of the other steps"
+            if timed_steps < steps_per_epoch
+            else "wall time of one fit epoch (one after the other, not interleaved)"
+        ),
+        "startup_s": {},
+        "steady_step_s": {},
+        "cpu_s": {},
+        "cpu_cores_used": {},
+    }
+    ds = data.make_pipeline(
+        data.load("mnist", "train"),
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        seed=cfg["seed"],
+        drop_remainder=True,
+    )
+    with Section(f"{model_name}: train epochs ({timed_steps} steps each)") as s:
+        for d in DEFENSES:
+            clock = _StepClock()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            variants[d][0].fit(
+                ds, epochs=1, steps_per_epoch=timed_steps, verbose=0, shuffle=False,
+                callbacks=[clock],
+            )
+            seconds = time.perf_counter() - start
+            cpu_s = time.process_time() - start_cpu
+            ends = clock.step_ends
+            steps = [b - a for a, b in zip(ends, ends[1:])]
+            # Start-up: pipeline, shuffle buffer, first step; the rest is the steady step.
+            startup = ends[0] - start
+            steady = statistics.median(steps) if steps else ends[0] - clock.begin
+            epoch["startup_s"][d] = round(startup, 3)
+            epoch["steady_step_s"][d] = round(steady, 4)
+            epoch["cpu_s"][d] = round(cpu_s, 1)
+            epoch["cpu_cores_used"][d] = round(cpu_s / seconds, 2)
+            if epoch["extrapolated"]:
+                epoch[d] = round(startup + (steps_per_epoch - 1) * steady, 2)
+            else:
+                epoch[d] = round(seconds, 2)
+            _log(f"  {d}: {epoch[d]} s/epoch, {epoch['cpu_cores_used'][d]} cores")
+    record["sections"]["train_epoch"] = s.record
+    record["train_epoch_s"] = epoch
+    del variants
+    gc.collect()
+
+
+def _linf_check(x, x_adv, y, model, eps):
+    """Validity of adversarials: inside the eps ball and the box, and the loss raised."""
+    delta = float(np.max(np.abs(x_adv.astype(np.float64) - x.astype(np.float64))))
+
+    def ce(z):
+        logits = model(tf.constant(z), training=False)
+        return float(
+            tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        )
+
+    return {
+        "max_linf": round(delta, 6),
+        # Float32 rounding of x + eta may overshoot eps by an ulp.
+        "in_eps_ball": delta <= eps + 1e-6,
+        "in_box": bool(x_adv.min() >= 0.0 and x_adv.max() <= 1.0),
+        "ce_clean": round(ce(x), 4),
+        "ce_adv": round(ce(x_adv), 4),
+    }
+
+
+def bench_attacks(model_name, test_arrays, cfg, record, art):
+    """PGD against its floor, and attack throughput against ART and eager CleverHans."""
+    keras.utils.set_random_seed(cfg["seed"])
+    clf = models.get_model(model_name)
+    k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
+    step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
+    batches = _batches(*test_arrays, cfg["attack_batches"], bs)
+    n_images = sum(len(b[1]) for b in batches)
+    x_all = np.concatenate([b[0] for b in batches])
+    y_all = np.concatenate([b[1] for b in batches])
+
+    def model_fn(z):
+        return clf(z, training=False)
+
+    def compiled(attack_fn, jit_compile=False):
+        # As evaluation._compiled does: one graph per batch shape.
+        @tf.function(reduce_retracing=True, jit_compile=jit_compile)
+        def run(x, y):
+            return attack_fn(model_fn, x, y)
+
+        return run
+
+    def input_grad(jit_compile=False):
+        @tf.function(reduce_retracing=True, jit_compile=jit_compile)
+        def grad(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model_fn(x))
+                )
+            return tape.gradient(loss, x)
+
+        return grad
+
+    def ours(run):
+        # NumPy batches in, NumPy adversarials out, as ART's generate.
+        return lambda: np.concatenate([run(x, y).numpy() for x, y in batches])
+
+    def k_grads(grad):
+        # The floor of PGD-k: k input gradients per batch, one call each.
+        def go():
+            for x, y in batches:
+                x = tf.constant(x)
+                for _ in range(k):
+                    g = grad(x, y).numpy()
+            return g
+
+        return go
+
+    def update_ops():
+        # PGD-k minus its gradients: k sign steps and projections, one graph.
+        g = tf.random.stateless_normal((bs, *clf.input_shape[1:]), seed=(cfg["seed"], 1))
+
+        @tf.function(reduce_retracing=True)
+        def run(x):
+            x_adv = x
+            for _ in range(k):
+                x_adv = tf.clip_by_value(x_adv + step * tf.sign(g), 0.0, 1.0)
+                x_adv = tf.clip_by_value(x + tf.clip_by_value(x_adv - x, -eps, eps), 0.0, 1.0)
+            return x_adv
+
+        return lambda: np.concatenate([run(x).numpy() for x, _ in batches])
+
+    def cleverhans_eager():
+        # The CleverHans tutorial's loop, with our PGD's box, labels and random start.
+        return np.concatenate(
+            [
+                projected_gradient_descent(
+                    clf, tf.constant(x), eps, step, k, np.inf,
+                    clip_min=0.0, clip_max=1.0, y=tf.constant(y), rand_init=True,
+                ).numpy()
+                for x, y in batches
+            ]
+        )
+
+    pgd_fn = attacks.make_attack("pgd", eps=eps, steps=k, step_size=step)
+    contenders = {
+        "ours_fgsm": ours(compiled(attacks.make_attack("fgsm", eps=eps))),
+        "ours_pgd": ours(compiled(pgd_fn)),
+        "input_grad_x_k": k_grads(input_grad()),
+        "pgd_update_ops_x_k": update_ops(),
+        "cleverhans_eager_pgd": cleverhans_eager,
+    }
+    if art is not None:
+        classifier_cls, fgm_cls, pgd_cls = art
+        estimator = classifier_cls(
+            model=clf,
+            nb_classes=int(clf.output_shape[-1]),
+            input_shape=tuple(clf.input_shape[1:]),
+            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            clip_values=(0.0, 1.0),
+        )
+        art_fgsm = fgm_cls(estimator, norm=np.inf, eps=eps, num_random_init=0, batch_size=bs)
+        art_pgd = pgd_cls(
+            estimator, norm=np.inf, eps=eps, eps_step=step, max_iter=k,
+            num_random_init=1, batch_size=bs, verbose=False,
+        )
+        contenders["art_fgsm"] = lambda: art_fgsm.generate(x_all, y_all)
+        contenders["art_pgd"] = lambda: art_pgd.generate(x_all, y_all)
+    if cfg["xla"]:
+        contenders["ours_pgd_xla"] = ours(compiled(pgd_fn, jit_compile=True))
+        contenders["input_grad_x_k_xla"] = k_grads(input_grad(jit_compile=True))
+
+    with Section(f"{model_name}: attacks") as s:
+        wall, cpu, outputs = interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
+    record["sections"]["attacks"] = s.record
+    sec = {name: statistics.median(t) for name, t in wall.items()}
+    not_attacks = ("input_grad", "pgd_update_ops")
+    ips = {n: n_images / v for n, v in sec.items() if not n.startswith(not_attacks)}
+    record["attack_s_per_batch"] = {n: round(v / len(batches), 5) for n, v in sec.items()}
+    record["attack_cpu_s_per_batch"] = {
+        n: round(statistics.median(t) / len(batches), 5) for n, t in cpu.items()
+    }
+    record["attack_rounds_s"] = _rounded(wall)
+    record["images_per_s"] = {n: round(v, 1) for n, v in ips.items()}
+    record["pgd_efficiency"] = round(sec["ours_pgd"] / sec["input_grad_x_k"], 3)
+    record["pgd_efficiency_cpu"] = round(
+        statistics.median(cpu["ours_pgd"]) / statistics.median(cpu["input_grad_x_k"]), 3
+    )
+    record["pgd_vs_cleverhans_eager"] = round(ips["ours_pgd"] / ips["cleverhans_eager_pgd"], 3)
+    per_batch = len(batches)
+    record["pgd_breakdown"] = {
+        "k": k,
+        "input_grads_s_per_batch": round(sec["input_grad_x_k"] / per_batch, 5),
+        "update_ops_s_per_batch": round(sec["pgd_update_ops_x_k"] / per_batch, 5),
+        "rest_s_per_batch": round(
+            (sec["ours_pgd"] - sec["input_grad_x_k"] - sec["pgd_update_ops_x_k"]) / per_batch, 5
+        ),
+        # What eager execution adds to each PGD step over our one graph.
+        "cleverhans_eager_overhead_s_per_step": round(
+            (sec["cleverhans_eager_pgd"] - sec["ours_pgd"]) / (per_batch * k), 5
+        ),
+    }
+    if art is not None:
+        record["fgsm_vs_art"] = round(ips["ours_fgsm"] / ips["art_fgsm"], 3)
+        record["pgd_vs_art"] = round(ips["ours_pgd"] / ips["art_pgd"], 3)
+    else:
+        record["fgsm_vs_art"] = record["pgd_vs_art"] = None
+    if cfg["xla"]:
+        record["xla"].update(
+            pgd_efficiency=round(sec["ours_pgd_xla"] / sec["input_grad_x_k_xla"], 3),
+            pgd_speedup=round(sec["ours_pgd"] / sec["ours_pgd_xla"], 3),
+            input_grad_speedup=round(sec["input_grad_x_k"] / sec["input_grad_x_k_xla"], 3),
+        )
+
+    # Every contender made valid adversarials of the same budget (last timed call).
+    validity = {
+        name: _linf_check(x_all, out, y_all, clf, eps)
+        for name, out in outputs.items()
+        if not name.startswith(not_attacks)
+    }
+    record["validity"] = validity
+    bad = [n for n, v in validity.items() if not (v["in_eps_ball"] and v["in_box"])]
+    if bad:
+        raise AssertionError(f"{model_name}: invalid adversarials from {bad}: {validity}")
+
+
+# ------------------------------------------------------------------ report
+
+
+def _targets(results):
+    """Each target with its value per model; it passes when every model meets it."""
+    out = {}
+    for name, (op, threshold) in TARGETS.items():
+        values = {m: r[name] for m, r in results.items()}
+        entry = {"target": f"{op} {threshold:g}", "values": values}
+        if any(v is None for v in values.values()):
+            entry["pass"] = None
+            entry["skipped"] = ART_NOTE
+        else:
+            ok = [(v <= threshold) if op == "<=" else (v >= threshold) for v in values.values()]
+            entry["pass"] = all(ok)
+        out[name] = entry
+    return out
+
+
+def _table(summary):
+    res = summary["models"]
+    names = list(res)
+    w = max(14, *(len(n) + 2 for n in names))
+    lines = []
+    m, load = summary["machine"], summary["load"]
+    lines.append(
+        f"speed: {m['cpu_model']}, {m['cpu_count']} CPUs, "
+        f"batch {summary['settings']['batch_size']}, "
+        f"median of {summary['settings']['repeats']} rounds"
+        + (" (--quick)" if summary["quick"] else "")
+        + f"; load avg {load['load_avg_1min_start']} -> {load['load_avg_1min_end']}"
+    )
+    lines.append(f"{'figure':<28}{'target':>8}" + "".join(f"{n:>{w}}" for n in names))
+
+    def row(label, values, target=""):
+        lines.append(f"{label:<28}{target:>8}" + "".join(f"{v:>{w}}" for v in values))
+
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    for name, (op, thr) in TARGETS.items():
+        cells = []
+        for n in names:
+            v = res[n][name]
+            ok = "" if v is None else (" ok" if (v <= thr if op == "<=" else v >= thr) else " MISS")
+            cells.append(fmt(v, ".2f") + ok)
+        row(name, cells, f"{op}{thr:g}")
+    row("at2l_over_at, CPU time", [fmt(res[n]["at2l_over_at_cpu"], ".3f") for n in names])
+    row("at2l_over_at, expected", [fmt(res[n]["at2l_over_at_expected"], ".3f") for n in names])
+    row("pgd_efficiency, CPU time", [fmt(res[n]["pgd_efficiency_cpu"], ".3f") for n in names])
+    for d in DEFENSES:
+        row(f"train step s, {d}", [fmt(res[n]["train_step_s"][d], ".3f") for n in names])
+    ex = any(res[n]["train_epoch_s"]["extrapolated"] for n in names)
+    for d in DEFENSES:
+        label = f"train epoch s, {d}" + (" (extrap.)" if ex else "")
+        row(label, [fmt(res[n]["train_epoch_s"][d], ".1f") for n in names])
+    keys = ["ours_fgsm", "art_fgsm", "ours_pgd", "art_pgd", "cleverhans_eager_pgd"]
+    for key in keys:
+        row(f"img/s {key}", [fmt(res[n]["images_per_s"].get(key), ".0f") for n in names])
+    if all(res[n]["xla"] for n in names):
+        row("XLA pgd_efficiency", [fmt(res[n]["xla"]["pgd_efficiency"], ".2f") for n in names])
+        row("XLA pgd speed-up", [fmt(res[n]["xla"]["pgd_speedup"], ".2f") for n in names])
+        for d in DEFENSES:
+            row(
+                f"XLA train speed-up, {d}",
+                [fmt(res[n]["xla"]["train_step_speedup"][d], ".2f") for n in names],
+            )
+    lines.append(f"peak RSS {summary['peak_rss_mb']:.0f} MB; total {summary['wall_s']:.0f} s")
+    if summary.get("skipped"):
+        lines.append(f"ART figures skipped: {summary['skipped']}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    quick = FLAGS.quick
+
+    def pick(value, full, short):
+        return value if value is not None else (short if quick else full)
+
+    cfg = {
+        "quick": quick,
+        "batch_size": FLAGS.batch_size,
+        "repeats": pick(FLAGS.repeats, 9, 3),
+        "warmup": pick(FLAGS.warmup, 2, 1),
+        "train_steps_per_round": pick(FLAGS.train_steps_per_round, 3, 1),
+        "attack_batches": pick(FLAGS.attack_batches, 2, 1),
+        "eps": FLAGS.eps,
+        "train_pgd_steps": pick(FLAGS.train_pgd_steps, 5, 3),
+        "pgd_steps": pick(FLAGS.pgd_steps, 10, 3),
+        "quick_epoch_steps": FLAGS.quick_epoch_steps,
+        "xla": pick(FLAGS.xla, True, False),
+        "seed": FLAGS.seed,
+    }
+    model_names = pick(FLAGS.models, ["mnist_small", "madry_mnist"], ["mnist_small"])
+    for key in ("batch_size", "repeats", "train_steps_per_round", "attack_batches", "pgd_steps",
+                "train_pgd_steps", "quick_epoch_steps"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, received {key}={cfg[key]}")
+    if cfg["batch_size"] < 2:  # Triplets need two examples.
+        raise ConfigError(f"batch_size must be >= 2, received batch_size={cfg['batch_size']}")
+
+    if FLAGS.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    # Each model traces its own train function; TensorFlow's retracing heuristic
+    # counts those as retraces of one function and warns.
+    tf.get_logger().setLevel("ERROR")
+    art = _import_art()
+    train_arrays = data.load_mnist_arrays("train")
+    test_arrays = data.load_mnist_arrays("test")
+
+    results = {}
+    for name in model_names:
+        record = {"sections": {}, "xla": {}}
+        bench_train(name, train_arrays, cfg, record)
+        bench_attacks(name, test_arrays, cfg, record, art)
+        results[name] = record
+        gc.collect()
+
+    k = cfg["pgd_steps"]
+    summary = {
+        "benchmark": "speed",
+        "command": " ".join(["python", "benchmarks/speed.py"] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": quick,
+        "machine": {
+            **_machine(),
+            "device": FLAGS.device,
+            "tf_threads": {  # 0: TensorFlow picks (one per core).
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            },
+        },
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "cleverhans": _version("cleverhans"),
+            "adversarial-robustness-toolbox": (
+                _version("adversarial-robustness-toolbox") if art else None
+            ),
+            "numpy": _version("numpy"),
+            "at2l_tf": _version("at2l_tf"),
+        },
+        "settings": {
+            **{
+                key: cfg[key]
+                for key in ("batch_size", "repeats", "warmup", "train_steps_per_round",
+                            "attack_batches", "eps", "train_pgd_steps", "pgd_steps", "seed", "xla")
+            },
+            "quick_epoch_steps": cfg["quick_epoch_steps"] if quick else None,
+            "timing": "median over rounds of wall time; contenders interleaved round-robin",
+            "data": "MNIST shipped with at2l_tf: train split for training, test split for attacks",
+            "train_attack": (
+                f"pgd, {cfg['train_pgd_steps']} steps, step 2.5*eps/steps, random start"
+            ),
+            "train": "AT2LModel defaults: lambda1=1, lambda2=0.5, margin=0.5, Adam(1e-3)",
+            "attack_pgd": {"steps": k, "step_size": 2.5 * cfg["eps"] / k, "random_starts": 1},
+            "attack_fgsm": {"step_size": cfg["eps"], "random_starts": 0},
+            "models": model_names,
+        },
+        "models": results,
+    }
+    if art is None:
+        summary["skipped"] = ART_NOTE
+    summary["targets"] = _targets(results)
+    summary["peak_rss_mb"] = _peak_rss_mb()
+    try:
+        import psutil
+
+        summary["rss_end_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+    except ImportError:
+        pass
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    summary["load"] = {
+        "load_avg_1min_start": round(load_start[0], 2),
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
+        "load_avg_start": [round(v, 2) for v in load_start],
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+        "process_cpu_s": round(time.process_time(), 1),
+    }
+    print(_table(summary))
+    if FLAGS.output_json:
+        atomic_write_json(FLAGS.output_json, summary)
+
+
+if __name__ == "__main__":
+    cli.run(main, "speed")

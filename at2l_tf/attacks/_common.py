@@ -47,3 +47,26 @@ def least_likely_class(logits):
 def predicted_labels(model_fn, x):
     """Model predictions, used as labels when `y` is not given (avoids label leaking)."""
     return tf.argmax(model_fn(x), axis=-1)
+
+
+def run_graph_attack(attack_body, model_fn, x, y, params):
+    """Runs an attack written as TensorFlow loops (C&W, DeepFool).
+
+    Fills `y` with the model's predictions when it is `None`. Called eagerly,
+    it goes through one `tf.function` (its while loops would otherwise run op by
+    op in Python), traced once per `attack_body`, `model_fn` (held weakly by
+    tf.function) and parameter set, whatever the batch size; inside a traced
+    function it just calls `attack_body`.
+    """
+    x = tf.convert_to_tensor(x)
+    if y is None:
+        y = predicted_labels(model_fn, x)
+    y = tf.convert_to_tensor(y)
+    if tf.executing_eagerly():
+        return _run_compiled(attack_body, model_fn, x, y, params)
+    return attack_body(model_fn, x, y, **params)
+
+
+@tf.function(reduce_retracing=True)
+def _run_compiled(attack_body, model_fn, x, y, params):
+    return attack_body(model_fn, x, y, **params)

@@ -139,30 +139,12 @@ def carlini_wagner_l2(
         clip_min=float(clip_min),
         clip_max=float(clip_max),
     )
-    x = tf.convert_to_tensor(x)
-    if y is None:
-        y = _common.predicted_labels(model_fn, x)
-    y = tf.convert_to_tensor(y)
-    if tf.executing_eagerly():
-        # Eagerly, the while loops would run step by step in Python.
-        return _attack_compiled(model_fn, x, y, params)
-    return _attack(model_fn, x, y, **params)
+    return _common.run_graph_attack(_attack, model_fn, x, y, params)
 
 
 def _check_positive(name, value):
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{name} must be > 0, received {name}={value!r}")
-
-
-@tf.function(reduce_retracing=True)
-def _attack_compiled(model_fn, x, y, params):
-    """`_attack` compiled for eager callers.
-
-    tf.function keys its traces on a weak reference to `model_fn` and on the
-    Python values in `params`, so repeated calls with the same `model_fn` (an
-    evaluation loop over batches) trace once, whatever the batch size.
-    """
-    return _attack(model_fn, x, y, **params)
 
 
 def _attack(

@@ -94,21 +94,7 @@ def deepfool(
         clip_min=float(clip_min),
         clip_max=float(clip_max),
     )
-    x = tf.convert_to_tensor(x)
-    if y is None:
-        y = _common.predicted_labels(model_fn, x)
-    y = tf.convert_to_tensor(y)
-    if tf.executing_eagerly():
-        # Eagerly, the while loop would run step by step in Python.
-        return _attack_compiled(model_fn, x, y, params)
-    return _attack(model_fn, x, y, **params)
-
-
-@tf.function(reduce_retracing=True)
-def _attack_compiled(model_fn, x, y, params):
-    """`_attack` compiled for eager callers; traced once per `model_fn` (held
-    weakly by tf.function) and parameter set, whatever the batch size."""
-    return _attack(model_fn, x, y, **params)
+    return _common.run_graph_attack(_attack, model_fn, x, y, params)
 
 
 def _attack(model_fn, x, y, *, num_candidates, overshoot, max_iter, clip_min, clip_max):

@@ -66,21 +66,21 @@ import sys
 import time
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads, as at2l_tf.cli.
+# at2l_tf first: it sets TensorFlow's environment defaults, which TensorFlow reads
+# once when it loads, so the benchmark runs TensorFlow as the train command does.
+import at2l_tf  # noqa: F401  # isort: skip
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import flags  # noqa: E402
-from cleverhans.tf2.attacks.projected_gradient_descent import (  # noqa: E402
-    projected_gradient_descent,
-)
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from at2l_tf import attacks, cli, data, models  # noqa: E402
-from at2l_tf.errors import ConfigError  # noqa: E402
-from at2l_tf.fileio import atomic_write_json  # noqa: E402
-from at2l_tf.training.at2l_model import AT2LModel  # noqa: E402
-from at2l_tf.training.triplet_regularizer import TripletRegularizer  # noqa: E402
+from at2l_tf import attacks, cli, data, models
+from at2l_tf.errors import ConfigError
+from at2l_tf.fileio import atomic_write_json
+from at2l_tf.training.at2l_model import AT2LModel
+from at2l_tf.training.triplet_regularizer import TripletRegularizer
 
 flags.DEFINE_bool(
     "quick", False, "Short run (< 1 min): mnist_small, 3 rounds, PGD-3, epoch extrapolated."
@@ -727,6 +727,9 @@ def main(argv):
         "machine": {
             **_machine(),
             "device": FLAGS.device,
+            # None: TensorFlow's default, which on x86 turns oneDNN on only for CPUs
+            # with AVX-512 VNNI/BF16 or AMX; "1" turns it on everywhere.
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "tf_threads": {  # 0: TensorFlow picks (one per core).
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),

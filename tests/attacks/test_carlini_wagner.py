@@ -7,33 +7,6 @@ import tensorflow as tf
 from at2l_tf.attacks import carlini_wagner_l2
 
 
-@pytest.fixture(scope="module")
-def cw_in_graph(model_fn, clean_batch):
-    """C&W with its defaults on the clean batch, called inside a `tf.function`."""
-    x, y = clean_batch
-    attack = tf.function(lambda x, y: carlini_wagner_l2(model_fn, x, y))
-    return np.asarray(attack(tf.constant(x), tf.constant(y)))
-
-
-def test_fools_clean_model(cw_in_graph, clean_batch, predict):
-    _, y = clean_batch
-    assert np.mean(predict(cw_in_graph) != y) >= 0.9
-
-
-def test_output_inside_box(cw_in_graph):
-    assert cw_in_graph.min() >= 0.0
-    assert cw_in_graph.max() <= 1.0
-
-
-def test_smaller_l2_than_cheapest_fgsm(
-    cw_in_graph, clean_batch, predict, fgsm_min_l2, l2_norms
-):
-    x, y = clean_batch
-    both = (predict(cw_in_graph) != y) & ~np.isnan(fgsm_min_l2)
-    assert both.sum() >= 0.5 * len(x)
-    assert l2_norms(cw_in_graph, x)[both].mean() < fgsm_min_l2[both].mean()
-
-
 def test_returns_x_when_no_adversarial_is_found(clean_batch):
     # Logits that ignore the input: nothing can be fooled, so x comes back as is.
     x, y = clean_batch[0][:4], clean_batch[1][:4]

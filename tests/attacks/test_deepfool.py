@@ -7,33 +7,6 @@ import tensorflow as tf
 from at2l_tf.attacks import deepfool
 
 
-@pytest.fixture(scope="module")
-def deepfool_in_graph(model_fn, clean_batch):
-    """DeepFool with its defaults on the clean batch, called inside a `tf.function`."""
-    x, y = clean_batch
-    attack = tf.function(lambda x, y: deepfool(model_fn, x, y))
-    return np.asarray(attack(tf.constant(x), tf.constant(y)))
-
-
-def test_fools_clean_model(deepfool_in_graph, clean_batch, predict):
-    _, y = clean_batch
-    assert np.mean(predict(deepfool_in_graph) != y) >= 0.9
-
-
-def test_output_inside_box(deepfool_in_graph):
-    assert deepfool_in_graph.min() >= 0.0
-    assert deepfool_in_graph.max() <= 1.0
-
-
-def test_smaller_l2_than_cheapest_fgsm(
-    deepfool_in_graph, clean_batch, predict, fgsm_min_l2, l2_norms
-):
-    x, y = clean_batch
-    both = (predict(deepfool_in_graph) != y) & ~np.isnan(fgsm_min_l2)
-    assert both.sum() >= 0.5 * len(x)
-    assert l2_norms(deepfool_in_graph, x)[both].mean() < fgsm_min_l2[both].mean()
-
-
 def test_batch_equals_concatenated_halves(model_fn, clean_batch):
     x, y = clean_batch[0][:8], clean_batch[1][:8]
     whole = np.asarray(deepfool(model_fn, x, y))

@@ -4,11 +4,10 @@ Two logical CPU devices are configured before TensorFlow initialises, so that
 `tf.distribute.MirroredStrategy` can be tested with two replicas on one CPU.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
+# at2l_tf first, so TensorFlow loads with the package's environment defaults
+# (oneDNN on, quiet C++ logs), as it does for the command-line tools.
+import at2l_tf  # noqa: F401  # isort: skip
+import tensorflow as tf
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

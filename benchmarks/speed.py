@@ -62,6 +62,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -226,6 +227,18 @@ def _version(dist):
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _git_commit():
+    """The checked-out commit of the repository the benchmark runs from, if any."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True, text=True, check=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _import_art():
@@ -727,14 +740,15 @@ def main(argv):
         "machine": {
             **_machine(),
             "device": FLAGS.device,
-            # None: TensorFlow's default, which on x86 turns oneDNN on only for CPUs
-            # with AVX-512 VNNI/BF16 or AMX; "1" turns it on everywhere.
+            # at2l_tf sets "1" unless the caller set it: oneDNN kernels everywhere.
+            # "0" (or unset before at2l_tf 0.1.0's default) gives the Eigen kernels.
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "tf_threads": {  # 0: TensorFlow picks (one per core).
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
             },
         },
+        "git_commit": _git_commit(),
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,

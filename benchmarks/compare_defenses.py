@@ -12,13 +12,13 @@ random start), at the training eps. Prints one table and writes the JSON.
 """
 
 import os
-import platform
 import sys
 import time
 
 from absl import flags
 
-from at2l_tf import cli
+from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
+import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
 from at2l_tf import train as train_command  # Defines every flag of the train command.
 from at2l_tf.fileio import atomic_write_json
 
@@ -81,10 +81,11 @@ def main(argv):
             },
         },
         "results": rows,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": benchlib.machine(),
+        "git_commit": benchlib.git_commit(),
         # Training times are wall-clock: other load on the machine inflates them.
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print(
         f"\n{c.model_name} on {c.data.dataset}, trained {c.train.epochs} epochs with "

@@ -57,19 +57,16 @@ meets it), `peak_rss_mb` (peak resident memory of the process).
 """
 
 import gc
-import importlib.metadata
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
-import warnings
 
 # at2l_tf first: it sets TensorFlow's environment defaults, which TensorFlow reads
 # once when it loads, so the benchmark runs TensorFlow as the train command does.
 import at2l_tf  # noqa: F401  # isort: skip
+
+import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.
 
 import keras
 import numpy as np
@@ -116,7 +113,6 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random starts.")
 FLAGS = flags.FLAGS
 
-ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
 TARGETS = {  # name: (comparison, threshold)
     "at2l_over_at": ("<=", 1.05),
     "pgd_efficiency": ("<=", 1.15),
@@ -203,74 +199,6 @@ def _log(msg):
 # ------------------------------------------------------------------ setup
 
 
-def _machine():
-    model_name = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model_name or platform.processor() or None,
-    }
-
-
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_commit():
-    """The checked-out commit of the repository the benchmark runs from, if any."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True, text=True, check=True, timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _import_art():
-    """ART's `(TensorFlowV2Classifier, FastGradientMethod, ProjectedGradientDescent)`, or None."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "PyTorch not found" and the like.
-            from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
-            from art.estimators.classification import TensorFlowV2Classifier
-    except ImportError:
-        return None
-    return TensorFlowV2Classifier, FastGradientMethod, ProjectedGradientDescent
-
-
-def _peak_rss_mb():
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def _batches(images, labels, n, batch_size):
-    """The first `n` batches as float32 NumPy `(x, y)` in [0, 1]."""
-    out = []
-    for i in range(n):
-        sl = slice(i * batch_size, (i + 1) * batch_size)
-        out.append(((images[sl].astype("float32") / 255.0), labels[sl].astype("int64")))
-    return out
-
-
 class _StepClock(keras.callbacks.Callback):
     """Notes when `fit` starts and when each training step ends."""
 
@@ -312,7 +240,7 @@ def _triplet_term_s(cfg, num_classes, repeats=50):
 
 def bench_train(model_name, train_arrays, cfg, record):
     """Step time of none / AT / AT²L (compiled train_step) and one epoch of each."""
-    ((x, y),) = _batches(*train_arrays, 1, cfg["batch_size"])
+    ((x, y),) = benchlib.batches(*train_arrays, 1, cfg["batch_size"])
     # Same element spec as the training pipeline, so `fit` below reuses the trace.
     fixed = tf.data.Dataset.from_tensors((x, y)).repeat()
     attack_params = {"eps": cfg["eps"], "steps": cfg["train_pgd_steps"]}
@@ -459,7 +387,7 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
     clf = models.get_model(model_name)
     k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
     step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
-    batches = _batches(*test_arrays, cfg["attack_batches"], bs)
+    batches = benchlib.batches(*test_arrays, cfg["attack_batches"], bs)
     n_images = sum(len(b[1]) for b in batches)
     x_all = np.concatenate([b[0] for b in batches])
     y_all = np.concatenate([b[1] for b in batches])
@@ -621,7 +549,7 @@ def _targets(results):
         entry = {"target": f"{op} {threshold:g}", "values": values}
         if any(v is None for v in values.values()):
             entry["pass"] = None
-            entry["skipped"] = ART_NOTE
+            entry["skipped"] = benchlib.ART_NOTE
         else:
             ok = [(v <= threshold) if op == "<=" else (v >= threshold) for v in values.values()]
             entry["pass"] = all(ok)
@@ -707,6 +635,7 @@ def main(argv):
         "seed": FLAGS.seed,
     }
     model_names = pick(FLAGS.models, ["mnist_small", "madry_mnist"], ["mnist_small"])
+    benchlib.check_mnist_models(model_names)
     for key in ("batch_size", "repeats", "train_steps_per_round", "attack_batches", "pgd_steps",
                 "train_pgd_steps", "quick_epoch_steps"):
         if cfg[key] < 1:
@@ -719,7 +648,7 @@ def main(argv):
     # Each model traces its own train function; TensorFlow's retracing heuristic
     # counts those as retraces of one function and warns.
     tf.get_logger().setLevel("ERROR")
-    art = _import_art()
+    art = benchlib.import_art()
     train_arrays = data.load_mnist_arrays("train")
     test_arrays = data.load_mnist_arrays("test")
 
@@ -738,26 +667,23 @@ def main(argv):
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": quick,
         "machine": {
-            **_machine(),
+            **benchlib.machine(),
             "device": FLAGS.device,
-            # at2l_tf sets "1" unless the caller set it: oneDNN kernels everywhere.
-            # "0" (or unset before at2l_tf 0.1.0's default) gives the Eigen kernels.
-            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "tf_threads": {  # 0: TensorFlow picks (one per core).
                 "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
             },
         },
-        "git_commit": _git_commit(),
+        "git_commit": benchlib.git_commit(),
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
-            "cleverhans": _version("cleverhans"),
+            "cleverhans": benchlib.version("cleverhans"),
             "adversarial-robustness-toolbox": (
-                _version("adversarial-robustness-toolbox") if art else None
+                benchlib.version("adversarial-robustness-toolbox") if art else None
             ),
-            "numpy": _version("numpy"),
-            "at2l_tf": _version("at2l_tf"),
+            "numpy": benchlib.version("numpy"),
+            "at2l_tf": benchlib.version("at2l_tf"),
         },
         "settings": {
             **{
@@ -779,9 +705,9 @@ def main(argv):
         "models": results,
     }
     if art is None:
-        summary["skipped"] = ART_NOTE
+        summary["skipped"] = benchlib.ART_NOTE
     summary["targets"] = _targets(results)
-    summary["peak_rss_mb"] = _peak_rss_mb()
+    summary["peak_rss_mb"] = benchlib.peak_rss_mb()
     try:
         import psutil
 

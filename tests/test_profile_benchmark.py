@@ -1,0 +1,97 @@
+"""benchmarks/profile_attacks.py --quick, run as users run it, and its bad-input exits.
+
+Timings are not checked (they depend on the machine); the structure of the
+profile is: our compiled PGD runs the model's ops inside one graph and computes
+no weight gradient, eager CleverHans runs its steps' own ops eagerly, and the
+FLOP count of the floor matches a hand count.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join("benchmarks", "profile_attacks.py")
+
+# mnist_small, per image: conv 3x3 1->32 (26x26 out), conv 3x3 32->64 (11x11 out),
+# dense 1600->128, dense 128->10. 2 FLOP per multiply-add; an input gradient is
+# the forward pass plus as much again backwards.
+_FORWARD = 2 * (26 * 26 * 32 * 9 * 1 + 11 * 11 * 64 * 9 * 32 + 1600 * 128 + 128 * 10)
+MNIST_SMALL_GRADIENT_GFLOP = round(2 * _FORWARD * 128 / 1e9, 3)
+
+
+def _run(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_quick_profile_writes_the_documented_json(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = _run("--quick", f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mnist_small" in proc.stdout and "cleverhans_eager" in proc.stdout
+
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "profile_attacks" and result["quick"] is True
+    assert result["machine"]["cpu_count"] >= 1 and result["versions"]["tensorflow"]
+    assert result["settings"]["pgd_steps"] == 3 and result["settings"]["batch_size"] == 128
+    assert list(result["models"]) == ["mnist_small"]
+    record = result["models"]["mnist_small"]
+
+    floor = record["floor"]
+    assert floor["gradient_gflop"] == pytest.approx(MNIST_SMALL_GRADIENT_GFLOP, abs=1e-3)
+    assert floor["matmul_gflops"] > 0 and floor["pgd_floor_ms"] > 0
+    # Ours cannot beat the machine's matmul rate.
+    assert 0 < floor["ours_share_of_matmul_rate"] <= 1
+
+    impls = record["implementations"]
+    has_art = importlib.util.find_spec("art") is not None
+    assert set(impls) == {"ours", "cleverhans_eager", "art"}
+    assert (impls["art"] is not None) == has_art
+    if not has_art:
+        assert result["skipped"].startswith("adversarial-robustness-toolbox not installed")
+        assert floor["ours_over_art"] is None and floor["max_speedup_over_art"] is None
+
+    ours, ch = impls["ours"], impls["cleverhans_eager"]
+    for rec in (r for r in impls.values() if r is not None):
+        assert rec["wall_ms"] > 0 and rec["traced_wall_ms"] > 0
+        assert rec["graph_kernel_ms"]["model"] + rec["eager_kernel_ms"] > 0
+        assert rec["by_op_type"]
+    # Ours: the model's forward and input-gradient ops, all in the graph; the
+    # gradient with respect to the weights is pruned away.
+    assert ours["graph_kernel_ms"]["model"] > 0
+    assert ours["eager_kernel_ms"] < ours["graph_kernel_ms"]["model"]
+    assert ours["weight_gradient_ms"] == 0
+    assert any(t.startswith("Conv2DBackpropInput") for t in ours["by_op_type"])
+    # CleverHans: the gradient in its tf.function, the sign and projection eagerly.
+    assert ch["graph_kernel_ms"]["model"] > 0 and ch["eager_kernel_ms"] > 0
+    assert floor["ours_over_cleverhans_eager"] > 0
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--models=cifar10_small", "model 'cifar10_small' is a cifar10 model"),
+        ("--models=resnet", "unknown model 'resnet'"),
+        ("--pgd_steps=0", "pgd_steps must be >= 1, received pgd_steps=0"),
+        ("--eps=1.5", "eps must be in (0, 1], received eps=1.5"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(tmp_path, flag, message):
+    out = tmp_path / "profile.json"
+    proc = _run(flag, f"--output_json={out}", timeout=120)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("profile_attacks:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not out.exists()

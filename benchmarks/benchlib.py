@@ -12,6 +12,15 @@ import subprocess
 import sys
 import warnings
 
+# The speed targets of issue 5, as speed.py checks them: name -> (comparison, threshold).
+TARGETS = {
+    "at2l_over_at": ("<=", 1.05),
+    "pgd_efficiency": ("<=", 1.15),
+    "pgd_vs_art": (">=", 3.0),
+    "fgsm_vs_art": (">=", 2.0),
+    "pgd_vs_cleverhans_eager": (">=", 2.0),
+}
+
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
 
 

@@ -31,17 +31,25 @@ Per implementation (`models.<name>.implementations.<impl>`):
   The profiler adds its own overhead: compare shares, not absolute times,
   with `wall_ms`.
 
+`top_graph_ops` names the graph ops that took longest (summed over calls).
+
 Per model, the floor (`models.<name>.floor`): `gradient_gflop`, the
-multiply-adds of one input gradient of the batch, counted from the model's
-Conv2D and Dense layers (forward plus backward to the input: twice the forward
-count; pooling, activations and the loss are left out, so this is a lower
-bound); `matmul_gflops`, the rate of a 2048x2048 float32 `tf.matmul` on this
-machine (the best the CPU sustains through TensorFlow); `pgd_floor_ms` = k *
-gradient_gflop / matmul_gflops, a time no PGD-k on this model can beat here;
-`ours_gradient_gflops`, the rate our PGD achieves (k gradients per call); and
-per contender `max_speedup_over_<impl>` = `wall_ms` / `pgd_floor_ms`, the most
-any implementation could beat it by on this machine, next to `ours_over_<impl>`,
-what ours does.
+floating-point operations of one input gradient of the batch, counted from the
+model's Conv2D and Dense layers (forward plus backward to the input: twice the
+forward count; pooling, activations and the loss are left out, so this is a
+lower bound); `matmul_gflops`, the best rate of a 4096x4096 float32
+`tf.matmul` on this machine (the most any kernel sustains through TensorFlow
+here); `pgd_floor_ms` = k * gradient_gflop / matmul_gflops, a time no PGD-k on
+this model can beat here; `ours_gradient_gflops`, the rate our PGD achieves (k
+gradients per call), and `ours_share_of_matmul_rate`, that over the matmul rate.
+Per contender (`cleverhans_eager`, `art`): `ours_over_<impl>`, how much faster
+ours is; `max_speedup_over_<impl>` = its `wall_ms` / `pgd_floor_ms`, the most
+any implementation could beat it by here; `extra_ms_per_step_<impl>`, what it
+spends per step beyond ours; and for speed.py's target (`target_over_<impl>`:
+2x CleverHans, 3x ART), `ours_needed_ms_for_target_over_<impl>`, the time ours
+would have to reach, and `needed_share_of_matmul_rate_for_target_over_<impl>`,
+the share of the matmul rate that time takes: above 1 the target is out of
+reach of any implementation on this machine, and near 1 out of reach in practice.
 """
 
 import collections
@@ -80,6 +88,15 @@ flags.DEFINE_integer("seed", 0, "Seed of the weights, the images and the random 
 FLAGS = flags.FLAGS
 
 WEIGHT_GRADIENT_OPS = ("Conv2DBackpropFilter", "BiasAddGrad")
+# speed.py's targets for PGD-10 throughput: ours over each contender.
+TARGET_SPEEDUPS = {
+    "cleverhans_eager": benchlib.TARGETS["pgd_vs_cleverhans_eager"][1],
+    "art": benchlib.TARGETS["pgd_vs_art"][1],
+}
+FLOOR_KEYS = (
+    "ours_over", "max_speedup_over", "extra_ms_per_step", "target_over",
+    "ours_needed_ms_for_target_over", "needed_share_of_matmul_rate_for_target_over",
+)
 _EAGER_PREFIX = "EagerLocalExecute: "
 
 
@@ -109,6 +126,12 @@ def _op_type(name):
 # A graph op's event: `scope/op_name:OpType` (no `::`, which marks the
 # executor's own events such as `ExecutorState::Process`).
 _OP_EVENT = re.compile(r"^([^:]+):([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _op_name(name):
+    """The op's name without the scopes of the calls that ran it: one name per model op."""
+    parts = name.split("/")
+    return "/".join(p for p in parts if not re.fullmatch(r"(Stateful)?PartitionedCall(_\d+)?", p))
 
 
 def _self_times(events, names):
@@ -163,6 +186,7 @@ def trace(fn, model_name):
     graph = collections.Counter()  # "model" / "other" -> ms
     eager = 0.0
     by_type = collections.Counter()
+    by_name = collections.Counter()  # Graph ops by name, summed over calls and steps.
     for plane in space.planes:
         names = {k: v.name for k, v in plane.event_metadata.items()}
         for line in plane.lines:
@@ -173,6 +197,7 @@ def trace(fn, model_name):
                     op_name, op_type = op.groups()
                     graph["model" if model_name in op_name else "other"] += ms
                     by_type[_op_type(op_type)] += ms
+                    by_name[_op_name(op_name)] += ms
                 elif not executor and name.startswith(_EAGER_PREFIX):
                     op_type = name[len(_EAGER_PREFIX):]
                     if op_type.startswith("__"):  # A tf.function; its ops are graph ops.
@@ -188,6 +213,7 @@ def trace(fn, model_name):
         "outside_kernels_ms": round(traced_ms - kernel, 1),
         "weight_gradient_ms": round(sum(by_type[t] for t in WEIGHT_GRADIENT_OPS), 1),
         "by_op_type": {t: round(v, 1) for t, v in by_type.most_common(12)},
+        "top_graph_ops": {n: round(v, 1) for n, v in by_name.most_common(8)},
     }
 
 
@@ -220,8 +246,14 @@ def gradient_gflop(model, batch_size):
     return 2 * forward * batch_size / 1e9
 
 
-def matmul_gflops(n=2048, repeats=5):
-    """Sustained float32 GFLOPS of an n x n `tf.matmul` here (median of `repeats`)."""
+def matmul_gflops(n=4096, repeats=5):
+    """The best float32 GFLOPS of an n x n `tf.matmul` here, over `repeats` timed calls.
+
+    A large square matmul is the most efficient work the CPU does through
+    TensorFlow (oneDNN's GEMM); its best rate over a few calls is an upper
+    bound on what any model's kernels sustain, so the floor built on it is a
+    lower bound on time.
+    """
     a = tf.random.stateless_normal((n, n), seed=(1, 2))
     b = tf.random.stateless_normal((n, n), seed=(3, 4))
     matmul = tf.function(tf.linalg.matmul)
@@ -232,7 +264,7 @@ def matmul_gflops(n=2048, repeats=5):
         start = time.perf_counter()
         matmul(a, b).numpy()
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 # ----------------------------------------------------------------- contenders
@@ -309,10 +341,23 @@ def profile_model(model_name, test_arrays, cfg, art, matmul_rate):
         "ours_gradient_gflops": round(k * gflop / (ours_ms / 1e3), 1),
         "ours_share_of_matmul_rate": round(floor_ms / ours_ms, 3),
     }
-    for name in ("cleverhans_eager", "art"):
+    for name, target in TARGET_SPEEDUPS.items():
         rec = impls[name]
-        floor[f"ours_over_{name}"] = round(rec["wall_ms"] / ours_ms, 3) if rec else None
-        floor[f"max_speedup_over_{name}"] = round(rec["wall_ms"] / floor_ms, 3) if rec else None
+        if rec is None:
+            floor.update({f"{key}_{name}": None for key in FLOOR_KEYS})
+            continue
+        needed_ms = rec["wall_ms"] / target
+        floor.update({
+            f"ours_over_{name}": round(rec["wall_ms"] / ours_ms, 3),
+            f"max_speedup_over_{name}": round(rec["wall_ms"] / floor_ms, 3),
+            # What it costs per PGD step beyond ours.
+            f"extra_ms_per_step_{name}": round((rec["wall_ms"] - ours_ms) / k, 2),
+            # The speed-up target, what ours would have to take to meet it, and
+            # the share of the matmul rate that would take (> 1: out of reach).
+            f"target_over_{name}": target,
+            f"ours_needed_ms_for_target_over_{name}": round(needed_ms, 1),
+            f"needed_share_of_matmul_rate_for_target_over_{name}": round(floor_ms / needed_ms, 3),
+        })
     return {"implementations": impls, "floor": floor}
 
 
@@ -327,11 +372,13 @@ def _table(summary):
             f"{model_name}: one input gradient {fl['gradient_gflop']} GFLOP; matmul "
             f"{fl['matmul_gflops']} GFLOPS; PGD-{summary['settings']['pgd_steps']} floor "
             f"{fl['pgd_floor_ms']} ms; ours at {fl['ours_gradient_gflops']} GFLOPS "
-            f"({fl['ours_share_of_matmul_rate']:.0%} of matmul)"
+            f"({fl['ours_share_of_matmul_rate']:.0%} of matmul). 'needs': the share of the matmul "
+            "rate ours would need to meet 'target'"
         )
         rows.append(
             f"  {'impl':18s}{'wall ms':>9s}{'model ops':>11s}{'other graph':>12s}"
             f"{'eager ops':>11s}{'outside':>9s}{'weight grad':>13s}{'ours x':>8s}{'max x':>7s}"
+            f"{'target':>8s}{'needs':>7s}"
         )
         for name, r in rec["implementations"].items():
             if r is None:
@@ -339,12 +386,16 @@ def _table(summary):
                 continue
             ours_x = fl.get(f"ours_over_{name}")
             max_x = fl.get(f"max_speedup_over_{name}")
+            target = fl.get(f"target_over_{name}")
+            needs = fl.get(f"needed_share_of_matmul_rate_for_target_over_{name}")
             rows.append(
                 f"  {name:18s}{r['wall_ms']:9.1f}{r['graph_kernel_ms']['model']:11.1f}"
                 f"{r['graph_kernel_ms']['other']:12.1f}{r['eager_kernel_ms']:11.1f}"
                 f"{r['outside_kernels_ms']:9.1f}{r['weight_gradient_ms']:13.1f}"
                 f"{'' if ours_x is None else f'{ours_x:8.2f}'}"
                 f"{'' if max_x is None else f'{max_x:7.2f}'}"
+                f"{'' if target is None else f'{target:7.1f}x'}"
+                f"{'' if needs is None else f'{needs:7.0%}'}"
             )
     return "\n".join(rows)
 

@@ -113,13 +113,7 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random starts.")
 FLAGS = flags.FLAGS
 
-TARGETS = {  # name: (comparison, threshold)
-    "at2l_over_at": ("<=", 1.05),
-    "pgd_efficiency": ("<=", 1.15),
-    "pgd_vs_art": (">=", 3.0),
-    "fgsm_vs_art": (">=", 2.0),
-    "pgd_vs_cleverhans_eager": (">=", 2.0),
-}
+TARGETS = benchlib.TARGETS
 DEFENSES = ("none", "at", "at2l")
 MNIST_TRAIN_EXAMPLES = 55000  # 60,000 minus the default 5,000 validation images.
 

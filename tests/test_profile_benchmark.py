@@ -62,6 +62,7 @@ def test_quick_profile_writes_the_documented_json(tmp_path):
     if not has_art:
         assert result["skipped"].startswith("adversarial-robustness-toolbox not installed")
         assert floor["ours_over_art"] is None and floor["max_speedup_over_art"] is None
+        assert floor["needed_share_of_matmul_rate_for_target_over_art"] is None
 
     ours, ch = impls["ours"], impls["cleverhans_eager"]
     for rec in (r for r in impls.values() if r is not None):
@@ -77,6 +78,18 @@ def test_quick_profile_writes_the_documented_json(tmp_path):
     # CleverHans: the gradient in its tf.function, the sign and projection eagerly.
     assert ch["graph_kernel_ms"]["model"] > 0 and ch["eager_kernel_ms"] > 0
     assert floor["ours_over_cleverhans_eager"] > 0
+    # The bound on the targets: the time ours would need, and its share of the
+    # matmul rate, follow from the contender's time, the target and the floor.
+    needed = floor["ours_needed_ms_for_target_over_cleverhans_eager"]
+    assert floor["target_over_cleverhans_eager"] == 2.0
+    assert needed == pytest.approx(ch["wall_ms"] / 2, abs=0.06)
+    assert floor["needed_share_of_matmul_rate_for_target_over_cleverhans_eager"] == pytest.approx(
+        floor["pgd_floor_ms"] / needed, rel=0.02
+    )
+    # The costliest ops are named; the first conv's input gradient is among ours.
+    assert len(ours["top_graph_ops"]) <= 8
+    assert any(n.endswith("Conv2DBackpropInput") for n in ours["top_graph_ops"])
+    assert not any("PartitionedCall" in n for n in ours["top_graph_ops"])
 
 
 @pytest.mark.parametrize(

@@ -33,23 +33,29 @@ Per implementation (`models.<name>.implementations.<impl>`):
 
 `top_graph_ops` names the graph ops that took longest (summed over calls).
 
-Per model, the floor (`models.<name>.floor`): `gradient_gflop`, the
-floating-point operations of one input gradient of the batch, counted from the
-model's Conv2D and Dense layers (forward plus backward to the input: twice the
-forward count; pooling, activations and the loss are left out, so this is a
-lower bound); `matmul_gflops`, the best rate of a 4096x4096 float32
-`tf.matmul` on this machine (the most any kernel sustains through TensorFlow
-here); `pgd_floor_ms` = k * gradient_gflop / matmul_gflops, a time no PGD-k on
-this model can beat here; `ours_gradient_gflops`, the rate our PGD achieves (k
-gradients per call), and `ours_share_of_matmul_rate`, that over the matmul rate.
-Per contender (`cleverhans_eager`, `art`): `ours_over_<impl>`, how much faster
-ours is; `max_speedup_over_<impl>` = its `wall_ms` / `pgd_floor_ms`, the most
-any implementation could beat it by here; `extra_ms_per_step_<impl>`, what it
-spends per step beyond ours; and for speed.py's target (`target_over_<impl>`:
-2x CleverHans, 3x ART), `ours_needed_ms_for_target_over_<impl>`, the time ours
-would have to reach, and `needed_share_of_matmul_rate_for_target_over_<impl>`,
-the share of the matmul rate that time takes: above 1 the target is out of
-reach of any implementation on this machine, and near 1 out of reach in practice.
+Per model, the floor (`models.<name>.floor`):
+
+* `gradient_gflop`: the floating-point operations of one input gradient of
+  the batch, counted from the model's Conv2D and Dense layers (forward plus
+  backward to the input, twice the forward count; pooling, activations and the
+  loss are left out, so it is a lower bound).
+* `matmul_gflops`, `conv_gflops`: the best rates here of a 4096x4096 float32
+  `tf.matmul` and of a large convolution (see `peak_gflops`); `peak_gflops`,
+  the higher of the two, an upper bound on what a model's kernels sustain.
+* `pgd_floor_ms` = k * gradient_gflop / peak_gflops: PGD-k on this model, every
+  FLOP at the peak rate, a time no implementation can beat here.
+* `ours_gradient_gflops`, the rate ours achieves (k gradients per call);
+  `ours_share_of_peak`; `ours_outside_model_share`, the share of our traced
+  time not spent in the model's kernels (the most an attack-level change could save).
+* Per contender (`cleverhans_eager`, `art`): `ours_over_<impl>`, how much faster
+  ours is; `extra_ms_per_step_<impl>`, what it spends per PGD step beyond ours.
+  All three run the same model's kernels, so a faster gradient speeds all
+  three up, and ours over a contender is (g + extra) / g for a gradient time g.
+  For speed.py's target (`target_over_<impl>`: 2x CleverHans, 3x ART),
+  `needed_gradient_ms_for_target_over_<impl>` = extra / (target - 1) is the
+  gradient time that would meet it, `needed_gflops_for_target_over_<impl>` the
+  rate that takes, and `needed_share_of_peak_for_target_over_<impl>` that over
+  the peak: above 1, no implementation of the gradient can meet the target here.
 """
 
 import collections
@@ -94,8 +100,8 @@ TARGET_SPEEDUPS = {
     "art": benchlib.TARGETS["pgd_vs_art"][1],
 }
 FLOOR_KEYS = (
-    "ours_over", "max_speedup_over", "extra_ms_per_step", "target_over",
-    "ours_needed_ms_for_target_over", "needed_share_of_matmul_rate_for_target_over",
+    "ours_over", "extra_ms_per_step", "target_over", "needed_gradient_ms_for_target_over",
+    "needed_gflops_for_target_over", "needed_share_of_peak_for_target_over",
 )
 _EAGER_PREFIX = "EagerLocalExecute: "
 
@@ -246,25 +252,38 @@ def gradient_gflop(model, batch_size):
     return 2 * forward * batch_size / 1e9
 
 
-def matmul_gflops(n=4096, repeats=5):
-    """The best float32 GFLOPS of an n x n `tf.matmul` here, over `repeats` timed calls.
-
-    A large square matmul is the most efficient work the CPU does through
-    TensorFlow (oneDNN's GEMM); its best rate over a few calls is an upper
-    bound on what any model's kernels sustain, so the floor built on it is a
-    lower bound on time.
-    """
-    a = tf.random.stateless_normal((n, n), seed=(1, 2))
-    b = tf.random.stateless_normal((n, n), seed=(3, 4))
-    matmul = tf.function(tf.linalg.matmul)
+def _best_gflops(fn, args, flop, repeats):
+    fn = tf.function(fn)
     for _ in range(2):
-        matmul(a, b).numpy()
+        fn(*args).numpy()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        fn(*args).numpy()
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / min(times) / 1e9
+    return flop / min(times) / 1e9
+
+
+def peak_gflops(repeats=5):
+    """The best float32 rates TensorFlow reaches here: `{"matmul": ..., "conv": ...}` GFLOPS.
+
+    A 4096x4096 `tf.matmul` (oneDNN's GEMM), and a 5x5 convolution, 32 -> 64
+    channels, 14x14, batch 128 (the Madry CNN's second layer, the fastest kernel
+    seen in these profiles). Each is its best over `repeats` calls: the peak is an
+    upper bound on what a model's kernels sustain, so the floor built on it is a
+    lower bound on time.
+    """
+    n = 4096
+    a = tf.random.stateless_normal((n, n), seed=(1, 2))
+    b = tf.random.stateless_normal((n, n), seed=(3, 4))
+    matmul = _best_gflops(tf.linalg.matmul, (a, b), 2 * n**3, repeats)
+    x = tf.random.stateless_normal((128, 14, 14, 32), seed=(5, 6))
+    w = tf.random.stateless_normal((5, 5, 32, 64), seed=(7, 8))
+    conv = _best_gflops(
+        lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), (x, w), 2 * 128 * 14 * 14 * 64 * 25 * 32,
+        repeats,
+    )
+    return {"matmul": matmul, "conv": conv}
 
 
 # ----------------------------------------------------------------- contenders
@@ -306,7 +325,7 @@ def implementations(clf, x, y, eps, k, art):
     return fns
 
 
-def profile_model(model_name, test_arrays, cfg, art, matmul_rate):
+def profile_model(model_name, test_arrays, cfg, art, peak):
     keras.utils.set_random_seed(cfg["seed"])
     clf = models.get_model(model_name)
     ((x, y),) = benchlib.batches(*test_arrays, 1, cfg["batch_size"])
@@ -332,31 +351,39 @@ def profile_model(model_name, test_arrays, cfg, art, matmul_rate):
     impls.setdefault("art", None)
 
     gflop = gradient_gflop(clf, len(x))
-    floor_ms = k * gflop / matmul_rate * 1e3
+    peak_rate = max(peak.values())
+    floor_ms = k * gflop / peak_rate * 1e3
     ours_ms = impls["ours"]["wall_ms"]
     floor = {
         "gradient_gflop": round(gflop, 3),
-        "matmul_gflops": round(matmul_rate, 1),
+        "matmul_gflops": round(peak["matmul"], 1),
+        "conv_gflops": round(peak["conv"], 1),
+        "peak_gflops": round(peak_rate, 1),
         "pgd_floor_ms": round(floor_ms, 1),
         "ours_gradient_gflops": round(k * gflop / (ours_ms / 1e3), 1),
-        "ours_share_of_matmul_rate": round(floor_ms / ours_ms, 3),
+        "ours_share_of_peak": round(floor_ms / ours_ms, 3),
+        # Of the traced call, whose times the profiler's own overhead inflates.
+        "ours_outside_model_share": round(
+            1 - impls["ours"]["graph_kernel_ms"]["model"] / impls["ours"]["traced_wall_ms"], 3
+        ),
     }
     for name, target in TARGET_SPEEDUPS.items():
         rec = impls[name]
         if rec is None:
             floor.update({f"{key}_{name}": None for key in FLOOR_KEYS})
             continue
-        needed_ms = rec["wall_ms"] / target
+        extra_ms = (rec["wall_ms"] - ours_ms) / k
+        # ours / it = (g + extra) / g for a gradient time g shared by both: the
+        # target needs g <= extra / (target - 1).
+        needed_ms = extra_ms / (target - 1)
+        needed_gflops = gflop / (needed_ms / 1e3) if needed_ms > 0 else float("inf")
         floor.update({
             f"ours_over_{name}": round(rec["wall_ms"] / ours_ms, 3),
-            f"max_speedup_over_{name}": round(rec["wall_ms"] / floor_ms, 3),
-            # What it costs per PGD step beyond ours.
-            f"extra_ms_per_step_{name}": round((rec["wall_ms"] - ours_ms) / k, 2),
-            # The speed-up target, what ours would have to take to meet it, and
-            # the share of the matmul rate that would take (> 1: out of reach).
+            f"extra_ms_per_step_{name}": round(extra_ms, 2),
             f"target_over_{name}": target,
-            f"ours_needed_ms_for_target_over_{name}": round(needed_ms, 1),
-            f"needed_share_of_matmul_rate_for_target_over_{name}": round(floor_ms / needed_ms, 3),
+            f"needed_gradient_ms_for_target_over_{name}": round(needed_ms, 2),
+            f"needed_gflops_for_target_over_{name}": round(needed_gflops, 1),
+            f"needed_share_of_peak_for_target_over_{name}": round(needed_gflops / peak_rate, 3),
         })
     return {"implementations": impls, "floor": floor}
 
@@ -369,15 +396,15 @@ def _table(summary):
     for model_name, rec in summary["models"].items():
         fl = rec["floor"]
         rows.append(
-            f"{model_name}: one input gradient {fl['gradient_gflop']} GFLOP; matmul "
-            f"{fl['matmul_gflops']} GFLOPS; PGD-{summary['settings']['pgd_steps']} floor "
+            f"{model_name}: one input gradient {fl['gradient_gflop']} GFLOP; peak "
+            f"{fl['peak_gflops']} GFLOPS (matmul {fl['matmul_gflops']}, conv {fl['conv_gflops']}); PGD-{summary['settings']['pgd_steps']} floor "
             f"{fl['pgd_floor_ms']} ms; ours at {fl['ours_gradient_gflops']} GFLOPS "
-            f"({fl['ours_share_of_matmul_rate']:.0%} of matmul). 'needs': the share of the matmul "
-            "rate ours would need to meet 'target'"
+            f"({fl['ours_share_of_peak']:.0%} of peak). 'needs': the share of peak the shared "
+            "model gradient would need for 'target'"
         )
         rows.append(
             f"  {'impl':18s}{'wall ms':>9s}{'model ops':>11s}{'other graph':>12s}"
-            f"{'eager ops':>11s}{'outside':>9s}{'weight grad':>13s}{'ours x':>8s}{'max x':>7s}"
+            f"{'eager ops':>11s}{'outside':>9s}{'weight grad':>13s}{'ours x':>8s}{'+ms/step':>9s}"
             f"{'target':>8s}{'needs':>7s}"
         )
         for name, r in rec["implementations"].items():
@@ -385,15 +412,15 @@ def _table(summary):
                 rows.append(f"  {name:18s}  skipped: {benchlib.ART_NOTE}")
                 continue
             ours_x = fl.get(f"ours_over_{name}")
-            max_x = fl.get(f"max_speedup_over_{name}")
+            extra = fl.get(f"extra_ms_per_step_{name}")
             target = fl.get(f"target_over_{name}")
-            needs = fl.get(f"needed_share_of_matmul_rate_for_target_over_{name}")
+            needs = fl.get(f"needed_share_of_peak_for_target_over_{name}")
             rows.append(
                 f"  {name:18s}{r['wall_ms']:9.1f}{r['graph_kernel_ms']['model']:11.1f}"
                 f"{r['graph_kernel_ms']['other']:12.1f}{r['eager_kernel_ms']:11.1f}"
                 f"{r['outside_kernels_ms']:9.1f}{r['weight_gradient_ms']:13.1f}"
                 f"{'' if ours_x is None else f'{ours_x:8.2f}'}"
-                f"{'' if max_x is None else f'{max_x:7.2f}'}"
+                f"{'' if extra is None else f'{extra:8.2f}'}"
                 f"{'' if target is None else f'{target:7.1f}x'}"
                 f"{'' if needs is None else f'{needs:7.0%}'}"
             )
@@ -427,8 +454,8 @@ def main(argv):
     art = benchlib.import_art()
     test_arrays = data.load_mnist_arrays("test")
     started = time.perf_counter()
-    _log("matmul rate")
-    rate = matmul_gflops()
+    _log("peak rates")
+    rate = peak_gflops()
     results = {}
     for name in model_names:
         results[name] = profile_model(name, test_arrays, cfg, art, rate)

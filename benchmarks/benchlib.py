@@ -77,19 +77,26 @@ def version(dist):
 
 
 def git_commit():
-    """The checked-out commit of the repository the benchmark runs from, if any."""
+    """The checked-out commit the benchmark runs from, `+dirty` if code differs from it.
+
+    Only changes to tracked Python files count (a results file or the README
+    being edited does not change what ran). None outside a git checkout.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    if not commit:
+        return None
+    return commit + ("+dirty" if changed else "")
 
 
 def import_art():

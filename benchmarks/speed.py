@@ -1,6 +1,6 @@
 r"""Speed of the AT²L training step and of our attacks, against IBM ART and eager CleverHans.
 
-    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~50 min, 2 CPUs
+    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~8 min, 2 CPUs
     python benchmarks/speed.py --quick --output_json=/tmp/speed.json            # < 1 min
 
 Runs on the CPU (`--device=cpu`, the default, hides any GPU), in one process, on
@@ -49,7 +49,10 @@ Figures, per model (the JSON keys under `models.<name>`):
   raised), and under `xla` the same steps and attacks compiled with
   `jit_compile=True`, timed in the same rounds as the plain ones.
 
-Top level: `machine` (platform, CPUs, CPU model), `load` (load averages; each
+Where the time goes, and what bounds each ratio: `profile_attacks.py`.
+
+Top level: `machine` (platform, CPUs, CPU model, family and SIMD flags, the
+oneDNN setting), `git_commit`, `load` (load averages; each
 entry of `models.<name>.sections` also has the cores this process got, since
 other jobs may share the machine), `versions`, `settings`, `date`, `command`,
 `targets` (value per model and pass/fail; a target passes when every model

@@ -14,13 +14,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Use TensorFlow's oneDNN kernels and graph fusions on the CPU. TensorFlow turns
-# them on by itself only on CPUs with AVX512-VNNI/BF16 or AMX; on the 2-core AVX2
-# machine of benchmarks/results/speed_cpu.json they make an input gradient of the
-# Madry MNIST CNN 2.3x faster (130 -> 57 ms for a batch of 128). Results may differ
-# from the Eigen kernels in the last bits of float32 round-off. TensorFlow reads
-# the variable once, when it loads: it takes effect when at2l_tf is imported
-# before tensorflow (the `python -m at2l_tf.*` commands always are). Set
-# TF_ENABLE_ONEDNN_OPTS=0 to keep the Eigen kernels.
+# them on by itself only on CPUs with AVX512-VNNI/BF16 or AMX; this makes AVX2-only
+# CPUs use them too. How much they buy: benchmarks/results/profile_attacks_cpu.json
+# against profile_attacks_cpu_eigen.json (the same command with
+# TF_ENABLE_ONEDNN_OPTS=0): PGD-10 on a batch of 128 for the Madry MNIST CNN took
+# 220 ms with oneDNN, 534 ms with the Eigen kernels, on the AVX-512 machine of
+# those files. Results may differ from the Eigen kernels in the last bits of float32
+# round-off. TensorFlow reads the variable once, when it loads: it takes effect when
+# at2l_tf is imported before tensorflow (the `python -m at2l_tf.*` commands always
+# are). Set TF_ENABLE_ONEDNN_OPTS=0 to keep the Eigen kernels.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"

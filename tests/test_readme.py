@@ -21,3 +21,28 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_readme_main_command_installs_and_trains():
     readme = _read("README.md")
     assert re.search(r"pip install -q -e \. && \.venv/bin/python -m at2l_tf\.train", readme)
+
+
+def _performance_rows(readme):
+    """`{figure name: [value per model]}` from the README's Performance table."""
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\| `(\w+)` \([^|]*\) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if m:
+            rows[m.group(1)] = [float(m.group(2)), float(m.group(3))]
+    return rows
+
+
+def test_readme_performance_figures_are_the_committed_speed_run():
+    import json
+
+    result = json.loads(_read("benchmarks", "results", "speed_cpu.json"))
+    assert result["quick"] is False
+    rows = _performance_rows(_read("README.md"))
+    assert set(rows) == {
+        "at2l_over_at", "pgd_efficiency", "fgsm_vs_art", "pgd_vs_art", "pgd_vs_cleverhans_eager"
+    }
+    for name, values in rows.items():
+        measured = [result["models"][m][name] for m in ("mnist_small", "madry_mnist")]
+        assert values == [round(v, 2) for v in measured], name

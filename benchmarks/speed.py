@@ -44,6 +44,11 @@ Figures, per model (the JSON keys under `models.<name>`):
   the other (with the CPU cores each got). With `--quick`,
   `--quick_epoch_steps` steps extrapolated to the epoch, marked
   `"extrapolated": true`.
+* `train_run`: the train command (`python -m at2l_tf.train`, AT²L with the
+  default recipe, one epoch, its final robustness check and export) run once in
+  a child process: `wall_s` and `peak_rss_mb`, the peak resident memory of a
+  training run. `--quick`: 512 training images, 100 checked. `--notrain_run`
+  skips it.
 * also `train_step_s`, attack seconds per batch, `images_per_s`, `validity`
   (every contender's `max ||x_adv - x||_inf <= eps`, inside [0, 1], loss
   raised), and under `xla` the same steps and attacks compiled with
@@ -56,13 +61,15 @@ oneDNN setting), `git_commit`, `load` (load averages; each
 entry of `models.<name>.sections` also has the cores this process got, since
 other jobs may share the machine), `versions`, `settings`, `date`, `command`,
 `targets` (value per model and pass/fail; a target passes when every model
-meets it), `peak_rss_mb` (peak resident memory of the process).
+meets it), `peak_rss_mb` (peak resident memory of the benchmark's own process).
 """
 
 import gc
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 # at2l_tf first: it sets TensorFlow's environment defaults, which TensorFlow reads
@@ -103,6 +110,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer(
     "pgd_steps", None, "PGD steps k of the attack figures (default 10; --quick: 3)."
+)
+flags.DEFINE_bool(
+    "train_run", True, "Also run the train command once per model, for its peak memory."
 )
 flags.DEFINE_integer(
     "quick_epoch_steps", 3, "With --quick: fit steps timed and extrapolated to an epoch."
@@ -378,6 +388,69 @@ def _linf_check(x, x_adv, y, model, eps):
     }
 
 
+# Runs the train command as `python -m at2l_tf.train` would, then writes the
+# process's peak resident memory (VmHWM, KiB) to the file named in argv[1].
+# VmHWM, unlike getrusage's ru_maxrss, does not carry over the parent's peak
+# across fork and exec.
+_TRAIN_CHILD = """
+import runpy, sys
+out = sys.argv.pop(1)
+try:
+    runpy.run_module("at2l_tf.train", run_name="__main__", alter_sys=True)
+finally:
+    try:
+        with open("/proc/self/status") as f:
+            peak = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = ""
+    with open(out, "w") as f:
+        f.write(peak)
+"""
+
+
+def bench_train_run(model_name, cfg, record):
+    """Runs the train command in a child process: its wall time and peak resident memory.
+
+    The default recipe (AT²L, PGD-`--train_pgd_steps`, the final clean/FGSM/PGD-40
+    check on 1,000 test images, the SavedModel export) for one epoch, on this
+    model; `--quick` trains on 512 images and checks 100. Outputs go to a
+    temporary directory. The peak is the child's own (Linux's VmHWM; None
+    elsewhere): what a user's training run needs, not this benchmark's process.
+    """
+    quick = cfg["quick"]
+    args = [
+        f"--model={model_name}", "--defense=at2l", "--attack=pgd",
+        f"--attack_steps={cfg['train_pgd_steps']}", f"--eps={cfg['eps']}", "--epochs=1",
+        f"--batch_size={cfg['batch_size']}", f"--seed={cfg['seed']}", "--verbose=2",
+        f"--eval_examples={100 if quick else 1000}",
+    ]
+    if quick:
+        args.append("--max_train_examples=512")
+    _log(f"{model_name}: train command (child process) ...")
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = os.path.join(tmp, "peak_kib")
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _TRAIN_CHILD, peak_file, *args,
+             f"--workdir={tmp}/run", f"--export_dir={tmp}/export"],
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"the train command failed ({proc.returncode}): {proc.stderr[-2000:]}"
+            )
+        with open(peak_file) as f:
+            peak_kib = f.read().strip()
+    _log(f"{model_name}: train command: {wall:.1f} s")
+    record["train_run"] = {
+        "command": " ".join(["python", "-m", "at2l_tf.train", *args]),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(int(peak_kib) / 1024, 1) if peak_kib else None,
+    }
+
+
 def bench_attacks(model_name, test_arrays, cfg, record, art):
     """PGD against its floor, and attack throughput against ART and eager CleverHans."""
     keras.utils.set_random_seed(cfg["seed"])
@@ -602,7 +675,10 @@ def _table(summary):
                 f"XLA train speed-up, {d}",
                 [fmt(res[n]["xla"]["train_step_speedup"][d], ".2f") for n in names],
             )
-    lines.append(f"peak RSS {summary['peak_rss_mb']:.0f} MB; total {summary['wall_s']:.0f} s")
+    if all("train_run" in res[n] for n in names):
+        row("train command s", [fmt(res[n]["train_run"]["wall_s"], ".0f") for n in names])
+        row("train command peak MB", [fmt(res[n]["train_run"]["peak_rss_mb"], ".0f") for n in names])
+    lines.append(f"benchmark peak RSS {summary['peak_rss_mb']:.0f} MB; total {summary['wall_s']:.0f} s")
     if summary.get("skipped"):
         lines.append(f"ART figures skipped: {summary['skipped']}")
     return "\n".join(lines)
@@ -629,6 +705,7 @@ def main(argv):
         "pgd_steps": pick(FLAGS.pgd_steps, 10, 3),
         "quick_epoch_steps": FLAGS.quick_epoch_steps,
         "xla": pick(FLAGS.xla, True, False),
+        "train_run": FLAGS.train_run,
         "seed": FLAGS.seed,
     }
     model_names = pick(FLAGS.models, ["mnist_small", "madry_mnist"], ["mnist_small"])
@@ -654,6 +731,8 @@ def main(argv):
         record = {"sections": {}, "xla": {}}
         bench_train(name, train_arrays, cfg, record)
         bench_attacks(name, test_arrays, cfg, record, art)
+        if cfg["train_run"]:
+            bench_train_run(name, cfg, record)
         results[name] = record
         gc.collect()
 
@@ -686,7 +765,8 @@ def main(argv):
             **{
                 key: cfg[key]
                 for key in ("batch_size", "repeats", "warmup", "train_steps_per_round",
-                            "attack_batches", "eps", "train_pgd_steps", "pgd_steps", "seed", "xla")
+                            "attack_batches", "eps", "train_pgd_steps", "pgd_steps", "seed", "xla",
+                            "train_run")
             },
             "quick_epoch_steps": cfg["quick_epoch_steps"] if quick else None,
             "timing": "median over rounds of wall time; contenders interleaved round-robin",

@@ -65,6 +65,9 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
             assert _positive(epoch[d]) and _positive(record["train_step_s"][d])
         for name, speed in record["images_per_s"].items():
             assert _positive(speed), name
+        run = record["train_run"]  # The train command in a child process.
+        assert "-m at2l_tf.train" in run["command"] and "--max_train_examples=512" in run["command"]
+        assert _positive(run["wall_s"]) and _positive(run["peak_rss_mb"])
         for name, check in record["validity"].items():
             assert check["in_eps_ball"] and check["in_box"], (name, check)
 

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # CPUs use them too. How much they buy: benchmarks/results/profile_attacks_cpu.json
 # against profile_attacks_cpu_eigen.json (the same command with
 # TF_ENABLE_ONEDNN_OPTS=0): PGD-10 on a batch of 128 for the Madry MNIST CNN took
-# 220 ms with oneDNN, 534 ms with the Eigen kernels, on the AVX-512 machine of
+# 227 ms with oneDNN, 615 ms with the Eigen kernels, on the AVX-512 machine of
 # those files. Results may differ from the Eigen kernels in the last bits of float32
 # round-off. TensorFlow reads the variable once, when it loads: it takes effect when
 # at2l_tf is imported before tensorflow (the `python -m at2l_tf.*` commands always

@@ -1,6 +1,6 @@
 r"""Speed of the AT²L training step and of our attacks, against IBM ART and eager CleverHans.
 
-    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~8 min, 2 CPUs
+    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~12 min, 2 CPUs
     python benchmarks/speed.py --quick --output_json=/tmp/speed.json            # < 1 min
 
 Runs on the CPU (`--device=cpu`, the default, hides any GPU), in one process, on

@@ -1,4 +1,4 @@
-"""Provenance helpers shared by the benchmark scripts (machine, versions, commit, ART).
+"""What the benchmark scripts share: provenance (machine, versions, commit), timing, contenders.
 
 The scripts run as `python benchmarks/<name>.py`, so this directory is first
 on `sys.path` and `import benchlib` finds this module.
@@ -10,6 +10,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 import warnings
 
 # The speed targets of issue 5, as speed.py checks them: name -> (comparison, threshold).
@@ -140,3 +141,96 @@ def batches(images, labels, n, batch_size):
         sl = slice(i * batch_size, (i + 1) * batch_size)
         out.append(((images[sl].astype("float32") / 255.0), labels[sl].astype("int64")))
     return out
+
+
+def versions(art):
+    """Versions of what the benchmarks run: TensorFlow, Keras, CleverHans, ART (if used), ..."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "cleverhans": version("cleverhans"),
+        "adversarial-robustness-toolbox": (
+            version("adversarial-robustness-toolbox") if art else None
+        ),
+        "numpy": version("numpy"),
+        "at2l_tf": version("at2l_tf"),
+    }
+
+
+def interleaved(fns, *, repeats, warmup, calls=1):
+    """Times callables round-robin.
+
+    Args:
+        fns: `{name: fn}`; each `fn()` must block until its work is done
+            (return NumPy, or call `.numpy()`).
+        repeats: timed rounds; in each, every fn is called `calls` times.
+        warmup: untimed calls of each fn first (tracing, caches).
+        calls: calls per fn per round.
+
+    Returns:
+        `({name: [wall seconds per call, one per round]}, {name: [CPU seconds
+        per call]}, {name: last output})`. The order of the fns is rotated
+        every round so that no contender always runs first; the CPU time (all
+        threads of this process) is the work done, whatever other processes
+        take from the machine.
+    """
+    names = list(fns)
+    last = {}
+    for name in names:
+        for _ in range(warmup):
+            last[name] = fns[name]()
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                last[name] = fns[name]()
+            wall[name].append((time.perf_counter() - start) / calls)
+            cpu[name].append((time.process_time() - start_cpu) / calls)
+    return wall, cpu, last
+
+
+def cleverhans_eager_pgd(clf, x, y, eps, step, k):
+    """CleverHans' PGD-k called eagerly, as its tutorial does, with our PGD's settings.
+
+    L-inf, box [0, 1], true labels, one random start; NumPy in and out.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+    return projected_gradient_descent(
+        clf, tf.constant(x), eps, step, k, np.inf,
+        clip_min=0.0, clip_max=1.0, y=tf.constant(y), rand_init=True,
+    ).numpy()
+
+
+def art_attacks(art, clf, eps, step, k, batch_size):
+    """ART's `(FastGradientMethod, ProjectedGradientDescent)` on `clf`, with our settings.
+
+    `art` is `import_art()`'s triple. The Keras model is wrapped in a
+    `TensorFlowV2Classifier` (logits, box [0, 1]); FGSM has no random start, PGD-k
+    one, with step `step`.
+    """
+    import keras
+    import numpy as np
+
+    classifier_cls, fgm_cls, pgd_cls = art
+    estimator = classifier_cls(
+        model=clf,
+        nb_classes=int(clf.output_shape[-1]),
+        input_shape=tuple(clf.input_shape[1:]),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+    fgsm = fgm_cls(estimator, norm=np.inf, eps=eps, num_random_init=0, batch_size=batch_size)
+    pgd = pgd_cls(
+        estimator, norm=np.inf, eps=eps, eps_step=step, max_iter=k,
+        num_random_init=1, batch_size=batch_size, verbose=False,
+    )
+    return fgsm, pgd

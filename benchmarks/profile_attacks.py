@@ -73,10 +73,8 @@ import at2l_tf  # noqa: F401  # isort: skip
 
 import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import flags
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from at2l_tf import attacks, cli, data, models
 from at2l_tf.errors import ConfigError
@@ -303,24 +301,10 @@ def implementations(clf, x, y, eps, k, art):
 
     fns = {
         "ours": lambda: ours_compiled(x, y).numpy(),
-        "cleverhans_eager": lambda: projected_gradient_descent(
-            clf, tf.constant(x), eps, step, k, np.inf,
-            clip_min=0.0, clip_max=1.0, y=tf.constant(y), rand_init=True,
-        ).numpy(),
+        "cleverhans_eager": lambda: benchlib.cleverhans_eager_pgd(clf, x, y, eps, step, k),
     }
     if art is not None:
-        classifier_cls, _, pgd_cls = art
-        estimator = classifier_cls(
-            model=clf,
-            nb_classes=int(clf.output_shape[-1]),
-            input_shape=tuple(clf.input_shape[1:]),
-            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            clip_values=(0.0, 1.0),
-        )
-        art_pgd = pgd_cls(
-            estimator, norm=np.inf, eps=eps, eps_step=step, max_iter=k,
-            num_random_init=1, batch_size=len(x), verbose=False,
-        )
+        _, art_pgd = benchlib.art_attacks(art, clf, eps, step, k, len(x))
         fns["art"] = lambda: art_pgd.generate(x, y)
     return fns
 
@@ -332,17 +316,8 @@ def profile_model(model_name, test_arrays, cfg, art, peak):
     k = cfg["pgd_steps"]
     fns = implementations(clf, x, y, cfg["eps"], k, art)
 
-    wall = {name: [] for name in fns}
-    for name, fn in fns.items():
-        for _ in range(cfg["warmup"]):
-            fn()
-    for r in range(cfg["repeats"]):  # Round-robin, as speed.py times them.
-        names = list(fns)
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            fns[name]()
-            wall[name].append(time.perf_counter() - start)
+    # Round-robin, as speed.py times them.
+    wall, _, _ = benchlib.interleaved(fns, repeats=cfg["repeats"], warmup=cfg["warmup"])
 
     impls = {}
     for name, fn in fns.items():
@@ -467,14 +442,7 @@ def main(argv):
         "quick": quick,
         "git_commit": benchlib.git_commit(),
         "machine": {**benchlib.machine(), "device": "cpu"},
-        "versions": {
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "cleverhans": benchlib.version("cleverhans"),
-            "adversarial-robustness-toolbox": (
-                benchlib.version("adversarial-robustness-toolbox") if art else None
-            ),
-        },
+        "versions": benchlib.versions(art),
         "settings": {
             **cfg,
             "models": model_names,

@@ -82,7 +82,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from at2l_tf import attacks, cli, data, models
 from at2l_tf.errors import ConfigError
@@ -132,41 +131,6 @@ MNIST_TRAIN_EXAMPLES = 55000  # 60,000 minus the default 5,000 validation images
 
 
 # ----------------------------------------------------------------- timing
-
-
-def interleaved(fns, *, repeats, warmup, calls=1):
-    """Times callables round-robin.
-
-    Args:
-        fns: `{name: fn}`; each `fn()` must block until its work is done
-            (return NumPy, or call `.numpy()`).
-        repeats: timed rounds; in each, every fn is called `calls` times.
-        warmup: untimed calls of each fn first (tracing, caches).
-        calls: calls per fn per round.
-
-    Returns:
-        `({name: [wall seconds per call, one per round]}, {name: [CPU seconds
-        per call]}, {name: last output})`. The order of the fns is rotated
-        every round so that no contender always runs first; the CPU time (all
-        threads of this process) is the work done, whatever other processes
-        take from the machine.
-    """
-    names = list(fns)
-    last = {}
-    for name in names:
-        for _ in range(warmup):
-            last[name] = fns[name]()
-    wall = {name: [] for name in names}
-    cpu = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(calls):
-                last[name] = fns[name]()
-            wall[name].append((time.perf_counter() - start) / calls)
-            cpu[name].append((time.process_time() - start_cpu) / calls)
-    return wall, cpu, last
 
 
 def _rounded(times, digits=4):
@@ -239,7 +203,7 @@ def _triplet_term_s(cfg, num_classes, repeats=50):
             loss = tf.add_n(reg.losses)
         return tape.gradient(loss, [clean, adv])
 
-    wall, _, _ = interleaved(
+    wall, _, _ = benchlib.interleaved(
         {"triplet": lambda: term(clean, adv)[0].numpy()}, repeats=repeats, warmup=2
     )
     return statistics.median(wall["triplet"])
@@ -275,7 +239,7 @@ def bench_train(model_name, train_arrays, cfg, record):
     if cfg["xla"]:
         variants.update({f"{d}_xla": build(d, True) for d in DEFENSES})
     with Section(f"{model_name}: train steps") as s:
-        wall, cpu, _ = interleaved(
+        wall, cpu, _ = benchlib.interleaved(
             {name: v[1] for name, v in variants.items()},
             repeats=cfg["repeats"],
             warmup=cfg["warmup"],
@@ -517,13 +481,7 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
     def cleverhans_eager():
         # The CleverHans tutorial's loop, with our PGD's box, labels and random start.
         return np.concatenate(
-            [
-                projected_gradient_descent(
-                    clf, tf.constant(x), eps, step, k, np.inf,
-                    clip_min=0.0, clip_max=1.0, y=tf.constant(y), rand_init=True,
-                ).numpy()
-                for x, y in batches
-            ]
+            [benchlib.cleverhans_eager_pgd(clf, x, y, eps, step, k) for x, y in batches]
         )
 
     pgd_fn = attacks.make_attack("pgd", eps=eps, steps=k, step_size=step)
@@ -535,19 +493,7 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
         "cleverhans_eager_pgd": cleverhans_eager,
     }
     if art is not None:
-        classifier_cls, fgm_cls, pgd_cls = art
-        estimator = classifier_cls(
-            model=clf,
-            nb_classes=int(clf.output_shape[-1]),
-            input_shape=tuple(clf.input_shape[1:]),
-            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            clip_values=(0.0, 1.0),
-        )
-        art_fgsm = fgm_cls(estimator, norm=np.inf, eps=eps, num_random_init=0, batch_size=bs)
-        art_pgd = pgd_cls(
-            estimator, norm=np.inf, eps=eps, eps_step=step, max_iter=k,
-            num_random_init=1, batch_size=bs, verbose=False,
-        )
+        art_fgsm, art_pgd = benchlib.art_attacks(art, clf, eps, step, k, bs)
         contenders["art_fgsm"] = lambda: art_fgsm.generate(x_all, y_all)
         contenders["art_pgd"] = lambda: art_pgd.generate(x_all, y_all)
     if cfg["xla"]:
@@ -555,7 +501,7 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
         contenders["input_grad_x_k_xla"] = k_grads(input_grad(jit_compile=True))
 
     with Section(f"{model_name}: attacks") as s:
-        wall, cpu, outputs = interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
+        wall, cpu, outputs = benchlib.interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
     record["sections"]["attacks"] = s.record
     sec = {name: statistics.median(t) for name, t in wall.items()}
     not_attacks = ("input_grad", "pgd_update_ops")
@@ -751,16 +697,7 @@ def main(argv):
             },
         },
         "git_commit": benchlib.git_commit(),
-        "versions": {
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "cleverhans": benchlib.version("cleverhans"),
-            "adversarial-robustness-toolbox": (
-                benchlib.version("adversarial-robustness-toolbox") if art else None
-            ),
-            "numpy": benchlib.version("numpy"),
-            "at2l_tf": benchlib.version("at2l_tf"),
-        },
+        "versions": benchlib.versions(art),
         "settings": {
             **{
                 key: cfg[key]

@@ -32,7 +32,47 @@ def test_l2_attacks_are_registered():
     assert "deepfool" not in attacks.TRAINING_ATTACKS
 
 
-@pytest.mark.parametrize("name", ["fgsm", "fgsm_rs", "ll", "ifgsm", "pgd", "ill", "cw", "deepfool"])
+def test_training_attacks_are_the_entries_that_say_so():
+    assert attacks.TRAINING_ATTACKS == ("fgsm", "fgsm_rs", "ll", "ifgsm", "pgd", "ill")
+    for name in ("apgd_ce", "apgd_t", "square", "autoattack", "cw", "deepfool"):
+        assert not attacks.get_entry(name).training, name
+    assert attacks.get_entry("square").black_box
+    assert not any(attacks.get_entry(n).black_box for n in ("apgd_ce", "pgd", "autoattack"))
+
+
+@pytest.mark.parametrize("name", attacks.available_attacks())
+def test_declared_params_are_keywords_with_defaults_in_the_function(name):
+    entry = attacks.get_entry(name)
+    sig = inspect.signature(entry.fn)
+    for param in entry.user_params:
+        assert param.name in entry.params
+        assert entry.default(param.name) == sig.parameters[param.name].default
+
+
+def test_a_param_declared_but_not_taken_is_refused_at_registration():
+    from at2l_tf.attacks import registry
+
+    with pytest.raises(ValueError, match="declares 'stepz'"):
+        registry.register("typo", attacks.fgsm, "linf", "x", [attacks.Param("stepz", int, "x")])
+    assert "typo" not in attacks.available_attacks()
+
+
+@pytest.mark.parametrize(
+    "param, value, message",
+    [
+        (attacks.Param("steps", int, "x", low=1), 0, "steps must be >= 1, received steps=0"),
+        (attacks.Param("lr", float, "x", low=0.0, low_exclusive=True), 0.0,
+         "lr must be > 0.0, received lr=0.0"),
+        (attacks.Param("v", str, "x", choices=("a", "b")), "c", "v must be one of a, b, received v='c'"),
+    ],
+)
+def test_param_check_names_the_value(param, value, message):
+    with pytest.raises(ConfigError, match=message):
+        param.check(value)
+    param.check(None)  # Unset: the attack's default.
+
+
+@pytest.mark.parametrize("name", attacks.available_attacks())
 def test_entry_params_are_the_keyword_only_parameters(name):
     sig = inspect.signature(attacks.get_attack(name))
     assert list(sig.parameters)[:3] == ["model_fn", "x", "y"]

@@ -1,8 +1,10 @@
-r"""Evaluate a trained classifier: clean error and error under attacks.
+r"""Evaluate a trained classifier: clean error, error under attacks, and the worst case.
 
-    python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l
+    python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_reference   # FGSM, PGD, AutoAttack
     python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l \
         --attacks=fgsm,pgd,cw --num_examples=1000 --output_json=results.json
+    python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_reference \
+        --attacks=apgd_ce,apgd_t,square --eps_sweep=0,0.1,0.2,0.3,0.4   # CSV + PNG curve
     python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l \
         --source_model_dir=savedmodels/mnist_none          # transfer (black-box)
 
@@ -16,8 +18,23 @@ progress bar goes to stderr) and writes the same as JSON to `--output_json`,
 atomically:
 
     {"clean_error": .., "clean_accuracy": .., "num_examples": .., "eps": ..,
+     "robust_accuracy": .., "robust_accuracy_attacks": [..], "black_box_only_fooled": ..,
      "attacks": {"pgd": {"error": .., "eps": .., "steps": .., "mean_l2": .., ...}},
+     "flags": [{"check": .., "message": ..}], "eps_sweep": {..},
      "model_dir": .., "dataset": .., "split": .., "source_model_dirs": [..], ...}
+
+`robust_accuracy` (and the table's last row, "worst case") is the share of
+examples classified correctly under *every* L-inf attack run: the figure to
+quote, with the attacks, eps, steps, restarts and number of examples beside it.
+White-box runs also check for gradient masking on the first batch (zero input
+gradients, outputs random at inference, probabilities instead of logits,
+examples only a black-box attack fools); each check that fires is a warning on
+stderr and an entry of `flags` naming the adaptive attack to run (BPDA, EOT).
+
+Every attack parameter is a flag `--<attack>_<param>` (`--pgd_steps`,
+`--apgd_t_target_classes`, `--square_queries`, `--autoattack_version`, ...;
+C&W's Adam steps are `--cw_steps`), generated from the attack registry; unset,
+it is the attack function's own default, shown by `--help`.
 
 White-box by default: each attack is crafted on the evaluated model. With
 `--source_model_dir`, adversarial examples are crafted on each source model
@@ -29,7 +46,6 @@ whose input shape is not the dataset's image shape, ...) ends with one line on
 stderr and exit status 1, and nothing is written.
 """
 
-import inspect
 import os
 import sys
 import time
@@ -42,19 +58,25 @@ from at2l_tf.errors import ConfigError
 
 import keras  # noqa: E402  (after `cli`, which quiets TensorFlow's start-up logs)
 
-# The attacks run by default: every one of these that is registered.
-DEFAULT_ATTACKS = ("fgsm", "ifgsm", "pgd", "ll", "ill", "cw", "deepfool")
-# Attacks that take --steps / --step_size (I-FGSM and I-LL share them).
-_ITERATIVE = ("ifgsm", "ill")
+# The attacks run by default: the paper's FGSM, the PGD-40 figure the project
+# used to report, and AutoAttack, whose worst case is the figure to quote.
+DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 
 
-def _attack_default(attack, param, fallback=None):
-    """The default of `param` in `attack`'s signature: defaults live once, in the attack."""
-    if attack not in attacks.available_attacks():
-        return fallback
-    sig = inspect.signature(attacks.get_attack(attack))
-    default = sig.parameters[param].default
-    return fallback if default is inspect.Parameter.empty else default
+def attack_flags():
+    """`[(flag name, attack entry, Param)]` of every registered attack parameter.
+
+    Flags are `--<attack>_<param>` unless the attack declares another name;
+    their default is `None`, standing for the attack function's own default
+    (shown in the help text), so defaults live once, in the attack.
+    """
+    out = []
+    for name in attacks.available_attacks():
+        entry = attacks.get_entry(name)
+        for param in entry.user_params:
+            out.append((entry.flag_name(param), entry, param))
+    return out
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -71,10 +93,7 @@ def define_flags(flag_values=flags.FLAGS):
     Returns:
         `flag_values`.
     """
-    cw = lambda p: _attack_default("cw", p)  # noqa: E731
-    df = lambda p: _attack_default("deepfool", p)  # noqa: E731
     known = ", ".join(attacks.available_attacks())
-    default_attacks = [a for a in DEFAULT_ATTACKS if a in attacks.available_attacks()]
     string, integer, real, lst = (
         flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_list
     )
@@ -84,30 +103,26 @@ def define_flags(flag_values=flags.FLAGS):
         (string, "data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs)."),
         (string, "split", "test", "train | validation | test."),
         (integer, "image_size", None, "Cats vs Dogs image side; default the model's input."),
-        (lst, "attacks", default_attacks, f"Attacks to run ({known}); empty: clean only."),
+        (lst, "attacks", list(DEFAULT_ATTACKS), f"Attacks to run ({known}); empty: clean only."),
         (real, "eps", None, "L-inf radius; default per dataset (MNIST 0.3, else 8/255)."),
-        (integer, "steps", 10, "Iterations of I-FGSM and I-LL."),
-        (real, "step_size", None, "I-FGSM / I-LL step size; default 2.5*eps/steps."),
-        (integer, "pgd_steps", 40, "PGD iterations (Madry et al. on MNIST: 40)."),
-        (real, "pgd_step_size", 0.01, "PGD step size (Madry et al. on MNIST: 0.01)."),
-        (integer, "restarts", 1, "PGD random restarts."),
-        (real, "cw_confidence", cw("confidence"), "C&W κ, the logit margin of a success."),
-        (integer, "cw_steps", cw("max_iterations"), "C&W Adam steps per binary-search step."),
-        (integer, "cw_binary_search_steps", cw("binary_search_steps"), "C&W searches on c."),
-        (real, "cw_learning_rate", cw("learning_rate"), "C&W Adam learning rate."),
-        (real, "cw_initial_const", cw("initial_const"), "C&W first constant c."),
-        (real, "deepfool_overshoot", df("overshoot"), "DeepFool relative overshoot."),
-        (integer, "deepfool_max_iter", df("max_iter"), "DeepFool maximum steps."),
-        (integer, "deepfool_num_candidates", df("num_candidates"), "DeepFool candidate classes."),
+        (lst, "eps_sweep", [], "Also sweep these eps values (e.g. 0,0.1,0.2,0.3): CSV + PNG curve."),
+        (string, "curve_output", None, "Path stem of the sweep's .csv/.png; default beside "
+         "--output_json, else ./robustness_curve."),
         (integer, "num_examples", 1000, "Evaluate the first N images of the split."),
         (integer, "batch_size", 128, "Images per attack batch."),
-        (integer, "seed", 0, "Random seed (PGD random starts)."),
+        (integer, "seed", 0, "Random seed (random starts, Square's squares)."),
         (lst, "source_model_dir", [], "Craft attacks on these models (transfer, black-box)."),
         (string, "output_json", None, "Also write the report here as JSON (atomically)."),
         (integer, "verbose", 1, "0 silent, 1 progress bar on stderr."),
     ]
     for define, name, default, help_ in table:
         define(name, default, help_, flag_values=flag_values)
+    for flag, entry, param in attack_flags():
+        default = entry.default(param.name)
+        shown = f" (default {default})" if default is not None else ""
+        _DEFINE[param.type](
+            flag, None, f"{entry.name}: {param.help}{shown}.", flag_values=flag_values
+        )
     flags.mark_flag_as_required("model_dir", flag_values=flag_values)
     return flag_values
 
@@ -120,10 +135,10 @@ def resolve_eps(f, dataset):
 def attack_specs_from_flags(f, eps):
     """Maps parsed flags onto one `AttackSpec` per name in `--attacks`.
 
-    `--steps`/`--step_size` drive I-FGSM and I-LL, `--pgd_*` and `--restarts`
-    drive PGD, `--cw_*` C&W and `--deepfool_*` DeepFool; every other attack
-    gets `eps` alone (if it takes one). Parameters are resolved here, so the
-    report records the values used rather than "default".
+    Each attack gets `eps` and `seed` if it takes them, and its own
+    `--<attack>_<param>` flags; unset flags resolve to the function's
+    defaults here (`step_size=None` stays `None`: it depends on eps and
+    steps, and the attack computes it), so the report records the values used.
 
     Args:
         f: parsed flag values (see `define_flags`).
@@ -137,30 +152,18 @@ def attack_specs_from_flags(f, eps):
     """
     specs = []
     for name in f.attacks:
-        if name == "pgd":
-            params = dict(
-                eps=eps, steps=f.pgd_steps, step_size=f.pgd_step_size, restarts=f.restarts
-            )
-        elif name in _ITERATIVE:
-            step_size = 2.5 * eps / f.steps if f.step_size is None else f.step_size
-            params = dict(eps=eps, steps=f.steps, step_size=step_size)
-        elif name == "cw":
-            params = dict(
-                confidence=f.cw_confidence,
-                max_iterations=f.cw_steps,
-                binary_search_steps=f.cw_binary_search_steps,
-                learning_rate=f.cw_learning_rate,
-                initial_const=f.cw_initial_const,
-            )
-        elif name == "deepfool":
-            params = dict(
-                overshoot=f.deepfool_overshoot,
-                max_iter=f.deepfool_max_iter,
-                num_candidates=f.deepfool_num_candidates,
-            )
-        else:
-            params = dict(eps=eps) if "eps" in attacks.get_entry(name).params else {}
-        specs.append(evaluation.AttackSpec(name, params))
+        entry = attacks.get_entry(name)
+        params = {}
+        if "eps" in entry.params:
+            params["eps"] = eps
+        if "seed" in entry.params:
+            params["seed"] = f.seed
+        for param in entry.user_params:
+            value = f[entry.flag_name(param)].value
+            params[param.name] = entry.default(param.name) if value is None else value
+        if params.get("step_size", 0) is None and "steps" in params and name != "fgsm_rs":
+            params["step_size"] = 2.5 * eps / params["steps"]  # The iterative attacks' default.
+        specs.append(evaluation.AttackSpec(name, {k: v for k, v in params.items() if v is not None}))
     return specs
 
 
@@ -178,22 +181,14 @@ def validate_flags(f):
         dup = next(a for a in f.attacks if f.attacks.count(a) > 1)
         raise ConfigError(f"attack {dup!r} is listed twice in --attacks={','.join(f.attacks)}")
     if f.eps is not None:
-        _at_least("eps", f.eps, 0.0)
-        if f.eps > 1:
-            raise ConfigError(f"eps must be <= 1 for images in [0, 1], received eps={f.eps}")
+        _check_eps("eps", f.eps)
+    sweep = parse_eps_sweep(f.eps_sweep)
+    if sweep and not f.attacks:
+        raise ConfigError("--eps_sweep needs at least one attack in --attacks")
     _at_least("num_examples", f.num_examples, 1)
     _at_least("batch_size", f.batch_size, 1)
-    # None = not registered (cw, deepfool) or the attack's default (step_size).
-    checks = [("steps", 1), ("pgd_steps", 1), ("restarts", 1), ("cw_steps", 1),
-              ("cw_binary_search_steps", 1), ("deepfool_max_iter", 1),
-              ("deepfool_num_candidates", 2), ("step_size", 0.0), ("pgd_step_size", 0.0),
-              ("cw_confidence", 0.0), ("deepfool_overshoot", 0.0)]
-    for name, low in checks:
-        if f[name].value is not None:
-            _at_least(name, f[name].value, low)
-    for name in ("cw_learning_rate", "cw_initial_const"):
-        if f[name].value is not None and not f[name].value > 0:
-            raise ConfigError(f"{name} must be > 0, received {name}={f[name].value}")
+    for flag, _, param in attack_flags():
+        param.check(f[flag].value, flag)
     if f.split not in data.SPLITS:
         raise ConfigError(f"unknown split {f.split!r}; known splits: {', '.join(data.SPLITS)}")
     if f.image_size is not None:
@@ -203,6 +198,27 @@ def validate_flags(f):
     for path in [f.model_dir, *f.source_model_dir]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"model path does not exist: {path}")
+
+
+def parse_eps_sweep(values):
+    """`--eps_sweep` as floats, checked: each in [0, 1], strictly increasing."""
+    out = []
+    for v in values:
+        try:
+            eps = float(v)
+        except ValueError:
+            raise ConfigError(f"eps_sweep values must be numbers, received {v!r}") from None
+        _check_eps("eps_sweep", eps)
+        if out and eps <= out[-1]:
+            raise ConfigError(f"eps_sweep must increase, received {','.join(values)}")
+        out.append(eps)
+    return out
+
+
+def _check_eps(name, eps):
+    _at_least(name, eps, 0.0)
+    if eps > 1:
+        raise ConfigError(f"{name} must be <= 1 for images in [0, 1], received {name}={eps}")
 
 
 def check_compatible(classifier, spec):
@@ -288,7 +304,9 @@ def evaluate_from_flags(f):
         sources=sources or None,
         num_examples=f.num_examples,
         verbose=f.verbose,
+        per_example=True,
     )
+    per_example = report.pop("per_example")
     report.update(
         model_dir=f.model_dir,
         model_path=target.path,
@@ -297,16 +315,68 @@ def evaluate_from_flags(f):
         eps=eps,
         seed=f.seed,
         source_model_dirs=list(f.source_model_dir),
-        seconds=round(time.time() - started, 1),
     )
     for key in ("model", "defense"):
         if key in meta:
             report[key] = meta[key]
+    if not sources:
+        x, y = next(iter(ds))
+        linf = report["robust_accuracy_attacks"]
+        report["flags"] = evaluation.masking.check_gradient_masking(
+            target.model_fn,
+            x,
+            y,
+            per_example={k: per_example[k] for k in linf},
+            black_box=[k for k in linf if attacks.get_entry(report["attacks"][k]["attack"]).black_box],
+        )
+    sweep = parse_eps_sweep(f.eps_sweep)
+    if sweep:
+        stem = f.curve_output or (
+            os.path.splitext(f.output_json)[0] + "_curve" if f.output_json else "robustness_curve"
+        )
+        report["eps_sweep"] = run_eps_sweep(f, target.model_fn, ds, sweep, sources, stem)
+    report["seconds"] = round(time.time() - started, 1)
     print(evaluation.format_report(report))
+    for flag in report.get("flags", []):
+        _log(f"warning: {flag['message']}")
     if f.output_json:
         fileio.atomic_write_json(f.output_json, report)
         _log(f"wrote {f.output_json}")
     return report
+
+
+def run_eps_sweep(f, model_fn, ds, sweep, sources, stem):
+    """Accuracy against eps for each attack of `--attacks` and their worst case.
+
+    Writes `<stem>.csv` and `<stem>.png` and returns `{"eps": [...], "curves":
+    {label: [accuracy, ...]}, "csv": path, "png": path}`.
+    """
+    curves = {}
+    for i, eps in enumerate(sweep):
+        _log(f"eps sweep {i + 1}/{len(sweep)}: eps={eps:.4g}")
+        rep = evaluation.robustness_report(
+            model_fn,
+            ds,
+            attack_specs_from_flags(f, eps),
+            sources=sources or None,
+            num_examples=f.num_examples,
+            verbose=f.verbose,
+        )
+        for label, entry in rep["attacks"].items():
+            curves.setdefault(label, []).append(entry["accuracy"])
+        worst = rep["robust_accuracy"]
+        curves.setdefault(evaluation.plots.WORST_CASE, []).append(
+            rep["clean_accuracy"] if worst is None else worst
+        )
+    # Worst case last, so that it is drawn on top and is the CSV's last column.
+    curves[evaluation.plots.WORST_CASE] = curves.pop(evaluation.plots.WORST_CASE)
+    csv_path = evaluation.plots.write_curve_csv(stem + ".csv", sweep, curves)
+    png_path = evaluation.plots.plot_curves(
+        stem + ".png", sweep, curves, title=os.path.basename(f.model_dir.rstrip("/")),
+        num_examples=f.num_examples,
+    )
+    _log(f"wrote {csv_path} and {png_path}")
+    return {"eps": sweep, "curves": curves, "csv": csv_path, "png": png_path}
 
 
 def main(argv):

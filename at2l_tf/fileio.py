@@ -5,19 +5,27 @@ import os
 import tempfile
 
 
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file in the same directory."""
+def atomic_write(path, write, binary=False):
+    """Calls `write(file)` on a temporary file beside `path`, then renames it to `path`.
+
+    On any error the temporary file is removed and `path` is left as it was.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` through a temporary file in the same directory."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path, obj):

@@ -24,13 +24,19 @@ from at2l_tf import attacks, data, evaluate, evaluation, models, savedmodel
 from at2l_tf.errors import At2lError, ConfigError
 
 EPS = 0.3
-LINF_ATTACKS = ("fgsm", "ifgsm", "pgd", "ll", "ill")
+LINF_ATTACKS = ("fgsm", "ifgsm", "pgd", "ll", "ill", "apgd_ce", "square", "autoattack")
+ALL_ATTACKS = LINF_ATTACKS + ("cw", "deepfool")
 # Small budgets: the properties under test do not need strong attacks.
 FAST = (
     "--num_examples=32",
     "--batch_size=32",
-    "--steps=3",
+    "--ifgsm_steps=3",
+    "--ill_steps=3",
     "--pgd_steps=5",
+    "--apgd_ce_steps=5",
+    "--square_queries=20",
+    "--autoattack_steps=5",
+    "--autoattack_queries=20",
     "--cw_steps=10",
     "--cw_binary_search_steps=2",
     "--deepfool_max_iter=5",
@@ -70,9 +76,12 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whitebox(exports):
-    """The command with its default attacks: `(returned report, JSON file, stdout)`."""
+    """The command with every kind of attack: `(returned report, JSON file, stdout)`."""
     out = exports["root"] / "whitebox.json"
-    fv = parse(f"--model_dir={exports['target']}", f"--output_json={out}", *FAST)
+    fv = parse(
+        f"--model_dir={exports['target']}", f"--output_json={out}",
+        f"--attacks={','.join(ALL_ATTACKS)}", *FAST,
+    )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         report = evaluate.evaluate_from_flags(fv)
@@ -88,7 +97,7 @@ def test_whitebox_report_has_the_documented_keys_and_bounds(whitebox, exports):
         exports["target"], "mnist", "test"
     )
     assert on_disk["num_examples"] == 32 and on_disk["eps"] == EPS
-    assert set(on_disk["attacks"]) == set(evaluate.DEFAULT_ATTACKS)
+    assert list(report["attacks"]) == list(ALL_ATTACKS) and set(on_disk["attacks"]) == set(ALL_ATTACKS)
     assert 0 <= on_disk["clean_error"] <= 0.5  # 50 steps of training do learn something.
     for name, entry in on_disk["attacks"].items():
         assert 0 <= entry["error"] <= 1 and entry["source"] == "white-box", name
@@ -106,6 +115,17 @@ def test_whitebox_report_has_the_documented_keys_and_bounds(whitebox, exports):
         assert entry["error"] > on_disk["clean_error"], name
         assert 0 < entry["fooled_mean_l2"] < on_disk["attacks"]["fgsm"]["mean_l2"], name
     assert on_disk["attacks"]["cw"]["max_iterations"] == 10
+    assert on_disk["attacks"]["square"]["queries"] == 20
+    assert on_disk["attacks"]["autoattack"]["version"] == "standard"
+    # The worst case is per example over the L-inf rows: never above any of them.
+    assert on_disk["robust_accuracy_attacks"] == list(LINF_ATTACKS)
+    worst = on_disk["robust_accuracy"]
+    assert worst <= min(on_disk["attacks"][k]["accuracy"] for k in LINF_ATTACKS)
+    assert worst <= 1 - on_disk["clean_error"]
+    assert isinstance(on_disk["black_box_only_fooled"], int)
+    assert isinstance(on_disk["flags"], list)
+    for flag in on_disk["flags"]:
+        assert set(flag) == {"check", "message"}
 
 
 def test_the_table_is_printed_on_stdout(whitebox):
@@ -113,8 +133,9 @@ def test_the_table_is_printed_on_stdout(whitebox):
     lines = stdout.splitlines()
     assert lines[0].split()[:3] == ["attack", "source", "params"]
     assert lines[1].split()[:2] == ["clean", "-"]
-    rows = {line.split()[0]: line for line in lines[2:-1]}
+    rows = {line.split()[0]: line for line in lines[2:-2]}
     assert list(rows) == list(report["attacks"])  # One row per attack, in the report's order.
+    assert lines[-2].startswith("worst case") and f"{report['robust_accuracy']:.2%}" in lines[-2]
     assert "eps=0.3,steps=5" in rows["pgd"]
     assert f" {report['attacks']['pgd']['error']:.2%} " in rows["pgd"]
     assert lines[-1] == "(32 examples)"
@@ -139,29 +160,69 @@ def test_transfer_crafts_on_each_source_and_labels_it(whitebox, exports):
         assert entry["mean_linf"] <= EPS + 1e-6
 
 
+def test_eps_sweep_writes_a_csv_and_a_png_of_accuracy_against_eps(exports, tmp_path):
+    out = tmp_path / "sweep.json"
+    fv = parse(
+        f"--model_dir={exports['target']}", f"--output_json={out}", "--attacks=fgsm,pgd",
+        "--eps_sweep=0,0.1,0.3", *FAST,
+    )
+    report = evaluate.evaluate_from_flags(fv)
+    sweep = report["eps_sweep"]
+    assert sweep["csv"] == str(tmp_path / "sweep_curve.csv")
+    assert sweep["png"] == str(tmp_path / "sweep_curve.png")
+    assert (tmp_path / "sweep_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "sweep_curve.csv").read_text().splitlines()
+    assert lines[0] == "eps,fgsm,pgd,worst case" and len(lines) == 4
+    clean = 1 - report["clean_error"]
+    for label, accs in sweep["curves"].items():
+        assert accs[0] == pytest.approx(clean), label  # No perturbation at eps 0.
+        assert accs[2] <= accs[0], label
+    worst = sweep["curves"]["worst case"]
+    for i in range(3):
+        assert worst[i] <= min(sweep["curves"]["fgsm"][i], sweep["curves"]["pgd"][i])
+    # At the report's own eps (0.3), the sweep's PGD is the report's PGD.
+    assert sweep["curves"]["pgd"][2] == report["attacks"]["pgd"]["accuracy"]
+
+
+def test_default_attacks_end_with_autoattack():
+    fv = parse("--model_dir=x")
+    assert fv.attacks == ["fgsm", "pgd", "autoattack"]
+    assert fv.autoattack_version is None  # The function's default, "standard".
+    assert attacks.get_entry("autoattack").default("version") == "standard"
+
+
 def test_flags_map_onto_attack_parameters():
     fv = parse(
         "--model_dir=x",
-        "--attacks=fgsm,ifgsm,pgd,cw,deepfool",
-        "--steps=4",
+        "--attacks=fgsm,ifgsm,pgd,cw,deepfool,apgd_t,square,autoattack",
+        "--ifgsm_steps=4",
         "--pgd_step_size=0.02",
-        "--restarts=3",
+        "--pgd_restarts=3",
         "--cw_steps=7",
         "--deepfool_overshoot=0.1",
+        "--apgd_t_target_classes=3",
+        "--square_queries=99",
+        "--autoattack_version=fast",
+        "--seed=5",
     )
     specs = {s.name: s.params for s in evaluate.attack_specs_from_flags(fv, eps=0.2)}
     assert specs["fgsm"] == {"eps": 0.2}
     assert specs["ifgsm"] == {"eps": 0.2, "steps": 4, "step_size": pytest.approx(0.125)}
     assert specs["pgd"] == {"eps": 0.2, "steps": 40, "step_size": 0.02, "restarts": 3}
+    assert specs["apgd_t"] == {"eps": 0.2, "seed": 5, "steps": 100, "restarts": 1,
+                               "target_classes": 3}
+    assert specs["square"] == {"eps": 0.2, "seed": 5, "queries": 99, "p_init": 0.8}
+    assert specs["autoattack"] == {"eps": 0.2, "seed": 5, "version": "fast", "steps": 100,
+                                   "queries": 5000}
     assert specs["cw"]["max_iterations"] == 7 and specs["deepfool"]["overshoot"] == 0.1
-    # Unset C&W / DeepFool flags are the attacks' own defaults.
+    # Unset flags are None, resolved to the attacks' own defaults.
     for name, flag, param in [
         ("cw", "cw_binary_search_steps", "binary_search_steps"),
         ("cw", "cw_learning_rate", "learning_rate"),
         ("deepfool", "deepfool_max_iter", "max_iter"),
     ]:
         default = inspect.signature(attacks.get_attack(name)).parameters[param].default
-        assert fv[flag].value == default and specs[name][param] == default
+        assert fv[flag].value is None and specs[name][param] == default
 
 
 @pytest.mark.parametrize(
@@ -170,6 +231,12 @@ def test_flags_map_onto_attack_parameters():
         (["--attacks=fgsm,bogus"], ConfigError, "unknown attack 'bogus'"),
         (["--attacks=pgd,pgd"], ConfigError, "attack 'pgd' is listed twice"),
         (["--eps=-0.1"], ConfigError, "eps must be >= 0.0, received eps=-0.1"),
+        (["--eps=1.5"], ConfigError, "eps must be <= 1 for images in .0, 1., received eps=1.5"),
+        (["--square_queries=0"], ConfigError, "square_queries must be >= 1, received square_queries=0"),
+        (["--autoattack_version=plus"], ConfigError,
+         "autoattack_version must be one of standard, fast, received autoattack_version='plus'"),
+        (["--eps_sweep=0,0.3,0.2"], ConfigError, "eps_sweep must increase"),
+        (["--eps_sweep=0,2"], ConfigError, "eps_sweep must be <= 1"),
         (["--num_examples=0"], ConfigError, "num_examples must be >= 1, received num_examples=0"),
         (["--split=dev"], ConfigError, "unknown split 'dev'"),
         (["--model_dir=/no/such/model"], FileNotFoundError, "model path does not exist"),
@@ -200,6 +267,8 @@ def test_a_keras_file_needs_the_dataset_flag(exports):
     "args, message",
     [
         (["--attacks=fgsm,bogus"], "evaluate: error: unknown attack 'bogus'; known attacks: "),
+        (["--autoattack_version=plus"], "evaluate: error: autoattack_version must be one of "),
+        (["--square_queries=0"], "evaluate: error: square_queries must be >= 1"),
         (["--dataset=cifar10"], "evaluate: error: images of the wrong shape: "),
     ],
 )
@@ -264,3 +333,54 @@ def test_duplicate_labels_are_refused():
     specs = [evaluation.AttackSpec("fgsm", {"eps": 0.1})] * 2
     with pytest.raises(ValueError, match="two attacks have the label 'fgsm'"):
         evaluation.robustness_report(_always_class_0, _labelled([0]), specs, verbose=0)
+
+
+def _moves_down(parity):
+    """A stand-in attack: moves the examples of one index parity down by eps."""
+
+    def attack(model_fn, x, y=None, *, eps):
+        del model_fn, y
+        mask = tf.cast(tf.range(tf.shape(x)[0]) % 2 == parity, x.dtype)[:, None, None, None]
+        return x - eps * mask
+
+    return attack
+
+
+def _threshold_model(x):
+    """Class 1 when the mean pixel is above 0.5, else class 0 (4 logits)."""
+    m = tf.reduce_mean(x, axis=[1, 2, 3])[:, None]
+    return tf.concat([0.5 - m, m - 0.5, -1.0 + 0 * m, -1.0 + 0 * m], axis=1) * 10.0
+
+
+def test_robust_accuracy_is_the_per_example_worst_case(monkeypatch):
+    from at2l_tf.attacks import registry
+
+    # Two stand-in attacks that fool disjoint halves of the examples.
+    for name, parity, black_box in (("odd_down", 1, False), ("even_down", 0, True)):
+        entry = registry.AttackEntry(name, _moves_down(parity), "linf", "test", black_box=black_box)
+        monkeypatch.setitem(registry._REGISTRY, name, entry)
+    images = np.full((8, 4, 4, 1), 0.55, np.float32)  # Mean 0.55: class 1; 0.1 down flips it.
+    labels = np.ones(8, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    specs = [
+        evaluation.AttackSpec("odd_down", {"eps": 0.1}),
+        evaluation.AttackSpec("even_down", {"eps": 0.1}),
+        evaluation.AttackSpec("cw", {"max_iterations": 1, "binary_search_steps": 1}),
+    ]
+    report = evaluation.robustness_report(_threshold_model, ds, specs, verbose=0, per_example=True)
+    assert report["clean_accuracy"] == 1.0
+    assert report["attacks"]["odd_down"]["accuracy"] == 0.5
+    assert report["attacks"]["even_down"]["accuracy"] == 0.5
+    # Per example nothing survives both, although each row says 50%.
+    assert report["robust_accuracy"] == 0.0
+    assert report["robust_accuracy_attacks"] == ["odd_down", "even_down"]  # Not the L2 C&W.
+    per = report["per_example"]
+    assert per["odd_down"] == [True, False] * 4 and per["even_down"] == [False, True] * 4
+    # The even examples survived the white-box attack and fell to the black-box one.
+    assert report["black_box_only_fooled"] == 4
+    assert "0.00%" in evaluation.format_report(report).splitlines()[-2]
+
+    report = evaluation.robustness_report(_threshold_model, ds, specs[:1], verbose=0)
+    assert report["robust_accuracy"] == 0.5 and report["black_box_only_fooled"] is None
+    report = evaluation.robustness_report(_threshold_model, ds, specs[2:], verbose=0)
+    assert report["robust_accuracy"] is None  # No L-inf attack: no robust figure.

@@ -13,8 +13,18 @@ attack leaves unchanged (C&W returns `x` where it finds nothing) counts as 0;
 attack *flips* (clean prediction right, adversarial prediction wrong), the
 figure DeepFool's and C&W's papers report.
 
+**Worst case.** `robust_accuracy` is the share of examples classified correctly
+under *every* L-inf attack that was run (per example, not the minimum of the
+per-attack accuracies, which overstates it when attacks fool different
+examples). It is the figure to quote; the per-attack rows show which attack did
+the damage. L2 attacks (C&W, DeepFool) are minimal-norm, not eps-bounded, and
+do not enter it. `black_box_only_fooled` counts the examples that survived every
+white-box L-inf attack but fell to a black-box one (Square): above 0, the
+gradients the white-box attacks followed were misleading (gradient masking).
+
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
-runs as one graph per batch shape.
+runs as one graph per batch shape; attacks that compile their own pieces and
+work on subsets (APGD, Square's early stop, AutoAttack) run eagerly around them.
 """
 
 import contextlib
@@ -57,7 +67,10 @@ def _compiled(attack_fn, model_fn):
     # A `partial`, not a closure: TensorFlow counts traces per code object, so
     # one trace for each of several closures of the same `def` would set off
     # its "excessive retracing" warning although nothing is retraced.
-    return tf.function(functools.partial(_run_attack, attack_fn, model_fn), reduce_retracing=True)
+    run = functools.partial(_run_attack, attack_fn, model_fn)
+    if not getattr(attack_fn, "compile", True):
+        return run
+    return tf.function(run, reduce_retracing=True)
 
 
 def robustness_report(
@@ -68,8 +81,9 @@ def robustness_report(
     sources=None,
     num_examples=None,
     verbose=1,
+    per_example=False,
 ):
-    """Measures clean error and error under each attack.
+    """Measures clean error, error under each attack, and the worst case over them.
 
     Args:
         model_fn: the target; float images -> logits.
@@ -82,6 +96,8 @@ def robustness_report(
         num_examples: stop after this many examples (default: the whole dataset).
         verbose: 1 shows a progress bar on stderr (stdout stays free for
             the table), 0 is silent.
+        per_example: also return `"per_example": {"clean": [bool], label:
+            [bool]}`, whether each example is classified correctly.
 
     Returns:
         A JSON-ready dict: `{"num_examples", "clean_error", "clean_accuracy",
@@ -89,7 +105,10 @@ def robustness_report(
         "mean_l2", "fooled", "fooled_mean_linf", "fooled_mean_l2", "source",
         "seconds", <params>}}}`; `fooled` is the fraction of examples the
         attack flips, the `fooled_mean_*` norms are averaged over them
-        (`None` when there are none).
+        (`None` when there are none). `robust_accuracy` (worst case per
+        example over the L-inf rows, named in `robust_accuracy_attacks`; `None`
+        without such rows) and `black_box_only_fooled` (`None` unless both
+        white-box and black-box L-inf attacks ran on the target) complete it.
 
     Raises:
         ValueError: if two attacks have the same label (their counts would
@@ -112,6 +131,8 @@ def robustness_report(
 
     n = 0
     clean_wrong = 0
+    correct = {"clean": []}
+    correct.update({label: [] for label, *_ in runs})
     counters = ("wrong", "linf", "l2", "fooled", "fooled_linf", "fooled_l2", "seconds")
     stats = {label: dict.fromkeys(counters, 0) for label, *_ in runs}
     total = num_examples
@@ -132,10 +153,12 @@ def robustness_report(
             clean_pred = tf.argmax(target(x), axis=-1)
             clean_right = clean_pred == y
             clean_wrong += int(tf.reduce_sum(tf.cast(~clean_right, tf.int32)))
+            correct["clean"].append(clean_right.numpy())
             for label, spec, src_name, run, _ in runs:
                 start = time.perf_counter()
                 x_adv = run(x, y)
                 adv_wrong = tf.argmax(target(x_adv), axis=-1) != y
+                correct[label].append(~adv_wrong.numpy())
                 st = stats[label]
                 st["wrong"] += int(tf.reduce_sum(tf.cast(adv_wrong, tf.int32)))
                 st["seconds"] += time.perf_counter() - start
@@ -159,7 +182,7 @@ def robustness_report(
     report = {
         "num_examples": n,
         "clean_error": clean_wrong / n,
-        "clean_accuracy": 1 - clean_wrong / n,
+        "clean_accuracy": (n - clean_wrong) / n,
         "attacks": {},
     }
     for label, spec, src_name, _, attack_fn in runs:
@@ -168,7 +191,7 @@ def robustness_report(
             "attack": spec.name,
             "norm": attacks.get_entry(spec.name).norm,
             "error": st["wrong"] / n,
-            "accuracy": 1 - st["wrong"] / n,
+            "accuracy": (n - st["wrong"]) / n,
             "mean_linf": st["linf"] / n,
             "mean_l2": st["l2"] / n,
             "fooled": st["fooled"] / n,
@@ -179,6 +202,20 @@ def robustness_report(
         }
         entry.update({k: _jsonable(v) for k, v in attack_fn.bound_params.items()})
         report["attacks"][label] = entry
+    correct = {k: np.concatenate(v) for k, v in correct.items()}
+    linf = [label for label, spec, *_ in runs if attacks.get_entry(spec.name).norm == "linf"]
+    worst = np.logical_and.reduce([correct["clean"]] + [correct[k] for k in linf])
+    report["robust_accuracy"] = float(worst.mean()) if linf else None
+    report["robust_accuracy_attacks"] = linf
+    black = [k for k in linf if attacks.get_entry(report["attacks"][k]["attack"]).black_box]
+    white = [k for k in linf if k not in black]
+    report["black_box_only_fooled"] = None
+    if black and white and sources is None:
+        survived = np.logical_and.reduce([correct[k] for k in white])
+        fell = np.logical_or.reduce([~correct[k] for k in black])
+        report["black_box_only_fooled"] = int(np.sum(survived & fell))
+    if per_example:
+        report["per_example"] = {k: v.tolist() for k, v in correct.items()}
     return report
 
 
@@ -213,6 +250,10 @@ def format_report(report):
                 f"{e['mean_linf']:.3f}",
             ]
         )
+    if report.get("robust_accuracy") is not None:
+        acc = report["robust_accuracy"]
+        rows.append(["worst case", "-", "per example, all L-inf rows", f"{1 - acc:.2%}",
+                     f"{acc:.2%}", "-", "-"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = []
     for r in [header] + rows:

@@ -15,6 +15,7 @@ from at2l_tf.errors import ConfigError
 from at2l_tf.training.at2l_model import DEFENSES
 
 STRATEGIES = ("auto", "default", "mirrored")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -70,7 +71,9 @@ class TrainConfig:
         margin: triplet margin α.
         norm: logit distance of the triplet term.
         epochs: passes over the training split.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (the initial one under a schedule).
+        lr_schedule: `constant`, or `cosine` (Keras' `CosineDecay` from
+            `learning_rate` to 0 over all training steps).
         seed: seeds Python, NumPy, TensorFlow, shuffling and negative selection.
         strategy: `auto` (MirroredStrategy if more than one GPU), `default`, `mirrored`.
     """
@@ -82,6 +85,7 @@ class TrainConfig:
     norm: str = "linf"
     epochs: int = 3
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     seed: int = 0
     strategy: str = "auto"
 
@@ -91,16 +95,20 @@ class EvalConfig:
     """The final robustness check on the test split.
 
     Attributes:
-        attacks: attacks to report (besides clean accuracy).
+        attacks: attacks to report (besides clean accuracy); their worst case
+            per example is the run's `robust_accuracy`.
         num_examples: test images evaluated (the first ones of the split).
         pgd_steps: PGD iterations of the final check.
         pgd_step_size: PGD step size of the final check.
+        autoattack_version: `fast` (APGD-CE + APGD-T, 100 iterations each) or
+            `standard` (+ Square, 5,000 queries).
     """
 
-    attacks: tuple = ("fgsm", "pgd")
+    attacks: tuple = ("fgsm", "pgd", "autoattack")
     num_examples: int = 1000
     pgd_steps: int = 40
     pgd_step_size: float = 0.01
+    autoattack_version: str = "fast"
 
 
 @dataclasses.dataclass
@@ -173,6 +181,10 @@ class ExperimentConfig:
         _at_least("epochs", t.epochs, 1)
         if not t.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, received learning_rate={t.learning_rate}")
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule {t.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}"
+            )
         if t.strategy not in STRATEGIES:
             raise ConfigError(
                 f"unknown strategy {t.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
@@ -182,6 +194,9 @@ class ExperimentConfig:
         _at_least("eval_examples", e.num_examples, 0)
         _at_least("eval_pgd_steps", e.pgd_steps, 1)
         _at_least("eval_pgd_step_size", e.pgd_step_size, 0.0)
+        attacks.get_entry("autoattack").user_params[0].check(
+            e.autoattack_version, "eval_autoattack_version"
+        )
         return self
 
     def to_dict(self):

@@ -7,8 +7,8 @@ r"""Train a classifier with AT²L (or AT, triplet regularisation, or clean train
 Every flag maps onto `at2l_tf.config.ExperimentConfig`, which is validated
 before any data is loaded: a bad value exits with status 1 and one line naming
 it. The run writes checkpoints, TensorBoard logs, `model.keras` and
-`results.json` under `--workdir`, prints the test-split table (clean, FGSM and
-PGD accuracy), and exports a SavedModel to `--export_dir/<version>/`.
+`results.json` under `--workdir`, prints the test-split table (clean, FGSM, PGD-40,
+AutoAttack `fast` and their worst case), and exports a SavedModel to `--export_dir/<version>/`.
 """
 
 from absl import flags
@@ -34,6 +34,7 @@ flags.DEFINE_string("norm", _D.train.norm, "Logit distance of the triplet term: 
 flags.DEFINE_integer("epochs", _D.train.epochs, "Training epochs.")
 flags.DEFINE_integer("batch_size", _D.data.batch_size, "Global batch size (>= 2).")
 flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.")
+flags.DEFINE_string("lr_schedule", _D.train.lr_schedule, "constant | cosine (decay to 0 over all steps).")
 flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.")
 flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examples held out for validation.")
 flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
@@ -43,6 +44,7 @@ flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final t
 flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
 flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the final check.")
 flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size of the final check.")
+flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
 flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
 flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
 flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
@@ -71,6 +73,7 @@ def config_from_flags(f=FLAGS):
             norm=f.norm,
             epochs=f.epochs,
             learning_rate=f.learning_rate,
+            lr_schedule=f.lr_schedule,
             seed=f.seed,
             strategy=f.strategy,
         ),
@@ -79,6 +82,7 @@ def config_from_flags(f=FLAGS):
             num_examples=f.eval_examples,
             pgd_steps=f.eval_pgd_steps,
             pgd_step_size=f.eval_pgd_step_size,
+            autoattack_version=f.eval_autoattack_version,
         ),
         model=f.model,
         workdir=f.workdir or f"runs/{name}",

@@ -6,9 +6,12 @@ r"""Compare defenses (none / at / at2l / tr) trained identically, on real test d
 
 It takes every flag of `python -m at2l_tf.train` (same defaults), plus
 `--defenses` and `--output_json`. Every defence gets the same model, data
-order, training attack, eps, epochs and seed; each is then evaluated on the first `--eval_examples` test images, clean,
-under FGSM and under PGD (`--eval_pgd_steps` steps of `--eval_pgd_step_size`,
-random start), at the training eps. Prints one table and writes the JSON.
+order, training attack, eps, epochs and seed; each is then evaluated on the
+first `--eval_examples` test images, clean, under FGSM, under PGD
+(`--eval_pgd_steps` steps of `--eval_pgd_step_size`, random start) and under
+AutoAttack (`--eval_autoattack_version`, default `fast`: APGD-CE + APGD-T, 100
+iterations each), at the training eps; `robust` is the worst case per example
+over the three, the figure to compare. Prints one table and writes the JSON.
 """
 
 import os
@@ -36,7 +39,7 @@ def main(argv):
     for defense in FLAGS.defenses:
         cfg = train_command.config_from_flags()
         cfg.train.defense = defense
-        cfg.eval.attacks = ("fgsm", "pgd")
+        cfg.eval.attacks = ("fgsm", "pgd", "autoattack")
         cfg.workdir = os.path.join(base_workdir, defense)
         cfg.export_dir = None
         configs.append(cfg.validate())  # All configs are checked before the first run.
@@ -49,6 +52,8 @@ def main(argv):
             "clean_accuracy": round(test["clean_accuracy"], 4),
             "fgsm_accuracy": round(test["attacks"]["fgsm"]["accuracy"], 4),
             "pgd_accuracy": round(test["attacks"]["pgd"]["accuracy"], 4),
+            "autoattack_accuracy": round(test["attacks"]["autoattack"]["accuracy"], 4),
+            "robust_accuracy": round(test["robust_accuracy"], 4),
             "train_seconds": res["train_seconds"],
         }
     c = configs[0]
@@ -79,6 +84,11 @@ def main(argv):
                 "step_size": c.eval.pgd_step_size,
                 "random_start": True,
             },
+            "autoattack": {
+                k: v for k, v in test["attacks"]["autoattack"].items()
+                if k in ("eps", "version", "steps", "queries", "seed")
+            },
+            "robust_accuracy": "per example, worst case over fgsm, pgd and autoattack",
         },
         "results": rows,
         "machine": benchlib.machine(),
@@ -93,11 +103,12 @@ def main(argv):
         f"{c.eval.num_examples} images (PGD-{c.eval.pgd_steps}, step {c.eval.pgd_step_size}, "
         f"random start)"
     )
-    print(f"{'defense':<8} {'clean':>7} {'FGSM':>7} {'PGD':>7} {'train s':>8}")
+    print(f"{'defense':<8} {'clean':>7} {'FGSM':>7} {'PGD':>7} {'AA':>7} {'robust':>7} {'train s':>8}")
     for d, r in rows.items():
         print(
             f"{d:<8} {r['clean_accuracy']:>7.2%} {r['fgsm_accuracy']:>7.2%} "
-            f"{r['pgd_accuracy']:>7.2%} {r['train_seconds']:>8.0f}"
+            f"{r['pgd_accuracy']:>7.2%} {r['autoattack_accuracy']:>7.2%} "
+            f"{r['robust_accuracy']:>7.2%} {r['train_seconds']:>8.0f}"
         )
     if FLAGS.output_json:
         atomic_write_json(FLAGS.output_json, summary)

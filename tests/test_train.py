@@ -41,6 +41,8 @@ def parse():
         ("--attack_steps=0", "attack_steps=0"),
         ("--eval_attacks=fgsm,nope", "unknown attack 'nope'"),
         ("--strategy=tpu", "unknown strategy 'tpu'"),
+        ("--eval_autoattack_version=plus", "eval_autoattack_version must be one of standard, fast"),
+        ("--lr_schedule=step", "unknown lr_schedule 'step'; known: constant, cosine"),
     ],
 )
 def test_bad_flags_are_one_line_config_errors(parse, arg, match):
@@ -102,9 +104,25 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path):
     assert os.listdir(run / "logs")
     on_disk = json.loads((run / "results.json").read_text())
     assert on_disk["test"]["num_examples"] == 64
-    assert set(on_disk["test"]["attacks"]) == {"fgsm", "pgd"}
+    assert set(on_disk["test"]["attacks"]) == {"fgsm", "pgd", "autoattack"}
     assert on_disk["test"]["attacks"]["pgd"]["steps"] == 3
+    assert on_disk["test"]["attacks"]["autoattack"]["version"] == "fast"
+    worst = on_disk["test"]["robust_accuracy"]
+    assert worst <= min(e["accuracy"] for e in on_disk["test"]["attacks"].values())
     assert on_disk["test"]["attacks"]["pgd"]["mean_linf"] <= 0.3 + 1e-6
     assert set(on_disk["history"]) >= {"loss", "triplet", "acc", "adv_acc", "val_adv_acc"}
     assert results["export_path"] == str(tmp_path / "export" / "1")
     assert os.path.exists(os.path.join(results["export_path"], "saved_model.pb"))
+
+
+def test_cosine_schedule_decays_to_zero_over_all_training_steps(parse):
+    from at2l_tf.training import experiment
+
+    cfg = parse("--lr_schedule=cosine", "--learning_rate=0.002", "--epochs=4").validate()
+    schedule = experiment.learning_rate(cfg, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(0.002)
+    assert float(schedule(20)) == pytest.approx(0.001, rel=1e-5)  # Half-way: half the rate.
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+    assert experiment.learning_rate(parse().validate()) == pytest.approx(1e-3)  # constant
+    with pytest.raises(ValueError, match="needs the number of steps per epoch"):
+        experiment.learning_rate(cfg)

@@ -36,6 +36,7 @@ setup(
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],
         "test": ["pytest>=7"],
-        "bench": ["adversarial-robustness-toolbox==1.20.*", "psutil"],
+        # Foolbox pulls in eagerpy, through which it runs TensorFlow.
+        "bench": ["adversarial-robustness-toolbox==1.20.*", "foolbox==3.3.*", "psutil"],
     },
 )

@@ -20,9 +20,12 @@ TARGETS = {
     "pgd_vs_art": (">=", 3.0),
     "fgsm_vs_art": (">=", 2.0),
     "pgd_vs_cleverhans_eager": (">=", 2.0),
+    "apgd_vs_art": (">=", 3.0),
+    "pgd_vs_foolbox": (">=", 2.0),
 }
 
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
+FOOLBOX_NOTE = "foolbox not installed (pip install -e '.[bench]')"
 
 
 _SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
@@ -112,6 +115,17 @@ def import_art():
     return TensorFlowV2Classifier, FastGradientMethod, ProjectedGradientDescent
 
 
+def import_foolbox():
+    """The `foolbox` module (3.x, with eagerpy), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import foolbox
+    except ImportError:
+        return None
+    return foolbox
+
+
 def check_mnist_models(names):
     """Raises a one-line ConfigError unless every name is a registered MNIST model."""
     from at2l_tf import models
@@ -143,8 +157,9 @@ def batches(images, labels, n, batch_size):
     return out
 
 
-def versions(art):
-    """Versions of what the benchmarks run: TensorFlow, Keras, CleverHans, ART (if used), ..."""
+def versions(art, foolbox=None):
+    """Versions of what the benchmarks run: TensorFlow, Keras, CleverHans, ART and Foolbox
+    (None when not used), ..."""
     import keras
     import tensorflow as tf
 
@@ -155,6 +170,8 @@ def versions(art):
         "adversarial-robustness-toolbox": (
             version("adversarial-robustness-toolbox") if art else None
         ),
+        "foolbox": version("foolbox") if foolbox else None,
+        "eagerpy": version("eagerpy") if foolbox else None,
         "numpy": version("numpy"),
         "at2l_tf": version("at2l_tf"),
     }
@@ -210,6 +227,20 @@ def cleverhans_eager_pgd(clf, x, y, eps, step, k):
     ).numpy()
 
 
+def art_estimator(art, clf):
+    """`clf` (a Keras model giving logits) wrapped in ART's `TensorFlowV2Classifier`, box [0, 1]."""
+    import keras
+
+    classifier_cls = art[0]
+    return classifier_cls(
+        model=clf,
+        nb_classes=int(clf.output_shape[-1]),
+        input_shape=tuple(clf.input_shape[1:]),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        clip_values=(0.0, 1.0),
+    )
+
+
 def art_attacks(art, clf, eps, step, k, batch_size):
     """ART's `(FastGradientMethod, ProjectedGradientDescent)` on `clf`, with our settings.
 
@@ -217,20 +248,56 @@ def art_attacks(art, clf, eps, step, k, batch_size):
     `TensorFlowV2Classifier` (logits, box [0, 1]); FGSM has no random start, PGD-k
     one, with step `step`.
     """
-    import keras
     import numpy as np
 
-    classifier_cls, fgm_cls, pgd_cls = art
-    estimator = classifier_cls(
-        model=clf,
-        nb_classes=int(clf.output_shape[-1]),
-        input_shape=tuple(clf.input_shape[1:]),
-        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0),
-    )
+    _, fgm_cls, pgd_cls = art
+    estimator = art_estimator(art, clf)
     fgsm = fgm_cls(estimator, norm=np.inf, eps=eps, num_random_init=0, batch_size=batch_size)
     pgd = pgd_cls(
         estimator, norm=np.inf, eps=eps, eps_step=step, max_iter=k,
         num_random_init=1, batch_size=batch_size, verbose=False,
     )
     return fgsm, pgd
+
+
+def art_apgd(art, clf, eps, steps, batch_size):
+    """ART's `AutoProjectedGradientDescent` on `clf`, as our `apgd_ce` with one restart.
+
+    L-inf, `steps` iterations, one random start, untargeted, initial step
+    `2 eps` (as ours and the paper), ART's own cross-entropy loss
+    (`loss_type="cross_entropy"`: ART then re-wraps the Keras model in a second
+    `TensorFlowV2Classifier` with a per-example CE on one-hot labels, which its
+    step-size rule needs), no progress bars.
+    """
+    import numpy as np
+    from art.attacks.evasion import AutoProjectedGradientDescent
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoProjectedGradientDescent(
+            art_estimator(art, clf), norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
+            targeted=False, nb_random_init=1, batch_size=batch_size,
+            loss_type="cross_entropy", verbose=False,
+        )
+
+
+def foolbox_pgd(foolbox, clf, eps, step, k):
+    """Foolbox's `LinfPGD` on `clf` with our PGD-k's settings, NumPy in and out.
+
+    `foolbox.TensorFlowModel(clf, bounds=(0, 1))`, `k` steps of `step`
+    (`rel_stepsize = step / eps`: 0.25 for 2.5 eps / 10), one random start,
+    the labels given; called as its documentation does, `attack(fmodel, x, y,
+    epsilons=eps)`, which also checks the input bounds and, after the attack,
+    which outputs are adversarial (one more forward pass). Returns its clipped
+    adversarials.
+    """
+    import tensorflow as tf
+
+    fmodel = foolbox.TensorFlowModel(clf, bounds=(0.0, 1.0))
+    attack = foolbox.attacks.LinfPGD(steps=k, rel_stepsize=step / eps, random_start=True)
+
+    def run(x, y):
+        _, clipped, _ = attack(fmodel, tf.constant(x), tf.constant(y), epsilons=eps)
+        return clipped.numpy()
+
+    return run

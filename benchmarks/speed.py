@@ -1,7 +1,14 @@
-r"""Speed of the AT²L training step and of our attacks, against IBM ART and eager CleverHans.
+r"""Speed of the AT²L training step and of our attacks, against IBM ART, eager CleverHans
+and Foolbox.
 
-    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~12 min, 2 CPUs
+    python benchmarks/speed.py --output_json=benchmarks/results/speed_cpu.json  # ~20 min, 2 CPUs
     python benchmarks/speed.py --quick --output_json=/tmp/speed.json            # < 1 min
+    python benchmarks/speed.py --figures=apgd_vs_art,pgd_vs_foolbox \
+        --output_json=benchmarks/results/speed_attacks_cpu.json                  # ~9 min
+
+`--figures` (default: all) measures only the figures named (the list below;
+`train_epoch_s` and `train_run` count as figures); an unknown name stops the
+run with a one-line error before any work, and nothing is written.
 
 Runs on the CPU (`--device=cpu`, the default, hides any GPU), in one process, on
 the same models (`--models`, default `mnist_small,madry_mnist`), the same batch
@@ -14,7 +21,7 @@ them alike; CPU-time ratios are recorded next to the wall-time ones as a
 cross-check that depends less on that load.
 
 `--quick` (the test runs it): `mnist_small` only, 3 rounds, 1 warm-up, PGD-3
-for training and attacks, 1 batch, epoch extrapolated, no XLA.
+for training and attacks, APGD-10, 1 batch, epoch extrapolated, no XLA.
 
 Figures, per model (the JSON keys under `models.<name>`):
 
@@ -39,6 +46,26 @@ Figures, per model (the JSON keys under `models.<name>`):
   `projected_gradient_descent` called eagerly in a Python loop over batches, as
   its tutorial does (same eps, step, k, labels, clip box and random start, so
   the work is identical; only compilation differs). Target >= 2.
+* `pgd_vs_foolbox`: images/s of our compiled PGD-k over Foolbox 3.3's
+  `LinfPGD(steps=k, rel_stepsize=2.5/k, random_start=True)` (0.25 for k = 10)
+  on `foolbox.TensorFlowModel(model, bounds=(0, 1))`, called per batch as its
+  documentation does, `attack(fmodel, x, y, epsilons=eps)`, with the true
+  labels; timed in the same rounds as the PGD figures above. Its time includes
+  what that call always does (an input-bounds check, and one forward pass to
+  tell which outputs are adversarial). Target >= 2. `null` when Foolbox is not
+  installed.
+* `apgd_vs_art`: images/s of our `apgd_ce` (`--apgd_steps` (100) iterations,
+  1 restart, initial step 2 eps, seed `--seed`, called eagerly as `evaluate`
+  does) over ART 1.20's `AutoProjectedGradientDescent` (L-inf, `eps_step` 2 eps,
+  same iterations, `nb_random_init=1`, `loss_type="cross_entropy"`, untargeted,
+  `batch_size` the batch) on the `TensorFlowV2Classifier` above, on one batch
+  of 128 test images, in rounds of their own. Labels: the model's predictions,
+  so that both attack every image for every iteration (both skip images
+  already misclassified when a run starts, neither stops within a run; with
+  the true labels the untrained model is right on ~10% of the batch).
+  `apgd_labels` records this. ART's APGD computes the loss once more per
+  iteration (a forward pass apart from its gradient's); ours takes it from the
+  gradient's forward pass. Target >= 3.
 * `train_epoch_s`: seconds of one `fit` epoch (55,000 images, batch 128, the
   train command's pipeline) for the defences none / at / at2l, run one after
   the other (with the CPU cores each got). With `--quick`,
@@ -51,8 +78,10 @@ Figures, per model (the JSON keys under `models.<name>`):
   skips it.
 * also `train_step_s`, attack seconds per batch, `images_per_s`, `validity`
   (every contender's `max ||x_adv - x||_inf <= eps`, inside [0, 1], loss
-  raised), and under `xla` the same steps and attacks compiled with
-  `jit_compile=True`, timed in the same rounds as the plain ones.
+  raised, `error_adv` the share misclassified), `apgd_vs_art_cpu` and
+  `pgd_vs_foolbox_cpu` (the same ratios in CPU time), and under `xla` the same
+  steps and attacks compiled with `jit_compile=True`, timed in the same rounds
+  as the plain ones.
 
 Where the time goes, and what bounds each ratio: `profile_attacks.py`.
 
@@ -60,8 +89,10 @@ Top level: `machine` (platform, CPUs, CPU model, family and SIMD flags, the
 oneDNN setting), `git_commit`, `load` (load averages; each
 entry of `models.<name>.sections` also has the cores this process got, since
 other jobs may share the machine), `versions`, `settings`, `date`, `command`,
-`targets` (value per model and pass/fail; a target passes when every model
-meets it), `peak_rss_mb` (peak resident memory of the benchmark's own process).
+`targets` (the measured ones: value per model and pass/fail; a target passes
+when every model meets it), `peak_rss_mb` (peak resident memory of the
+benchmark's own process), `skipped` (which peer libraries were missing, when
+one was), `settings.figures` (the figures measured).
 """
 
 import gc
@@ -123,9 +154,37 @@ flags.DEFINE_enum(
     "device", "cpu", ["cpu", "gpu"], "cpu hides every GPU; gpu uses TensorFlow's default."
 )
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random starts.")
+flags.DEFINE_integer(
+    "apgd_steps", None, "APGD iterations of apgd_vs_art (default 100; --quick: 10)."
+)
+flags.DEFINE_list(
+    "figures", None,
+    "Figures to measure, comma-separated (default: all): at2l_over_at, pgd_efficiency, "
+    "fgsm_vs_art, pgd_vs_art, pgd_vs_cleverhans_eager, apgd_vs_art, pgd_vs_foolbox, "
+    "train_epoch_s, train_run.",
+)
 FLAGS = flags.FLAGS
 
 TARGETS = benchlib.TARGETS
+# Every figure --figures can pick: the targets, then the training epoch and the train command.
+FIGURES = (*TARGETS, "train_epoch_s", "train_run")
+# Figures that compare with another library: that library (None when not installed) and
+# the note recorded instead of the figure.
+PEERS = {
+    "fgsm_vs_art": "art",
+    "pgd_vs_art": "art",
+    "apgd_vs_art": "art",
+    "pgd_vs_foolbox": "foolbox",
+}
+PEER_NOTES = {"art": benchlib.ART_NOTE, "foolbox": benchlib.FOOLBOX_NOTE}
+# The PGD-k figures of `bench_attacks` and the contenders each one times (side by side).
+ATTACK_FIGURES = {
+    "pgd_efficiency": ("ours_pgd", "input_grad_x_k", "pgd_update_ops_x_k"),
+    "fgsm_vs_art": ("ours_fgsm", "art_fgsm"),
+    "pgd_vs_art": ("ours_pgd", "art_pgd"),
+    "pgd_vs_cleverhans_eager": ("ours_pgd", "cleverhans_eager_pgd"),
+    "pgd_vs_foolbox": ("ours_pgd", "foolbox_pgd"),
+}
 DEFENSES = ("none", "at", "at2l")
 MNIST_TRAIN_EXAMPLES = 55000  # 60,000 minus the default 5,000 validation images.
 
@@ -209,8 +268,12 @@ def _triplet_term_s(cfg, num_classes, repeats=50):
     return statistics.median(wall["triplet"])
 
 
-def bench_train(model_name, train_arrays, cfg, record):
-    """Step time of none / AT / AT²L (compiled train_step) and one epoch of each."""
+def bench_train(model_name, train_arrays, cfg, record, figures):
+    """Step time of none / AT / AT²L (compiled train_step) and one epoch of each.
+
+    The steps when `at2l_over_at` is among `figures`, the epochs when `train_epoch_s` is.
+    """
+    time_steps = "at2l_over_at" in figures
     ((x, y),) = benchlib.batches(*train_arrays, 1, cfg["batch_size"])
     # Same element spec as the training pipeline, so `fit` below reuses the trace.
     fixed = tf.data.Dataset.from_tensors((x, y)).repeat()
@@ -236,6 +299,16 @@ def bench_train(model_name, train_arrays, cfg, record):
     # Every variant is timed in the same rounds, XLA ones included, so that
     # changes in the machine's load do not show up as differences between them.
     variants = {d: build(d, False) for d in DEFENSES}
+    if time_steps:
+        _time_train_steps(model_name, cfg, record, variants, build)
+    if "train_epoch_s" in figures:
+        _time_train_epochs(model_name, cfg, record, variants)
+    del variants
+    gc.collect()
+
+
+def _time_train_steps(model_name, cfg, record, variants, build):
+    """`at2l_over_at` and the step times: the compiled steps of every defence, interleaved."""
     if cfg["xla"]:
         variants.update({f"{d}_xla": build(d, True) for d in DEFENSES})
     with Section(f"{model_name}: train steps") as s:
@@ -276,7 +349,10 @@ def bench_train(model_name, train_arrays, cfg, record):
             del variants[f"{d}_xla"]
         gc.collect()
 
-    # One epoch of `fit` on the train command's pipeline (shuffled, drop_remainder).
+
+def _time_train_epochs(model_name, cfg, record, variants):
+    """`train_epoch_s`: one epoch of `fit` on the train command's pipeline (shuffled,
+    drop_remainder) per defence, one after the other."""
     steps_per_epoch = MNIST_TRAIN_EXAMPLES // cfg["batch_size"]
     quick = cfg["quick"]
     timed_steps = min(cfg["quick_epoch_steps"], steps_per_epoch) if quick else steps_per_epoch
@@ -328,27 +404,30 @@ def bench_train(model_name, train_arrays, cfg, record):
             _log(f"  {d}: {epoch[d]} s/epoch, {epoch['cpu_cores_used'][d]} cores")
     record["sections"]["train_epoch"] = s.record
     record["train_epoch_s"] = epoch
-    del variants
-    gc.collect()
 
 
 def _linf_check(x, x_adv, y, model, eps):
-    """Validity of adversarials: inside the eps ball and the box, and the loss raised."""
+    """Validity of adversarials: inside the eps ball and the box, and the loss raised.
+
+    Also `error_adv`, the share of `x_adv` misclassified (against the labels `y`).
+    """
     delta = float(np.max(np.abs(x_adv.astype(np.float64) - x.astype(np.float64))))
 
-    def ce(z):
+    def ce_and_error(z):
         logits = model(tf.constant(z), training=False)
-        return float(
-            tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-        )
+        ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        error = np.mean(np.argmax(logits.numpy(), axis=-1) != y)
+        return float(ce), float(error)
 
+    ce_adv, error_adv = ce_and_error(x_adv)
     return {
         "max_linf": round(delta, 6),
         # Float32 rounding of x + eta may overshoot eps by an ulp.
         "in_eps_ball": delta <= eps + 1e-6,
         "in_box": bool(x_adv.min() >= 0.0 and x_adv.max() <= 1.0),
-        "ce_clean": round(ce(x), 4),
-        "ce_adv": round(ce(x_adv), 4),
+        "ce_clean": round(ce_and_error(x)[0], 4),
+        "ce_adv": round(ce_adv, 4),
+        "error_adv": round(error_adv, 4),
     }
 
 
@@ -415,10 +494,51 @@ def bench_train_run(model_name, cfg, record):
     }
 
 
-def bench_attacks(model_name, test_arrays, cfg, record, art):
-    """PGD against its floor, and attack throughput against ART and eager CleverHans."""
+def _attack_model(model_name, cfg):
+    """The untrained model every attack figure runs on (seed `--seed`), and its `model_fn`."""
     keras.utils.set_random_seed(cfg["seed"])
     clf = models.get_model(model_name)
+
+    def model_fn(z):
+        return clf(z, training=False)
+
+    return clf, model_fn
+
+
+def _record_attack_times(record, wall, cpu, n_images, n_batches, not_attacks=()):
+    """Adds contenders' seconds per batch, rounds and images/s to `record` (merging).
+
+    Returns `({name: median seconds per round}, {name: images/s})`.
+    """
+    sec = {name: statistics.median(t) for name, t in wall.items()}
+    record.setdefault("attack_s_per_batch", {}).update(
+        {n: round(v / n_batches, 5) for n, v in sec.items()}
+    )
+    record.setdefault("attack_cpu_s_per_batch", {}).update(
+        {n: round(statistics.median(t) / n_batches, 5) for n, t in cpu.items()}
+    )
+    record.setdefault("attack_rounds_s", {}).update(_rounded(wall))
+    ips = {n: n_images / v for n, v in sec.items() if not n.startswith(not_attacks)}
+    record.setdefault("images_per_s", {}).update({n: round(v, 1) for n, v in ips.items()})
+    return sec, ips
+
+
+def _record_validity(record, model_name, checks):
+    """Adds the contenders' validity checks to `record`; raises if one is not a valid attack."""
+    record.setdefault("validity", {}).update(checks)
+    bad = [n for n, v in checks.items() if not (v["in_eps_ball"] and v["in_box"])]
+    if bad:
+        raise AssertionError(f"{model_name}: invalid adversarials from {bad}: {checks}")
+
+
+def bench_attacks(model_name, test_arrays, cfg, record, figures, peers):
+    """PGD against its floor, and attack throughput against ART, eager CleverHans and Foolbox.
+
+    Times, side by side, the contenders of the `ATTACK_FIGURES` among
+    `figures` whose peer library (`peers`, name -> module or None) is installed;
+    a figure whose peer is missing is recorded as None.
+    """
+    clf, model_fn = _attack_model(model_name, cfg)
     k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
     step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
     batches = benchlib.batches(*test_arrays, cfg["attack_batches"], bs)
@@ -426,8 +546,13 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
     x_all = np.concatenate([b[0] for b in batches])
     y_all = np.concatenate([b[1] for b in batches])
 
-    def model_fn(z):
-        return clf(z, training=False)
+    wanted = [f for f in ATTACK_FIGURES if f in figures]
+    timed = [f for f in wanted if f not in PEERS or peers[PEERS[f]] is not None]
+    for f in wanted:
+        if f not in timed:
+            record[f] = None  # Its peer is not installed.
+    if not timed:
+        return
 
     def compiled(attack_fn, jit_compile=False):
         # As evaluation._compiled does: one graph per batch shape.
@@ -480,62 +605,77 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
 
     def cleverhans_eager():
         # The CleverHans tutorial's loop, with our PGD's box, labels and random start.
-        return np.concatenate(
+        return lambda: np.concatenate(
             [benchlib.cleverhans_eager_pgd(clf, x, y, eps, step, k) for x, y in batches]
         )
 
+    def art_attack(index):
+        # ART's generate takes all images and batches them itself (batch_size = ours).
+        attack = benchlib.art_attacks(peers["art"], clf, eps, step, k, bs)[index]
+        return lambda: attack.generate(x_all, y_all)
+
+    def foolbox():
+        # Foolbox has no batching of its own: one call per batch, as ours.
+        run = benchlib.foolbox_pgd(peers["foolbox"], clf, eps, step, k)
+        return lambda: np.concatenate([run(x, y) for x, y in batches])
+
     pgd_fn = attacks.make_attack("pgd", eps=eps, steps=k, step_size=step)
-    contenders = {
-        "ours_fgsm": ours(compiled(attacks.make_attack("fgsm", eps=eps))),
-        "ours_pgd": ours(compiled(pgd_fn)),
-        "input_grad_x_k": k_grads(input_grad()),
-        "pgd_update_ops_x_k": update_ops(),
+    builders = {  # In this order in the rounds (rotated each round).
+        "ours_fgsm": lambda: ours(compiled(attacks.make_attack("fgsm", eps=eps))),
+        "ours_pgd": lambda: ours(compiled(pgd_fn)),
+        "input_grad_x_k": lambda: k_grads(input_grad()),
+        "pgd_update_ops_x_k": update_ops,
         "cleverhans_eager_pgd": cleverhans_eager,
+        "art_fgsm": lambda: art_attack(0),
+        "art_pgd": lambda: art_attack(1),
+        "foolbox_pgd": foolbox,
+        "ours_pgd_xla": lambda: ours(compiled(pgd_fn, jit_compile=True)),
+        "input_grad_x_k_xla": lambda: k_grads(input_grad(jit_compile=True)),
     }
-    if art is not None:
-        art_fgsm, art_pgd = benchlib.art_attacks(art, clf, eps, step, k, bs)
-        contenders["art_fgsm"] = lambda: art_fgsm.generate(x_all, y_all)
-        contenders["art_pgd"] = lambda: art_pgd.generate(x_all, y_all)
-    if cfg["xla"]:
-        contenders["ours_pgd_xla"] = ours(compiled(pgd_fn, jit_compile=True))
-        contenders["input_grad_x_k_xla"] = k_grads(input_grad(jit_compile=True))
+    needed = {c for f in timed for c in ATTACK_FIGURES[f]}
+    xla = cfg["xla"] and "pgd_efficiency" in timed
+    if xla:
+        needed |= {"ours_pgd_xla", "input_grad_x_k_xla"}
+    contenders = {name: build() for name, build in builders.items() if name in needed}
 
     with Section(f"{model_name}: attacks") as s:
         wall, cpu, outputs = benchlib.interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
     record["sections"]["attacks"] = s.record
-    sec = {name: statistics.median(t) for name, t in wall.items()}
     not_attacks = ("input_grad", "pgd_update_ops")
-    ips = {n: n_images / v for n, v in sec.items() if not n.startswith(not_attacks)}
-    record["attack_s_per_batch"] = {n: round(v / len(batches), 5) for n, v in sec.items()}
-    record["attack_cpu_s_per_batch"] = {
-        n: round(statistics.median(t) / len(batches), 5) for n, t in cpu.items()
-    }
-    record["attack_rounds_s"] = _rounded(wall)
-    record["images_per_s"] = {n: round(v, 1) for n, v in ips.items()}
-    record["pgd_efficiency"] = round(sec["ours_pgd"] / sec["input_grad_x_k"], 3)
-    record["pgd_efficiency_cpu"] = round(
-        statistics.median(cpu["ours_pgd"]) / statistics.median(cpu["input_grad_x_k"]), 3
-    )
-    record["pgd_vs_cleverhans_eager"] = round(ips["ours_pgd"] / ips["cleverhans_eager_pgd"], 3)
     per_batch = len(batches)
-    record["pgd_breakdown"] = {
-        "k": k,
-        "input_grads_s_per_batch": round(sec["input_grad_x_k"] / per_batch, 5),
-        "update_ops_s_per_batch": round(sec["pgd_update_ops_x_k"] / per_batch, 5),
-        "rest_s_per_batch": round(
-            (sec["ours_pgd"] - sec["input_grad_x_k"] - sec["pgd_update_ops_x_k"]) / per_batch, 5
-        ),
-        # What eager execution adds to each PGD step over our one graph.
-        "cleverhans_eager_overhead_s_per_step": round(
-            (sec["cleverhans_eager_pgd"] - sec["ours_pgd"]) / (per_batch * k), 5
-        ),
-    }
-    if art is not None:
-        record["fgsm_vs_art"] = round(ips["ours_fgsm"] / ips["art_fgsm"], 3)
-        record["pgd_vs_art"] = round(ips["ours_pgd"] / ips["art_pgd"], 3)
-    else:
-        record["fgsm_vs_art"] = record["pgd_vs_art"] = None
-    if cfg["xla"]:
+    sec, ips = _record_attack_times(record, wall, cpu, n_images, per_batch, not_attacks)
+    if "pgd_efficiency" in timed:
+        record["pgd_efficiency"] = round(sec["ours_pgd"] / sec["input_grad_x_k"], 3)
+        record["pgd_efficiency_cpu"] = round(
+            statistics.median(cpu["ours_pgd"]) / statistics.median(cpu["input_grad_x_k"]), 3
+        )
+        record["pgd_breakdown"] = {
+            "k": k,
+            "input_grads_s_per_batch": round(sec["input_grad_x_k"] / per_batch, 5),
+            "update_ops_s_per_batch": round(sec["pgd_update_ops_x_k"] / per_batch, 5),
+            "rest_s_per_batch": round(
+                (sec["ours_pgd"] - sec["input_grad_x_k"] - sec["pgd_update_ops_x_k"]) / per_batch,
+                5,
+            ),
+        }
+        if "cleverhans_eager_pgd" in sec:
+            # What eager execution adds to each PGD step over our one graph.
+            record["pgd_breakdown"]["cleverhans_eager_overhead_s_per_step"] = round(
+                (sec["cleverhans_eager_pgd"] - sec["ours_pgd"]) / (per_batch * k), 5
+            )
+    for figure, (mine, theirs) in (
+        ("pgd_vs_cleverhans_eager", ("ours_pgd", "cleverhans_eager_pgd")),
+        ("fgsm_vs_art", ("ours_fgsm", "art_fgsm")),
+        ("pgd_vs_art", ("ours_pgd", "art_pgd")),
+        ("pgd_vs_foolbox", ("ours_pgd", "foolbox_pgd")),
+    ):
+        if figure in timed:
+            record[figure] = round(ips[mine] / ips[theirs], 3)
+    if "pgd_vs_foolbox" in timed:  # Cross-check: CPU time, all threads.
+        record["pgd_vs_foolbox_cpu"] = round(
+            statistics.median(cpu["foolbox_pgd"]) / statistics.median(cpu["ours_pgd"]), 3
+        )
+    if xla:
         record["xla"].update(
             pgd_efficiency=round(sec["ours_pgd_xla"] / sec["input_grad_x_k_xla"], 3),
             pgd_speedup=round(sec["ours_pgd"] / sec["ours_pgd_xla"], 3),
@@ -543,29 +683,90 @@ def bench_attacks(model_name, test_arrays, cfg, record, art):
         )
 
     # Every contender made valid adversarials of the same budget (last timed call).
-    validity = {
+    _record_validity(record, model_name, {
         name: _linf_check(x_all, out, y_all, clf, eps)
         for name, out in outputs.items()
         if not name.startswith(not_attacks)
+    })
+
+
+def bench_apgd(model_name, test_arrays, cfg, record, art):
+    """`apgd_vs_art`: our APGD-CE over ART's AutoProjectedGradientDescent, images/s.
+
+    One batch (the first of `bench_attacks`' batches), the same untrained model;
+    `--apgd_steps` iterations, one random start, eps `--eps`, initial step
+    2 eps, seed `--seed` (ours; ART draws from NumPy's global generator).
+
+    Ours varies from one process to the next here: with oneDNN (at2l_tf's
+    default), a `tf.while_loop` around the model's gradient runs, per trace and
+    at random, either at the speed of unrolled PGD steps or up to ~1.7x slower
+    (mnist_small, 2-core Xeon; not seen with TF_ENABLE_ONEDNN_OPTS=0, nor for
+    our unrolled PGD). A run keeps its trace, so all its rounds agree; compare
+    `attack_s_per_batch` of `ours_apgd` / 100 with `ours_pgd` / 10 to tell.
+    """
+    if art is None:
+        record["apgd_vs_art"] = None
+        return
+    clf, model_fn = _attack_model(model_name, cfg)
+    n, eps, bs = cfg["apgd_steps"], cfg["eps"], cfg["batch_size"]
+    ((x, y_true),) = benchlib.batches(*test_arrays, 1, bs)
+    # Labels: the model's own predictions, given to both. Both APGDs leave alone
+    # the examples misclassified at the start of a run (ours: `fooled` from the
+    # clean logits, then only the rest is gathered and attacked; ART: only its
+    # `sample_is_robust` are attacked), and neither stops within a run (ours: a
+    # fixed-length `tf.while_loop`; ART: only once every example's loss is
+    # exactly 0, which cross-entropy does not reach here); with one restart there
+    # is no later run. With its predictions as labels, every one of the 128 images
+    # is attacked for all `n` iterations on both sides. With the true labels the
+    # untrained model is right on ~10% of the batch: both would attack ~13
+    # images, and the ratio would measure per-call overhead instead.
+    labels = np.argmax(clf(x, training=False).numpy(), axis=-1).astype(np.int64)
+    art_apgd = benchlib.art_apgd(art, clf, eps, n, bs)
+    contenders = {
+        # Called eagerly, as evaluate calls it (the registry does not compile APGD):
+        # each run is one compiled tf.while_loop.
+        "ours_apgd": lambda: attacks.apgd_ce(
+            model_fn, x, labels, eps=eps, steps=n, restarts=1, seed=cfg["seed"]
+        ).numpy(),
+        "art_apgd": lambda: art_apgd.generate(x, labels),
     }
-    record["validity"] = validity
-    bad = [n for n, v in validity.items() if not (v["in_eps_ball"] and v["in_box"])]
-    if bad:
-        raise AssertionError(f"{model_name}: invalid adversarials from {bad}: {validity}")
+    with Section(f"{model_name}: APGD-CE ({n} iterations)") as s:
+        wall, cpu, outputs = benchlib.interleaved(
+            contenders, repeats=cfg["repeats"], warmup=cfg["warmup"]
+        )
+    record["sections"]["attacks_apgd"] = s.record
+    _, ips = _record_attack_times(record, wall, cpu, len(labels), 1)
+    record["apgd_vs_art"] = round(ips["ours_apgd"] / ips["art_apgd"], 3)
+    record["apgd_vs_art_cpu"] = round(
+        statistics.median(cpu["art_apgd"]) / statistics.median(cpu["ours_apgd"]), 3
+    )
+    record["apgd_labels"] = {
+        "labels": "the model's predictions on the clean batch",
+        "attacked": int(len(labels)),
+        "clean_accuracy_true_labels": round(float(np.mean(labels == y_true)), 4),
+    }
+    _record_validity(record, model_name, {
+        name: _linf_check(x, out, labels, clf, eps) for name, out in outputs.items()
+    })
 
 
 # ------------------------------------------------------------------ report
 
 
-def _targets(results):
-    """Each target with its value per model; it passes when every model meets it."""
+def _targets(results, figures):
+    """Each measured target with its value per model; it passes when every model meets it.
+
+    A figure whose peer library is missing (value None) has `pass` None and a `skipped` note.
+    """
     out = {}
     for name, (op, threshold) in TARGETS.items():
+        if name not in figures:
+            continue
         values = {m: r[name] for m, r in results.items()}
         entry = {"target": f"{op} {threshold:g}", "values": values}
         if any(v is None for v in values.values()):
             entry["pass"] = None
-            entry["skipped"] = benchlib.ART_NOTE
+            entry["skipped"] = PEER_NOTES[PEERS[name]]
         else:
             ok = [(v <= threshold) if op == "<=" else (v >= threshold) for v in values.values()]
             entry["pass"] = all(ok)
@@ -594,39 +795,61 @@ def _table(summary):
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
 
-    for name, (op, thr) in TARGETS.items():
+    def have(*keys):  # Every model's record has this (nested) figure.
+        def get(r):
+            for key in keys:
+                if not isinstance(r, dict) or key not in r:
+                    return False
+                r = r[key]
+            return True
+
+        return all(get(res[n]) for n in names)
+
+    for name in summary["targets"]:
+        op, thr = TARGETS[name]
         cells = []
         for n in names:
             v = res[n][name]
             ok = "" if v is None else (" ok" if (v <= thr if op == "<=" else v >= thr) else " MISS")
             cells.append(fmt(v, ".2f") + ok)
         row(name, cells, f"{op}{thr:g}")
-    row("at2l_over_at, CPU time", [fmt(res[n]["at2l_over_at_cpu"], ".3f") for n in names])
-    row("at2l_over_at, expected", [fmt(res[n]["at2l_over_at_expected"], ".3f") for n in names])
-    row("pgd_efficiency, CPU time", [fmt(res[n]["pgd_efficiency_cpu"], ".3f") for n in names])
-    for d in DEFENSES:
-        row(f"train step s, {d}", [fmt(res[n]["train_step_s"][d], ".3f") for n in names])
-    ex = any(res[n]["train_epoch_s"]["extrapolated"] for n in names)
-    for d in DEFENSES:
-        label = f"train epoch s, {d}" + (" (extrap.)" if ex else "")
-        row(label, [fmt(res[n]["train_epoch_s"][d], ".1f") for n in names])
-    keys = ["ours_fgsm", "art_fgsm", "ours_pgd", "art_pgd", "cleverhans_eager_pgd"]
+    for key, label in (
+        ("at2l_over_at_cpu", "at2l_over_at, CPU time"),
+        ("at2l_over_at_expected", "at2l_over_at, expected"),
+        ("pgd_efficiency_cpu", "pgd_efficiency, CPU time"),
+        ("apgd_vs_art_cpu", "apgd_vs_art, CPU time"),
+        ("pgd_vs_foolbox_cpu", "pgd_vs_foolbox, CPU time"),
+    ):
+        if have(key):
+            row(label, [fmt(res[n][key], ".3f") for n in names])
+    if have("train_step_s"):
+        for d in DEFENSES:
+            row(f"train step s, {d}", [fmt(res[n]["train_step_s"][d], ".3f") for n in names])
+    if have("train_epoch_s"):
+        ex = any(res[n]["train_epoch_s"]["extrapolated"] for n in names)
+        for d in DEFENSES:
+            label = f"train epoch s, {d}" + (" (extrap.)" if ex else "")
+            row(label, [fmt(res[n]["train_epoch_s"][d], ".1f") for n in names])
+    keys = ["ours_fgsm", "art_fgsm", "ours_pgd", "art_pgd", "cleverhans_eager_pgd", "foolbox_pgd",
+            "ours_apgd", "art_apgd"]
     for key in keys:
-        row(f"img/s {key}", [fmt(res[n]["images_per_s"].get(key), ".0f") for n in names])
-    if all(res[n]["xla"] for n in names):
+        if any(key in res[n].get("images_per_s", {}) for n in names):
+            row(f"img/s {key}", [fmt(res[n]["images_per_s"].get(key), ".0f") for n in names])
+    if have("xla", "pgd_efficiency"):
         row("XLA pgd_efficiency", [fmt(res[n]["xla"]["pgd_efficiency"], ".2f") for n in names])
         row("XLA pgd speed-up", [fmt(res[n]["xla"]["pgd_speedup"], ".2f") for n in names])
+    if have("xla", "train_step_speedup"):
         for d in DEFENSES:
             row(
                 f"XLA train speed-up, {d}",
                 [fmt(res[n]["xla"]["train_step_speedup"][d], ".2f") for n in names],
             )
-    if all("train_run" in res[n] for n in names):
+    if have("train_run"):
         row("train command s", [fmt(res[n]["train_run"]["wall_s"], ".0f") for n in names])
         row("train command peak MB", [fmt(res[n]["train_run"]["peak_rss_mb"], ".0f") for n in names])
     lines.append(f"benchmark peak RSS {summary['peak_rss_mb']:.0f} MB; total {summary['wall_s']:.0f} s")
     if summary.get("skipped"):
-        lines.append(f"ART figures skipped: {summary['skipped']}")
+        lines.append(f"figures skipped: {summary['skipped']}")
     return "\n".join(lines)
 
 
@@ -651,13 +874,25 @@ def main(argv):
         "pgd_steps": pick(FLAGS.pgd_steps, 10, 3),
         "quick_epoch_steps": FLAGS.quick_epoch_steps,
         "xla": pick(FLAGS.xla, True, False),
-        "train_run": FLAGS.train_run,
         "seed": FLAGS.seed,
+        "apgd_steps": pick(FLAGS.apgd_steps, 100, 10),
     }
+    # Checked first: an unknown name stops the run before any work, nothing written.
+    figures = list(FIGURES) if FLAGS.figures is None else [f.strip() for f in FLAGS.figures]
+    unknown = [f for f in figures if f not in FIGURES]
+    if unknown or not figures:
+        what = f"unknown figure {unknown[0]!r}" if unknown else "--figures names no figure"
+        raise ConfigError(f"{what}; known figures: {', '.join(FIGURES)}")
+    if not FLAGS.train_run and "train_run" in figures:
+        figures.remove("train_run")
+    figures = [f for f in FIGURES if f in figures]  # Canonical order, no duplicates.
+    cfg["train_run"] = "train_run" in figures
+    # XLA variants exist only for the train steps and our PGD against its floor.
+    cfg["xla"] = cfg["xla"] and bool({"at2l_over_at", "pgd_efficiency"} & set(figures))
     model_names = pick(FLAGS.models, ["mnist_small", "madry_mnist"], ["mnist_small"])
     benchlib.check_mnist_models(model_names)
     for key in ("batch_size", "repeats", "train_steps_per_round", "attack_batches", "pgd_steps",
-                "train_pgd_steps", "quick_epoch_steps"):
+                "train_pgd_steps", "quick_epoch_steps", "apgd_steps"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, received {key}={cfg[key]}")
     if cfg["batch_size"] < 2:  # Triplets need two examples.
@@ -668,15 +903,23 @@ def main(argv):
     # Each model traces its own train function; TensorFlow's retracing heuristic
     # counts those as retraces of one function and warns.
     tf.get_logger().setLevel("ERROR")
-    art = benchlib.import_art()
-    train_arrays = data.load_mnist_arrays("train")
+    # The peer libraries, imported only for the figures that use them (None: not installed).
+    peers = {
+        "art": benchlib.import_art() if any(PEERS.get(f) == "art" for f in figures) else None,
+        "foolbox": benchlib.import_foolbox() if "pgd_vs_foolbox" in figures else None,
+    }
+    train = {"at2l_over_at", "train_epoch_s"} & set(figures)
+    train_arrays = data.load_mnist_arrays("train") if train else None
     test_arrays = data.load_mnist_arrays("test")
 
     results = {}
     for name in model_names:
         record = {"sections": {}, "xla": {}}
-        bench_train(name, train_arrays, cfg, record)
-        bench_attacks(name, test_arrays, cfg, record, art)
+        if train:
+            bench_train(name, train_arrays, cfg, record, figures)
+        bench_attacks(name, test_arrays, cfg, record, figures, peers)
+        if "apgd_vs_art" in figures:
+            bench_apgd(name, test_arrays, cfg, record, peers["art"])
         if cfg["train_run"]:
             bench_train_run(name, cfg, record)
         results[name] = record
@@ -697,14 +940,15 @@ def main(argv):
             },
         },
         "git_commit": benchlib.git_commit(),
-        "versions": benchlib.versions(art),
+        "versions": benchlib.versions(peers["art"], peers["foolbox"]),
         "settings": {
             **{
                 key: cfg[key]
                 for key in ("batch_size", "repeats", "warmup", "train_steps_per_round",
                             "attack_batches", "eps", "train_pgd_steps", "pgd_steps", "seed", "xla",
-                            "train_run")
+                            "train_run", "apgd_steps")
             },
+            "figures": figures,
             "quick_epoch_steps": cfg["quick_epoch_steps"] if quick else None,
             "timing": "median over rounds of wall time; contenders interleaved round-robin",
             "data": "MNIST shipped with at2l_tf: train split for training, test split for attacks",
@@ -714,13 +958,23 @@ def main(argv):
             "train": "AT2LModel defaults: lambda1=1, lambda2=0.5, margin=0.5, Adam(1e-3)",
             "attack_pgd": {"steps": k, "step_size": 2.5 * cfg["eps"] / k, "random_starts": 1},
             "attack_fgsm": {"step_size": cfg["eps"], "random_starts": 0},
+            "attack_apgd": {
+                "loss": "cross-entropy",
+                "steps": cfg["apgd_steps"],
+                "restarts": 1,
+                "initial_step": 2 * cfg["eps"],
+                "seed": cfg["seed"],
+                "images": cfg["batch_size"],
+                "labels": "the model's predictions (every image attacked, all steps)",
+            },
             "models": model_names,
         },
         "models": results,
     }
-    if art is None:
-        summary["skipped"] = benchlib.ART_NOTE
-    summary["targets"] = _targets(results)
+    missing = [p for p in PEER_NOTES if any(PEERS.get(f) == p for f in figures) and not peers[p]]
+    if missing:
+        summary["skipped"] = "; ".join(PEER_NOTES[p] for p in missing)
+    summary["targets"] = _targets(results, figures)
     summary["peak_rss_mb"] = benchlib.peak_rss_mb()
     try:
         import psutil

@@ -1,8 +1,9 @@
 """benchmarks/speed.py --quick, run as users run it: valid JSON with the documented keys.
 
 The targets are not checked here (timings depend on the machine and its load);
-only that every figure is there and positive. Without ART (CI installs only
-`.[test]`), the ART ratios must be `null` with the documented `skipped` note.
+only that every figure is there and positive, and that every contender's
+adversarials are valid. Without ART or Foolbox (CI installs only `.[test]`),
+their ratios must be `null` with the documented `skipped` note.
 """
 
 import importlib.util
@@ -14,48 +15,81 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
-TARGETS = ("at2l_over_at", "pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverhans_eager")
-ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art")
+FOOLBOX_NOTE = "foolbox not installed (pip install -e '.[bench]')"
+TARGETS = (
+    "at2l_over_at", "pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverhans_eager",
+    "apgd_vs_art", "pgd_vs_foolbox",
+)
+FIGURES = TARGETS + ("train_epoch_s", "train_run")
+ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art", "apgd_vs_art")
+FOOLBOX_RATIOS = ("pgd_vs_foolbox",)
 DEFENSES = ("none", "at", "at2l")
+HAS_ART = importlib.util.find_spec("art") is not None
+HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 
 
 def _positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
-    out = tmp_path / "speed.json"
+def _skipped(name):
+    """The note a figure gets instead of a value, or None when its peer is installed."""
+    if name in ART_RATIOS and not HAS_ART:
+        return ART_NOTE
+    if name in FOOLBOX_RATIOS and not HAS_FOOLBOX:
+        return FOOLBOX_NOTE
+    return None
+
+
+def _speed(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, os.path.join("benchmarks", "speed.py"), "--quick", f"--output_json={out}"],
+    return subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "speed.py"), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
+
+
+def _check_valid(record, contenders):
+    """Each contender's adversarials are checked, inside the eps ball and [0, 1]."""
+    for name in contenders:
+        check = record["validity"][name]
+        assert check["in_eps_ball"] and check["in_box"], (name, check)
+        assert check["max_linf"] <= 0.3 + 1e-6 and 0 <= check["error_adv"] <= 1, (name, check)
+        assert _positive(record["images_per_s"][name]), name
+
+
+def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in TARGETS:  # The table names every figure.
         assert name in proc.stdout
 
     result = json.loads(out.read_text())
-    has_art = importlib.util.find_spec("art") is not None
     assert result["benchmark"] == "speed" and result["quick"] is True
     assert "--quick" in result["command"] and result["date"]
     machine = result["machine"]
     assert machine["platform"] and machine["cpu_count"] >= 1 and "cpu_model" in machine
     versions = result["versions"]
     assert versions["tensorflow"] and versions["keras"] and versions["cleverhans"]
-    assert (versions["adversarial-robustness-toolbox"] is not None) == has_art
+    assert (versions["adversarial-robustness-toolbox"] is not None) == HAS_ART
+    assert (versions["foolbox"] is not None) == HAS_FOOLBOX
+    assert (versions["eagerpy"] is not None) == HAS_FOOLBOX
     settings = result["settings"]
     assert settings["batch_size"] == 128 and settings["repeats"] >= 1
+    assert settings["figures"] == list(FIGURES)
+    assert settings["apgd_steps"] == 10 and settings["attack_apgd"]["restarts"] == 1
     assert _positive(result["peak_rss_mb"])
     assert result["load"]["load_avg_start"] and result["load"]["load_avg_end"]
 
     assert list(result["models"]) == ["mnist_small"]
     for record in result["models"].values():
         for name in TARGETS:
-            if name in ART_RATIOS and not has_art:
+            if _skipped(name):
                 assert record[name] is None
             else:
                 assert _positive(record[name]), (name, record[name])
@@ -70,14 +104,55 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
         assert _positive(run["wall_s"]) and _positive(run["peak_rss_mb"])
         for name, check in record["validity"].items():
             assert check["in_eps_ball"] and check["in_box"], (name, check)
+        _check_valid(record, ["ours_fgsm", "ours_pgd", "cleverhans_eager_pgd"])
+        if HAS_ART:  # Every ART attack, APGD included, made valid adversarials.
+            _check_valid(record, ["art_fgsm", "art_pgd", "ours_apgd", "art_apgd"])
+            assert _positive(record["apgd_vs_art_cpu"])
+            # The model's predictions as labels: all 128 images attacked, by both.
+            assert record["apgd_labels"]["attacked"] == 128
+            assert _positive(record["sections"]["attacks_apgd"]["wall_s"])
+        if HAS_FOOLBOX:
+            _check_valid(record, ["foolbox_pgd"])
+            assert _positive(record["pgd_vs_foolbox_cpu"])
 
     targets = result["targets"]
     assert set(targets) == set(TARGETS)
     for name, entry in targets.items():
         assert entry["target"] and set(entry["values"]) == {"mnist_small"}
-        if name in ART_RATIOS and not has_art:
-            assert entry["pass"] is None and entry["skipped"] == ART_NOTE
+        if _skipped(name):
+            assert entry["pass"] is None and entry["skipped"] == _skipped(name)
         else:
             assert isinstance(entry["pass"], bool)
-    if not has_art:
-        assert result["skipped"] == ART_NOTE
+    notes = [n for n, has in ((ART_NOTE, HAS_ART), (FOOLBOX_NOTE, HAS_FOOLBOX)) if not has]
+    assert result.get("skipped") == ("; ".join(notes) or None)
+
+
+def test_figures_runs_only_the_figures_named(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["figures"] == ["pgd_vs_foolbox"]
+    assert set(result["targets"]) == {"pgd_vs_foolbox"}
+    (record,) = result["models"].values()
+    for other in set(FIGURES) - {"pgd_vs_foolbox"}:
+        assert other not in record, other
+    if HAS_FOOLBOX:
+        # Ours and Foolbox's PGD only, timed side by side.
+        assert set(record["images_per_s"]) == {"ours_pgd", "foolbox_pgd"}
+        assert _positive(record["pgd_vs_foolbox"])
+        _check_valid(record, ["ours_pgd", "foolbox_pgd"])
+    else:
+        assert record["pgd_vs_foolbox"] is None and result["skipped"] == FOOLBOX_NOTE
+
+
+def test_an_unknown_figure_is_a_one_line_error(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--quick", "--figures=apgd_vs_art,no_such_figure", f"--output_json={out}")
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("speed: error:")]
+    assert errors == [
+        "speed: error: unknown figure 'no_such_figure'; known figures: " + ", ".join(FIGURES)
+    ]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -211,9 +211,7 @@ def _single_run(model_fn, x, y, target, run, *, loss, eps, steps, rho, clip_min,
             halved_at_check=tf.where(check, halve, s["halved_at_check"]),
         )
 
-    _, state = tf.while_loop(
-        lambda i, s: i < steps, body, (tf.constant(0), state), parallel_iterations=1
-    )
+    _, state = tf.while_loop(lambda i, s: i < steps, body, (tf.constant(0), state))
     out = tf.where(_expand(state["fooled"], x), state["x_found"], state["x_best"])
     return out, state["fooled"]
 

@@ -32,6 +32,7 @@ setup(
         "absl-py>=1.0",
         "tensorboard",  # TensorFlow 2.21 no longer pulls it in; the TensorBoard callback needs it.
         "numpy",
+        "matplotlib",  # Robustness curves (evaluate --eps_sweep).
     ],
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],

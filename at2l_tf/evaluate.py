@@ -322,12 +322,14 @@ def evaluate_from_flags(f):
     if not sources:
         x, y = next(iter(ds))
         linf = report["robust_accuracy_attacks"]
+        entry = lambda k: attacks.get_entry(report["attacks"][k]["attack"])  # noqa: E731
         report["flags"] = evaluation.masking.check_gradient_masking(
             target.model_fn,
             x,
             y,
-            per_example={k: per_example[k] for k in linf},
-            black_box=[k for k in linf if attacks.get_entry(report["attacks"][k]["attack"]).black_box],
+            # AutoAttack runs Square itself: it is neither side of the comparison.
+            per_example={k: per_example[k] for k in linf if not entry(k).composite},
+            black_box=[k for k in linf if entry(k).black_box],
         )
     sweep = parse_eps_sweep(f.eps_sweep)
     if sweep:

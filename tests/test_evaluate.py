@@ -382,5 +382,13 @@ def test_robust_accuracy_is_the_per_example_worst_case(monkeypatch):
 
     report = evaluation.robustness_report(_threshold_model, ds, specs[:1], verbose=0)
     assert report["robust_accuracy"] == 0.5 and report["black_box_only_fooled"] is None
+
+    # A composite attack (AutoAttack runs Square itself) is on neither side of the
+    # black-box comparison, even when it is as strong as the black-box attack.
+    entry = registry.AttackEntry("both", _moves_down(0), "linf", "test", composite=True)
+    monkeypatch.setitem(registry._REGISTRY, "both", entry)
+    specs_c = specs[:2] + [evaluation.AttackSpec("both", {"eps": 0.1})]
+    report = evaluation.robustness_report(_threshold_model, ds, specs_c, verbose=0)
+    assert report["black_box_only_fooled"] == 4 and report["robust_accuracy"] == 0.0
     report = evaluation.robustness_report(_threshold_model, ds, specs[2:], verbose=0)
     assert report["robust_accuracy"] is None  # No L-inf attack: no robust figure.

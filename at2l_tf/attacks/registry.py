@@ -82,6 +82,8 @@ class AttackEntry:
             (False for attacks that run their own compiled pieces on subsets).
         black_box: needs no gradients (score-based), so gradient masking
             cannot mislead it: the masking check compares it with the others.
+        composite: runs other registered attacks, white- and black-box
+            (AutoAttack); left out of the white-vs-black-box comparison.
     """
 
     name: str
@@ -92,6 +94,7 @@ class AttackEntry:
     training: bool = False
     compile: bool = True
     black_box: bool = False
+    composite: bool = False
 
     @property
     def params(self):
@@ -115,11 +118,13 @@ _REGISTRY = {}
 
 
 def register(name, fn, norm, description, params=(), *, training=False, compile=True,
-             black_box=False):
+             black_box=False, composite=False):
     """Registers attack `name`; every `Param` must be a keyword of `fn`."""
     if name in _REGISTRY:
         raise ValueError(f"attack {name!r} is registered twice")
-    entry = AttackEntry(name, fn, norm, description, tuple(params), training, compile, black_box)
+    entry = AttackEntry(
+        name, fn, norm, description, tuple(params), training, compile, black_box, composite
+    )
     for p in entry.user_params:
         if p.name not in entry.params:
             raise ValueError(f"attack {name!r} declares {p.name!r}, which {fn.__name__} does not take")
@@ -174,7 +179,7 @@ register("autoattack", autoattack, "linf",
                    choices=AUTOATTACK_VERSIONS),
              Param("steps", int, "APGD iterations (100)", low=1),
              Param("queries", int, "Square queries (5,000)", low=1),
-         ], compile=False)
+         ], compile=False, composite=True)
 
 # Attacks usable inside the training step (L-inf, fixed cost per batch).
 TRAINING_ATTACKS = tuple(name for name, e in _REGISTRY.items() if e.training)

@@ -21,6 +21,7 @@ the damage. L2 attacks (C&W, DeepFool) are minimal-norm, not eps-bounded, and
 do not enter it. `black_box_only_fooled` counts the examples that survived every
 white-box L-inf attack but fell to a black-box one (Square): above 0, the
 gradients the white-box attacks followed were misleading (gradient masking).
+AutoAttack, which runs Square itself, is on neither side of that comparison.
 
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
 runs as one graph per batch shape; attacks that compile their own pieces and
@@ -207,8 +208,10 @@ def robustness_report(
     worst = np.logical_and.reduce([correct["clean"]] + [correct[k] for k in linf])
     report["robust_accuracy"] = float(worst.mean()) if linf else None
     report["robust_accuracy_attacks"] = linf
-    black = [k for k in linf if attacks.get_entry(report["attacks"][k]["attack"]).black_box]
-    white = [k for k in linf if k not in black]
+    kind = {k: attacks.get_entry(report["attacks"][k]["attack"]) for k in linf}
+    black = [k for k in linf if kind[k].black_box]
+    # AutoAttack runs Square itself: it is neither side of the comparison.
+    white = [k for k in linf if not kind[k].black_box and not kind[k].composite]
     report["black_box_only_fooled"] = None
     if black and white and sources is None:
         survived = np.logical_and.reduce([correct[k] for k in white])

@@ -38,6 +38,7 @@ def test_training_attacks_are_the_entries_that_say_so():
         assert not attacks.get_entry(name).training, name
     assert attacks.get_entry("square").black_box
     assert not any(attacks.get_entry(n).black_box for n in ("apgd_ce", "pgd", "autoattack"))
+    assert attacks.get_entry("autoattack").composite and not attacks.get_entry("square").composite
 
 
 @pytest.mark.parametrize("name", attacks.available_attacks())

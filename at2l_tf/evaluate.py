@@ -54,6 +54,7 @@ from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 from at2l_tf import attacks, data, evaluation, fileio, savedmodel
+from at2l_tf.attacks import iterative
 from at2l_tf.errors import ConfigError
 
 import keras  # noqa: E402  (after `cli`, which quiets TensorFlow's start-up logs)
@@ -161,8 +162,8 @@ def attack_specs_from_flags(f, eps):
         for param in entry.user_params:
             value = f[entry.flag_name(param)].value
             params[param.name] = entry.default(param.name) if value is None else value
-        if params.get("step_size", 0) is None and "steps" in params and name != "fgsm_rs":
-            params["step_size"] = 2.5 * eps / params["steps"]  # The iterative attacks' default.
+        if "step_size" in params and "steps" in params:  # Record the iterative default used.
+            params["step_size"] = iterative.default_step(eps, params["steps"], params["step_size"])
         specs.append(evaluation.AttackSpec(name, {k: v for k, v in params.items() if v is not None}))
     return specs
 

@@ -22,7 +22,8 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 from at2l_tf.attacks import _common
 
 
-def _default_step(eps, steps, step_size):
+def default_step(eps, steps, step_size):
+    """`step_size`, or the default `2.5 * eps / steps` when it is `None`."""
     return 2.5 * eps / steps if step_size is None else step_size
 
 
@@ -30,7 +31,7 @@ def _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, rand_ini
     _common.check_nonnegative("eps", eps)
     _common.check_positive_int("steps", steps)
     _common.check_box(clip_min, clip_max)
-    step_size = _default_step(eps, steps, step_size)
+    step_size = default_step(eps, steps, step_size)
     _common.check_nonnegative("step_size", step_size)
     if eps == 0 or step_size == 0:
         return x

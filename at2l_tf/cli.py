@@ -17,13 +17,36 @@ from absl import app, flags, logging  # noqa: E402
 from at2l_tf.errors import At2lError  # noqa: E402
 
 
+def _one_line(message):
+    """The message of an error on one line (absl's can span several)."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    # absl prefixes some flagfile errors with "ERROR::".
+    return "; ".join(lines).removeprefix("ERROR:: ")
+
+
+def fail(prog, message):
+    """Prints `<prog>: error: <message>` on one line to stderr and exits with status 1."""
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+    sys.exit(1)
+
+
 def run(main, prog):
     """Runs `main` under `absl.app.run`, reporting user errors on one line.
+
+    Flag-parsing errors (an unknown flag, `--epochs=two`, a missing flagfile)
+    are reported as `<prog>: error: ...` too, not with absl's two-line
+    "FATAL Flags parsing error" and its hint; `--help` still works.
 
     Args:
         main: the entry point's `main(argv)`.
         prog: command name used as the prefix of error messages.
     """
+
+    def _parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(prog, e)
 
     def _guarded(argv):
         if not flags.FLAGS["verbosity"].present:
@@ -32,8 +55,6 @@ def run(main, prog):
         try:
             return main(argv)
         except (At2lError, FileNotFoundError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-            print(f"{prog}: error: {msg}", file=sys.stderr)
-            sys.exit(1)
+            fail(prog, str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
 
-    app.run(_guarded)
+    app.run(_guarded, flags_parser=_parse)

@@ -16,3 +16,7 @@ class DatasetError(At2lError):
 
 class ConfigError(At2lError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class ModelLoadError(At2lError):
+    """A model file or SavedModel exists but cannot be read (corrupt, truncated, foreign)."""

@@ -42,15 +42,11 @@ def main(argv):
         raise ConfigError("--model_path and --export_dir are required")
     if not FLAGS.model_path.endswith(".keras"):
         raise ConfigError(f"--model_path must be a .keras file, received {FLAGS.model_path}")
-    if not os.path.isfile(FLAGS.model_path):
-        raise FileNotFoundError(f"model file does not exist: {FLAGS.model_path}")
     if FLAGS.version is not None and FLAGS.version < 1:
         raise ConfigError(f"version must be >= 1, received version={FLAGS.version}")
-    import keras
-
     from at2l_tf import savedmodel
 
-    model = keras.models.load_model(FLAGS.model_path, compile=False)
+    model = savedmodel.load_keras_model(FLAGS.model_path)
     metadata = {"source": os.path.abspath(FLAGS.model_path)}
     if FLAGS.dataset:
         metadata["dataset"] = FLAGS.dataset

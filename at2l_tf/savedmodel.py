@@ -17,9 +17,12 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import tensorflow as tf
+
+from at2l_tf.errors import ModelLoadError
 
 METADATA_FILE = "at2l_metadata.json"
 
@@ -118,18 +121,49 @@ def resolve_saved_model_dir(path):
     )
 
 
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_keras_model(path):
+    """Loads a `.keras` file (uncompiled).
+
+    Raises:
+        FileNotFoundError: if `path` is not a file.
+        ModelLoadError: if it is not a readable Keras archive (Keras itself
+            reports "File not found" for a file that exists but is corrupt).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file does not exist: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"cannot read {path}: not a .keras archive (corrupt or truncated?)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a damaged archive.
+        raise ModelLoadError(f"cannot read {path} as a Keras model: {_first_line(e)}") from e
+
+
+def _load_saved_model(version_dir):
+    try:
+        return tf.saved_model.load(version_dir)
+    except Exception as e:  # Damaged protobuf or variables.
+        raise ModelLoadError(f"cannot read the SavedModel in {version_dir}: {_first_line(e)}") from e
+
+
 def load_classifier(path):
     """Loads a classifier from a SavedModel export or a `.keras` file.
 
     Raises:
         FileNotFoundError: if `path` does not exist or holds no model.
+        ModelLoadError: if the model is there but cannot be read.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path does not exist: {path}")
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise FileNotFoundError(f"not a .keras file or SavedModel directory: {path}")
-        model = keras.models.load_model(path, compile=False)
+        model = load_keras_model(path)
         return Classifier(
             model_fn=lambda x: model(x, training=False),
             input_shape=tuple(model.input_shape[1:]),
@@ -138,7 +172,9 @@ def load_classifier(path):
             metadata={},
         )
     version_dir = resolve_saved_model_dir(path)
-    loaded = tf.saved_model.load(version_dir)
+    loaded = _load_saved_model(version_dir)
+    if "serving_default" not in loaded.signatures:
+        raise ModelLoadError(f"the SavedModel in {version_dir} has no serving_default signature")
     serving = loaded.signatures["serving_default"]
     spec = serving.structured_input_signature[1]["images"]
     meta = {}

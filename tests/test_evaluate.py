@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -21,7 +22,7 @@ import tensorflow as tf
 from absl import flags
 
 from at2l_tf import attacks, data, evaluate, evaluation, models, savedmodel
-from at2l_tf.errors import At2lError, ConfigError
+from at2l_tf.errors import At2lError, ConfigError, ModelLoadError
 
 EPS = 0.3
 LINF_ATTACKS = ("fgsm", "ifgsm", "pgd", "ll", "ill", "apgd_ce", "square", "autoattack")
@@ -392,3 +393,54 @@ def test_robust_accuracy_is_the_per_example_worst_case(monkeypatch):
     assert report["black_box_only_fooled"] == 4 and report["robust_accuracy"] == 0.0
     report = evaluation.robustness_report(_threshold_model, ds, specs[2:], verbose=0)
     assert report["robust_accuracy"] is None  # No L-inf attack: no robust figure.
+
+
+def _unreadable_models(exports, root):
+    """A truncated `.keras`, a zip that is no Keras model, and a damaged SavedModel."""
+    good = open(exports["untrained"], "rb").read()
+    (root / "truncated.keras").write_bytes(good[: len(good) // 2])
+    with zipfile.ZipFile(root / "foreign.keras", "w") as z:
+        z.writestr("readme.txt", "not a model")
+    (root / "damaged" / "1").mkdir(parents=True)
+    (root / "damaged" / "1" / "saved_model.pb").write_bytes(b"\x00garbage")
+    return {
+        "truncated.keras": "not a .keras archive",
+        "foreign.keras": "as a Keras model",
+        "damaged": "cannot read the SavedModel in",
+    }
+
+
+def test_unreadable_model_files_are_one_line_errors(exports, tmp_path):
+    out = tmp_path / "report.json"
+    for name, match in _unreadable_models(exports, tmp_path).items():
+        path = tmp_path / name
+        for flag in ("--model_dir", "--source_model_dir"):
+            target = path if flag == "--model_dir" else exports["target"]
+            args = [f"--model_dir={target}", f"--output_json={out}", "--dataset=mnist", *FAST]
+            if flag == "--source_model_dir":
+                args.append(f"--source_model_dir={path}")
+            with pytest.raises(ModelLoadError, match=match) as info:
+                evaluate.evaluate_from_flags(parse(*args))
+            assert str(path) in str(info.value) and "\n" not in str(info.value), name
+            assert not out.exists()
+
+
+def test_a_corrupt_keras_file_exits_1_with_one_line(exports, tmp_path):
+    _unreadable_models(exports, tmp_path)
+    bad = tmp_path / "truncated.keras"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    runs = {
+        "evaluate": [f"--model_dir={bad}", "--dataset=mnist", f"--output_json={tmp_path / 'r.json'}"],
+        "export": [f"--model_path={bad}", f"--export_dir={tmp_path / 'serving'}"],
+    }
+    for command, args in runs.items():
+        run = subprocess.run(
+            [sys.executable, "-m", f"at2l_tf.{command}", *args], capture_output=True, text=True, env=env
+        )
+        assert run.returncode == 1, command
+        errors = [line for line in run.stderr.splitlines() if line.startswith(f"{command}:")]
+        assert errors == [
+            f"{command}: error: cannot read {bad}: not a .keras archive (corrupt or truncated?)"
+        ], run.stderr[-2000:]
+        assert "Traceback" not in run.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "serving").exists()

@@ -59,8 +59,12 @@ def test_export_loads_in_a_fresh_process_and_answers_saved_model_cli(classifier,
 
 def test_interrupted_export_leaves_no_version(classifier, tmp_path, monkeypatch):
     root = tmp_path / "serving"
+    seen = []
 
     def crash(obj, export_dir, *args, **kwargs):
+        # What the writer is writing into, while it writes: a hidden temporary
+        # directory beside the versions, with no `root/1` yet.
+        seen.append((os.path.dirname(export_dir), os.path.basename(export_dir), os.listdir(root)))
         # Half-write, then die, as a killed process would.
         os.makedirs(export_dir, exist_ok=True)
         open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
@@ -69,7 +73,29 @@ def test_interrupted_export_leaves_no_version(classifier, tmp_path, monkeypatch)
     monkeypatch.setattr(tf.saved_model, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         savedmodel.export_saved_model(classifier, str(root))
+    ((parent, name, listing),) = seen
+    assert parent == str(root) and name.startswith(".") and listing == [name]
     assert os.listdir(root) == []
+
+
+def test_dropout_model_loads_in_inference_mode(tmp_path):
+    # Attacks and reports need deterministic logits: dropout off when loaded.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(10)]
+    )
+    path = str(tmp_path / "dropout.keras")
+    model.save(path)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    expected = model(x, training=False)
+    for loaded in (savedmodel.load_classifier(path), _exported(model, tmp_path / "serving")):
+        np.testing.assert_allclose(loaded.model_fn(x), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(loaded.model_fn(x), loaded.model_fn(x), rtol=0, atol=0)
+
+
+def _exported(model, root):
+    savedmodel.export_saved_model(model, str(root))
+    return savedmodel.load_classifier(str(root))
 
 
 def test_load_classifier_errors(tmp_path):

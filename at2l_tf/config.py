@@ -57,7 +57,11 @@ class AttackConfig:
     step_size: Optional[float] = None
 
     def params(self):
-        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size}
+        """The attack's keyword parameters: those of eps, steps and step_size
+        that the attack takes (single-step attacks have no `steps`)."""
+        accepted = attacks.get_entry(self.name).params
+        values = {"eps": self.eps, "steps": self.steps, "step_size": self.step_size}
+        return {k: v for k, v in values.items() if k in accepted}
 
 
 @dataclasses.dataclass

@@ -8,9 +8,9 @@ attack can run inside a training step, and whether it may be compiled as one
 The evaluate command builds its `--<attack>_<param>` flags and their checks
 from these declarations, so a new attack is its module plus one line here.
 
-`make_attack(name, **params)` binds the parameters an attack accepts (ignoring
-`None`, which means "the attack's default") and returns `fn(model_fn, x, y)`,
-which is what the trainer and the evaluate command use.
+`make_attack(name, **params)` binds parameters (`None` means "the attack's
+default"; a name the attack does not take is an error) and returns
+`fn(model_fn, x, y)`, which is what the trainer and the evaluate command use.
 """
 
 import dataclasses
@@ -207,13 +207,19 @@ def get_attack(name):
 def make_attack(name, **params):
     """Binds `params` to attack `name`; returns `fn(model_fn, x, y=None)`.
 
-    Parameters set to `None` are left to the attack's default; parameters the
-    attack does not take are ignored, so one configuration can drive every
-    attack (e.g. `steps` is meaningless for FGSM).
+    Parameters set to `None` are left to the attack's default. A parameter the
+    attack does not take is an error (`ConfigError` listing the ones it takes),
+    so a misspelt name never falls back silently to a default.
     """
     entry = get_entry(name)
-    accepted = set(entry.params)
-    bound = {k: v for k, v in params.items() if v is not None and k in accepted}
+    accepted = entry.params
+    unknown = sorted(k for k in params if k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"attack {name!r} takes no parameter {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+    bound = {k: v for k, v in params.items() if v is not None}
 
     def attack_fn(model_fn, x, y=None):
         return entry.fn(model_fn, x, y, **bound)

@@ -19,7 +19,9 @@ ITERATIVE = ("ifgsm", "pgd", "ill")
 
 def _run(name, model_fn, x, y, **params):
     params.setdefault("eps", EPS)
-    return np.asarray(attacks.make_attack(name, steps=STEPS, **params)(model_fn, x, y))
+    if name in ITERATIVE:
+        params.setdefault("steps", STEPS)
+    return np.asarray(attacks.make_attack(name, **params)(model_fn, x, y))
 
 
 def _cross_entropy(model_fn, x, y):

@@ -80,30 +80,40 @@ def test_entry_params_are_the_keyword_only_parameters(name):
     assert set(attacks.get_entry(name).params) == set(list(sig.parameters)[3:])
 
 
-def test_make_attack_binds_accepted_params_and_drops_the_rest():
-    fn = attacks.make_attack("ifgsm", eps=0.3, steps=7, step_size=None, max_iterations=10)
+def test_make_attack_binds_params_and_leaves_none_to_the_default():
+    fn = attacks.make_attack("ifgsm", eps=0.3, steps=7, step_size=None)
     assert fn.bound_params == {"eps": 0.3, "steps": 7}
     assert fn.__name__ == "ifgsm_attack"
-    assert attacks.make_attack("fgsm", eps=0.3, steps=40).bound_params == {"eps": 0.3}
+
+
+@pytest.mark.parametrize(
+    "name, params, bad",
+    [
+        ("pgd", {"eps": 0.3, "stepsize": 0.01}, "'stepsize'"),  # Misspelt step_size.
+        ("fgsm", {"eps": 0.3, "steps": 40}, "'steps'"),  # FGSM has no steps.
+        ("cw", {"eps": 0.3, "max_iterations": 5}, "'eps'"),  # C&W is not eps-bounded.
+        ("apgd_ce", {"eps": 0.3, "restart": 2}, "'restart'"),
+    ],
+)
+def test_make_attack_rejects_parameters_the_attack_does_not_take(name, params, bad):
+    accepted = ", ".join(attacks.get_entry(name).params)
+    with pytest.raises(ConfigError) as info:
+        attacks.make_attack(name, **params)
+    assert str(info.value) == (
+        f"attack {name!r} takes no parameter {bad}; it takes: {accepted}"
+    )
 
 
 def test_make_attack_binds_values_that_reach_the_attack(model_fn, clean_batch):
     x, y = clean_batch[0][:4], clean_batch[1][:4]
-    x_adv = np.asarray(attacks.make_attack("fgsm", eps=0.05, steps=40)(model_fn, x, y))
+    x_adv = np.asarray(attacks.make_attack("fgsm", eps=0.05)(model_fn, x, y))
     assert np.max(np.abs(x_adv - x)) == pytest.approx(0.05, abs=1e-6)
 
 
-def test_make_attack_cw_ignores_linf_params(model_fn, clean_batch):
+def test_make_attack_cw_binds_its_own_params(model_fn, clean_batch):
     x, y = clean_batch[0][:4], clean_batch[1][:4]
-    fn = attacks.make_attack(
-        "cw", eps=0.3, steps=40, step_size=None, binary_search_steps=1, max_iterations=5
-    )
+    fn = attacks.make_attack("cw", binary_search_steps=1, max_iterations=5)
     assert fn.bound_params == {"binary_search_steps": 1, "max_iterations": 5}
     x_adv = np.asarray(fn(model_fn, x, y))
     assert x_adv.shape == x.shape
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-
-
-def test_make_attack_deepfool_ignores_linf_params(model_fn, clean_batch):
-    fn = attacks.make_attack("deepfool", eps=0.3, steps=40, max_iter=3)
-    assert fn.bound_params == {"max_iter": 3}

@@ -24,11 +24,19 @@ def test_mnist_split_sizes_and_published_test_label_counts():
 
 
 def test_mnist_validation_is_the_end_of_train_and_disjoint():
-    train_x, _ = data.load_mnist_arrays("train", validation_size=1000)
-    val_x, _ = data.load_mnist_arrays("validation", validation_size=1000)
-    assert len(train_x) == 59000 and len(val_x) == 1000
-    full_x, _ = data.load_mnist_arrays("train", validation_size=0)
-    np.testing.assert_array_equal(full_x[-1000:], val_x)
+    train_x, train_y = data.load_mnist_arrays("train", validation_size=1000)
+    val_x, val_y = data.load_mnist_arrays("validation", validation_size=1000)
+    full_x, full_y = data.load_mnist_arrays("train", validation_size=0)
+    # Validation is the last 1,000 of the 60,000, train exactly the rest:
+    # no image is in both (a train split with the right length but the wrong
+    # end, e.g. full[1000:], would overlap validation).
+    np.testing.assert_array_equal(val_x, full_x[-1000:])
+    np.testing.assert_array_equal(val_y, full_y[-1000:])
+    np.testing.assert_array_equal(train_x, full_x[:-1000])
+    np.testing.assert_array_equal(train_y, full_y[:-1000])
+    # By content too: no validation image is also a training image.
+    seen = {img.tobytes() for img in train_x}
+    assert not any(img.tobytes() in seen for img in val_x)
 
 
 def test_mnist_pipeline_shape_range_and_cap():

@@ -126,3 +126,58 @@ def test_cosine_schedule_decays_to_zero_over_all_training_steps(parse):
     assert experiment.learning_rate(parse().validate()) == pytest.approx(1e-3)  # constant
     with pytest.raises(ValueError, match="needs the number of steps per epoch"):
         experiment.learning_rate(cfg)
+
+
+def test_every_objective_and_attack_flag_reaches_the_model(parse):
+    # Distinct values everywhere, so that a swap (λ1 for λ2) or a dropped
+    # value (margin, eps, norm, seed) shows.
+    from at2l_tf.training import experiment
+
+    cfg = parse(
+        "--defense=tr", "--attack=ifgsm", "--eps=0.2", "--attack_steps=3",
+        "--attack_step_size=0.05", "--lambda1=0.3", "--lambda2=0.7", "--margin=1.5",
+        "--norm=l2", "--seed=5", "--learning_rate=0.002", "--model=mnist_d",
+    ).validate()
+    model = experiment.build_model(cfg)
+    got = {f: getattr(model, f) for f in ("defense", "attack", "lambda1", "lambda2", "margin", "seed")}
+    assert got == {
+        "defense": "tr", "attack": "ifgsm", "lambda1": 0.3, "lambda2": 0.7, "margin": 1.5, "seed": 5
+    }
+    assert model._attack_fn.bound_params == {"eps": 0.2, "steps": 3, "step_size": 0.05}
+    assert (model.triplet.norm, model.triplet.seed) == ("l2", 5)
+    assert model.classifier.name == "mnist_d"
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.002)
+
+
+def test_single_step_training_attacks_get_eps_and_no_steps(parse):
+    from at2l_tf.training import experiment
+
+    model = experiment.build_model(parse("--attack=fgsm", "--attack_steps=7").validate())
+    assert model._attack_fn.bound_params == {"eps": 0.3}
+    model = experiment.build_model(parse("--attack=fgsm_rs", "--attack_step_size=0.2").validate())
+    assert model._attack_fn.bound_params == {"eps": 0.3, "step_size": 0.2}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs=two"], "train: error: flag --epochs=two: invalid literal for int() with base 10: 'two'"),
+        (["--no_such_flag=1"], "train: error: Unknown command line flag 'no_such_flag'"),
+        (["--flagfile=/no/such.flags"],
+         "train: error: Unable to open flagfile: [Errno 2] No such file or directory: '/no/such.flags'"),
+        (["--epochs"], "train: error: Missing value for flag --epochs"),
+    ],
+)
+def test_flags_absl_rejects_are_one_line_errors_too(tmp_path, args, message):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(
+        [sys.executable, "-m", "at2l_tf.train", f"--workdir={tmp_path / 'w'}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 1
+    # TensorFlow's C++ start-up lines (absl logging before init) aside.
+    tf_chatter = ("E0000", "I0000", "W0000", "WARNING: All log")
+    assert [l for l in run.stderr.splitlines() if l and not l.startswith(tf_chatter)] == [message]
+    assert not (tmp_path / "w").exists()

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from at2l_tf import attacks, data, losses, models
 from at2l_tf.training import AT2LModel
+from at2l_tf.training.triplet_regularizer import TripletRegularizer
 
 
 def _batch(n=8, offset=0):
@@ -115,10 +116,32 @@ def test_bad_arguments_are_rejected():
 
 
 def test_get_config_round_trips():
-    model = _model("at2l", lambda2=0.25)
+    keras.utils.set_random_seed(0)
+    model = AT2LModel(
+        models.get_model("mnist_small"),
+        defense="tr",
+        attack="pgd",
+        attack_params={"eps": 0.2, "steps": 3, "step_size": 0.05},
+        lambda1=0.3,
+        lambda2=0.25,
+        margin=1.5,
+        norm="l2",
+        seed=11,
+    )
     clone = AT2LModel.from_config(model.get_config())
-    assert (clone.defense, clone.attack, clone.lambda2, clone.margin) == ("at2l", "fgsm", 0.25, 0.5)
-    assert clone.attack_params == {"eps": 0.3}
+    fields = ("defense", "attack", "attack_params", "lambda1", "lambda2", "margin", "seed")
+    got = {f: getattr(clone, f) for f in fields}
+    assert got == {
+        "defense": "tr",
+        "attack": "pgd",
+        "attack_params": {"eps": 0.2, "steps": 3, "step_size": 0.05},
+        "lambda1": 0.3,
+        "lambda2": 0.25,
+        "margin": 1.5,
+        "seed": 11,
+    }
+    assert (clone.triplet.norm, clone.triplet.seed, clone.triplet.num_classes) == ("l2", 11, 10)
+    assert clone._attack_fn.bound_params == {"eps": 0.2, "steps": 3, "step_size": 0.05}
     x, _ = _batch(2)
     assert clone(x).shape == (2, 10)
 
@@ -153,17 +176,171 @@ def test_one_step_under_two_replica_mirrored_strategy_matches_one_device():
 def test_every_training_attack_runs_inside_the_compiled_step(attack):
     x, y = _batch(32)
     keras.utils.set_random_seed(0)
+    params = {"eps": 0.3, "steps": 2, "step_size": None}
     model = AT2LModel(
         models.get_model("mnist_small"),
         defense="at2l",
         attack=attack,
-        attack_params={"eps": 0.3, "steps": 2, "step_size": None},
+        attack_params={k: v for k, v in params.items() if k in attacks.get_entry(attack).params},
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     history = model.fit(ds, epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][0]) and history["ce_adv"][0] > 0
+    assert np.isfinite(history["loss"][0])
+    # The compiled step's attack raises the loss: on these batches the
+    # adversarial cross-entropy exceeds the clean one (an attack that returned
+    # x, or ran no step, would leave them equal).
+    result = model.evaluate(ds, verbose=0, return_dict=True)
+    assert result["ce_adv"] > result["ce_clean"] + 0.01, result
     # The adversarial batch stays in the eps ball and the box.
     x_adv = model.generate_adversarial(tf.constant(x[:16]), tf.constant(y[:16]))
     assert float(tf.reduce_max(tf.abs(x_adv - x[:16]))) <= 0.3 + 1e-6
     assert 0.0 <= float(tf.reduce_min(x_adv)) and float(tf.reduce_max(x_adv)) <= 1.0
+
+
+def test_bad_attack_parameters_are_rejected_with_the_accepted_names():
+    with pytest.raises(ValueError, match="takes no parameter 'stepsize'; it takes: eps, steps"):
+        AT2LModel(models.get_model("mnist_small"), attack="pgd", attack_params={"stepsize": 0.1})
+
+
+def test_tr_objective_is_clean_ce_plus_triplet_without_adversarial_ce():
+    # Triplet regularisation alone (the paper's Fig. 3): 1/k Σ CE(x_i) + λ2/k Σ h_i.
+    x, _ = _batch(n=2)
+    y = np.array([0, 1])
+    model = _model("tr", lambda2=0.8, lambda1=0.7, num_classes=2)
+    total, out = model._compute_losses((tf.constant(x), tf.constant(y)), training=False)
+    clf = model.classifier
+    logits = clf(x)
+    x_adv = attacks.fgsm(lambda z: clf(z, training=False), tf.constant(x), tf.constant(y), eps=0.3)
+    adv_logits = clf(x_adv)
+    hinge = losses.triplet_hinge(adv_logits, logits, tf.gather(logits, [1, 0]), margin=0.5).numpy()
+    assert hinge.mean() > 0  # The triplet term is in the sum being checked.
+    expected = _ce(y, logits).mean() + 0.8 * hinge.mean()
+    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    # ... and it is not Eq. 1's mix of clean and adversarial CE.
+    eq1 = (_ce(y, logits).sum() + 0.7 * _ce(y, adv_logits).sum()) / (1.7 * 2)
+    assert abs(eq1 + 0.8 * hinge.mean() - expected) > 1e-3
+
+
+def _one_example_per_class():
+    x, y = data.load_mnist_arrays("validation")
+    idx = [int(np.flatnonzero(y == c)[0]) for c in range(10)]
+    return x[idx].astype("float32") / 255.0, y[idx].astype("int64")
+
+
+def _pushed_to(logits, y):
+    masked = np.array(logits, dtype=np.float64)
+    masked[np.arange(len(y)), y] = -np.inf
+    return masked.argmax(axis=1)
+
+
+def _linf(a, b):
+    return np.max(np.abs(a - b), axis=-1)
+
+
+@pytest.mark.parametrize("defense", ["at2l", "tr"])
+def test_ten_class_negatives_are_the_class_the_adversarial_is_pushed_to(defense):
+    # One example per class: each pushed-to class has exactly one candidate,
+    # so the negative of example i is the example of class argmax_{c≠y_i}
+    # f(x_adv_i)_c, its logits taken from the clean pass.
+    x, y = _one_example_per_class()
+    model = _model(defense, lambda2=1.0, seed=4)
+    _, out = model._compute_losses((tf.constant(x), tf.constant(y)), training=False)
+    clean, adv = out["logits"].numpy(), out["adv_logits"].numpy()
+    by_adv, by_clean = _pushed_to(adv, y), _pushed_to(clean, y)
+    assert (by_adv != by_clean).any()  # The batch tells the two rules apart.
+
+    def hinge(targets):  # The label of example j is j.
+        return np.maximum(_linf(adv, clean) - _linf(adv, clean[targets]) + 0.5, 0.0)
+
+    np.testing.assert_allclose(out["hinge"].numpy(), hinge(by_adv), rtol=1e-5, atol=1e-6)
+    assert np.abs(hinge(by_adv) - hinge(by_clean)).max() > 1e-4
+
+
+def test_triplet_regularizer_layer_uses_the_adversarial_logits_to_pick_negatives():
+    # Clean logits point every example to class (y + 1) mod 4, the adversarial
+    # ones to (y + 2) mod 4: only the latter is the paper's rule.
+    y = tf.constant([0, 1, 2, 3])
+    clean = tf.one_hot((y + 1) % 4, 4) * 2.0 + tf.one_hot(y, 4) * 3.0
+    adv = tf.one_hot((y + 2) % 4, 4) * 4.0 + tf.one_hot(y, 4) * 1.0
+    layer = TripletRegularizer(lambda2=0.5, margin=1.0, num_classes=4, seed=0)
+    h = layer(y, clean, adv, tf.constant(4.0)).numpy()
+    a, c = adv.numpy(), clean.numpy()
+    expected = np.maximum(_linf(a, c) - _linf(a, c[(np.arange(4) + 2) % 4]) + 1.0, 0.0)
+    wrong = np.maximum(_linf(a, c) - _linf(a, c[(np.arange(4) + 1) % 4]) + 1.0, 0.0)
+    assert np.abs(expected - wrong).max() > 0.5
+    np.testing.assert_allclose(h, expected, atol=1e-6)
+    np.testing.assert_allclose(float(layer.losses[0]), 0.5 * expected.sum() / 4, rtol=1e-6)
+
+
+def _dropout_and_batch_norm_classifier():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 5, strides=2),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+@pytest.mark.parametrize("attack, params", [("fgsm", {"eps": 0.3}), ("ifgsm", {"eps": 0.3, "steps": 3})])
+def test_attacks_in_the_step_see_the_classifier_in_inference_mode(attack, params):
+    # Dropout must not randomise, and batch norm must neither normalise by the
+    # batch nor update its moving statistics, while x_adv is crafted.
+    x, y = _batch(16)
+    clf = _dropout_and_batch_norm_classifier()
+    model = AT2LModel(clf, defense="at", attack=attack, attack_params=params)
+    bn = clf.layers[1]
+    moving = [v.numpy().copy() for v in (bn.moving_mean, bn.moving_variance)]
+    x, y = tf.constant(x), tf.constant(y)
+    first = model.generate_adversarial(x, y).numpy()
+    np.testing.assert_array_equal(model.generate_adversarial(x, y).numpy(), first)
+    for before, var in zip(moving, (bn.moving_mean, bn.moving_variance)):
+        np.testing.assert_array_equal(var.numpy(), before)
+    inference = attacks.make_attack(attack, **params)(lambda z: clf(z, training=False), x, y)
+    np.testing.assert_array_equal(first, inference.numpy())
+
+
+class _CallCounter(keras.layers.Layer):
+    """Identity layer counting its executions (a variable, so it counts inside graphs)."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False)
+
+    def call(self, x):
+        self.calls.assign_add(tf.ones((), "int64"))
+        return x
+
+
+@pytest.mark.parametrize("defense, per_step", [("none", 1), ("at", 3 + 2), ("at2l", 3 + 2), ("tr", 3 + 2)])
+def test_forward_passes_per_step_no_extra_one_for_the_negatives(defense, per_step):
+    # PGD-3 costs 3 forward passes, then one clean and one adversarial pass;
+    # AT²L takes its negatives' logits from the clean pass, so it costs what
+    # AT costs. The Python body of the step runs only when traced: not
+    # re-traced or run eagerly per step.
+    x, y = _batch(64)
+    keras.utils.set_random_seed(0)
+    counter = _CallCounter()
+    clf = models.get_model("mnist_small")
+    wrapped = keras.Sequential([keras.Input((28, 28, 1)), counter, clf])
+    model = AT2LModel(wrapped, defense=defense, attack="pgd", attack_params={"eps": 0.3, "steps": 3})
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    traces = []
+    body = model._compute_losses
+
+    def traced_body(data, training):
+        traces.append(training)
+        return body(data, training)
+
+    model._compute_losses = traced_body
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16, drop_remainder=True)
+    model.fit(ds, epochs=1, verbose=0)
+    assert int(counter.calls.numpy()) == 4 * per_step
+    # Traced at most twice (tf.function traces again after the first call
+    # creates the optimizer's variables), never once per step.
+    assert 1 <= len(traces) <= 2 and all(traces)

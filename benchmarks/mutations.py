@@ -1,0 +1,279 @@
+r"""Mutation check of the test suite: break the method on purpose, see a test fail.
+
+    python benchmarks/mutations.py --output_json=benchmarks/results/mutations.json
+    python benchmarks/mutations.py --only=negatives_from_clean_logits,pgd_one_step_less
+
+Each mutation replaces one exact piece of the package's source (the replaced
+text must occur exactly once, or the mutation is reported as stale), runs the
+tests meant to catch it, and restores the file, whatever happens. A mutation
+is *caught* when a test fails (pytest exits 1; a collection error is not a catch). The JSON records, per mutation, the
+file, the tests run, whether it was caught, and the seconds taken.
+
+Run it on a clean tree: files are restored from memory, but a crash of the
+interpreter itself (kill -9) would leave a mutant behind (`git diff` shows it).
+"""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from at2l_tf import cli, fileio  # noqa: E402
+from at2l_tf.errors import ConfigError  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple
+
+
+M = Mutation
+MUTATIONS = (
+    M("negatives_from_clean_logits",
+      "negatives picked by the class the *clean* logits point to",
+      "at2l_tf/losses.py",
+      "index, valid = select_negatives(labels, adv_logits, num_classes=num_classes, seed=seed)",
+      "index, valid = select_negatives(labels, clean_logits, num_classes=num_classes, seed=seed)",
+      ("tests/training/test_at2l_model.py::test_ten_class_negatives_are_the_class_the_adversarial_is_pushed_to",
+       "tests/training/test_at2l_model.py::test_triplet_regularizer_layer_uses_the_adversarial_logits_to_pick_negatives")),
+    M("attack_in_training_mode",
+      "x_adv crafted with the classifier in training mode (dropout on, batch norm updating)",
+      "at2l_tf/training/at2l_model.py",
+      "return self.classifier(z, training=False)",
+      "return self.classifier(z, training=True)",
+      ("tests/training/test_at2l_model.py::test_attacks_in_the_step_see_the_classifier_in_inference_mode",)),
+    M("attack_returns_x",
+      "the in-step attack returns the clean batch",
+      "at2l_tf/training/at2l_model.py",
+      "return tf.stop_gradient(self._attack_fn(model_fn, x, y))",
+      "return tf.stop_gradient(x + 0.0 * self._attack_fn(model_fn, x, y))",
+      ("tests/training/test_at2l_model.py::test_every_training_attack_runs_inside_the_compiled_step",)),
+    M("pgd_one_step_less",
+      "iterative attacks run one step fewer than asked",
+      "at2l_tf/attacks/iterative.py",
+      "        steps,\n        np.inf,",
+      "        max(steps - 1, 1),\n        np.inf,",
+      ("tests/attacks/test_attack_strength.py::test_each_requested_step_is_one_gradient",)),
+    M("pgd_capped_at_one_step",
+      "iterative attacks capped at one step (FGSM-like strength)",
+      "at2l_tf/attacks/iterative.py",
+      "        steps,\n        np.inf,",
+      "        1,\n        np.inf,",
+      ("tests/attacks/test_attack_strength.py::test_iterative_attacks_beat_fgsm_on_an_undefended_model",)),
+    M("default_step_eps_over_steps",
+      "default step eps/steps instead of the documented 2.5*eps/steps",
+      "at2l_tf/attacks/iterative.py",
+      "return 2.5 * eps / steps if step_size is None else step_size",
+      "return eps / steps if step_size is None else step_size",
+      ("tests/attacks/test_attack_strength.py::test_iterative_default_step_is_two_and_a_half_eps_over_steps",
+       "tests/attacks/test_attack_strength.py::test_pgd_default_step_through_the_registry")),
+    M("apgd_one_step_less",
+      "APGD runs one iteration fewer than asked",
+      "at2l_tf/attacks/apgd.py",
+      "tf.while_loop(lambda i, s: i < steps, body",
+      "tf.while_loop(lambda i, s: i < steps - 1, body",
+      ("tests/attacks/test_attack_strength.py::test_each_requested_step_is_one_gradient",)),
+    M("registry_drops_unknown_params",
+      "make_attack silently drops parameters the attack does not take",
+      "at2l_tf/attacks/registry.py",
+      "    if unknown:\n        raise ConfigError(",
+      "    params = {k: v for k, v in params.items() if k in accepted}\n    if False:\n        raise ConfigError(",
+      ("tests/attacks/test_registry.py::test_make_attack_rejects_parameters_the_attack_does_not_take",
+       "tests/training/test_at2l_model.py::test_bad_attack_parameters_are_rejected_with_the_accepted_names")),
+    M("lambda1_lambda2_swapped",
+      "the train command passes λ1 as λ2 and λ2 as λ1",
+      "at2l_tf/training/experiment.py",
+      "lambda1=config.train.lambda1,\n            lambda2=config.train.lambda2,",
+      "lambda1=config.train.lambda2,\n            lambda2=config.train.lambda1,",
+      ("tests/test_train.py::test_every_objective_and_attack_flag_reaches_the_model",)),
+    M("margin_dropped",
+      "the train command leaves the margin at its default",
+      "at2l_tf/training/experiment.py",
+      "            margin=config.train.margin,\n",
+      "",
+      ("tests/test_train.py::test_every_objective_and_attack_flag_reaches_the_model",)),
+    M("eps_dropped",
+      "the train command leaves eps to the attack's default (None)",
+      "at2l_tf/training/experiment.py",
+      'params["eps"] = config.eps',
+      'params.pop("eps")',
+      ("tests/test_train.py::test_every_objective_and_attack_flag_reaches_the_model",)),
+    M("tr_with_adversarial_ce",
+      "the tr objective also adds the adversarial cross-entropy (Eq. 1 + triplet)",
+      "at2l_tf/training/at2l_model.py",
+      'if self.defense in ("at", "at2l"):',
+      'if self.defense in ("at", "at2l", "tr"):',
+      ("tests/training/test_at2l_model.py::test_tr_objective_is_clean_ce_plus_triplet_without_adversarial_ce",)),
+    M("get_config_drops_norm_and_seed",
+      "get_config forgets norm and seed",
+      "at2l_tf/training/at2l_model.py",
+      '            "norm": self.triplet.norm,\n            "seed": self.seed,\n',
+      "",
+      ("tests/training/test_at2l_model.py::test_get_config_round_trips",)),
+    M("get_config_drops_lambda1",
+      "get_config forgets λ1",
+      "at2l_tf/training/at2l_model.py",
+      '            "lambda1": self.lambda1,\n',
+      "",
+      ("tests/training/test_at2l_model.py::test_get_config_round_trips",)),
+    M("extra_forward_for_negatives",
+      "AT²L runs an extra forward pass for the negatives",
+      "at2l_tf/training/at2l_model.py",
+      'out["hinge"] = self.triplet(y, logits, out["adv_logits"], global_k)',
+      'out["hinge"] = self.triplet(y, self.classifier(x, training=training), out["adv_logits"], global_k)',
+      ("tests/training/test_at2l_model.py::test_forward_passes_per_step_no_extra_one_for_the_negatives",)),
+    M("absl_flag_errors_not_caught",
+      "flag-parsing errors left to absl (two lines, FATAL ...)",
+      "at2l_tf/cli.py",
+      "app.run(_guarded, flags_parser=_parse)",
+      "app.run(_guarded)",
+      ("tests/test_train.py::test_flags_absl_rejects_are_one_line_errors_too",)),
+    M("corrupt_keras_file_unchecked",
+      "a corrupt .keras file goes straight to Keras",
+      "at2l_tf/savedmodel.py",
+      "    if not zipfile.is_zipfile(path):\n",
+      "    if False:\n",
+      ("tests/test_evaluate.py::test_a_corrupt_keras_file_exits_1_with_one_line",)),
+    M("keras_load_errors_unwrapped",
+      "Keras' own load errors reach the user as a traceback",
+      "at2l_tf/savedmodel.py",
+      "    except Exception as e:  # Keras raises many types for a damaged archive.",
+      "    except ZeroDivisionError as e:",
+      ("tests/test_evaluate.py::test_unreadable_model_files_are_one_line_errors",)),
+    M("mnist_train_overlaps_validation",
+      "the train split drops the first images instead of the validation ones",
+      "at2l_tf/data.py",
+      "        return images[:cut], labels[:cut]",
+      "        return images[60000 - cut:], labels[60000 - cut:]",
+      ("tests/test_data.py::test_mnist_validation_is_the_end_of_train_and_disjoint",)),
+    M("export_writes_in_place",
+      "the export writes straight into <root>/<version> (removed again on failure)",
+      "at2l_tf/savedmodel.py",
+      'tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)',
+      "tmp = final; os.makedirs(tmp)",
+      ("tests/test_savedmodel.py::test_interrupted_export_leaves_no_version",)),
+    M("readme_test_command_with_extra_args",
+      "the README's test command skips tests that CI runs",
+      "README.md",
+      ".venv/bin/python -m pytest tests -q\n",
+      ".venv/bin/python -m pytest tests -q -k 'not slow'\n",
+      ("tests/test_readme.py::test_ci_runs_the_readme_test_command_verbatim",)),
+    M("extra_forward_per_pgd_step",
+      "PGD makes an extra (gradient-free) forward pass per step",
+      "at2l_tf/attacks/iterative.py",
+      "    return projected_gradient_descent(\n        model_fn,",
+      "    def mutant(z):\n        return model_fn(z) + 0.0 * tf.stop_gradient(model_fn(z))\n\n"
+      "    return projected_gradient_descent(\n        mutant,",
+      ("tests/test_speed_benchmark.py::test_quick_speed_benchmark_writes_the_documented_json",)),
+    M("at2l_attacks_twice",
+      "the AT²L step runs its attack twice",
+      "at2l_tf/training/at2l_model.py",
+      "            x_adv = self.generate_adversarial(x, y)\n",
+      "            x_adv = self.generate_adversarial(x, y)\n"
+      "            if self.uses_triplet:\n                x_adv = self.generate_adversarial(x_adv, y)\n",
+      ("tests/test_speed_benchmark.py::test_quick_speed_benchmark_writes_the_documented_json",)),
+    M("train_step_run_eagerly",
+      "the model runs its train step eagerly (the Python body every step)",
+      "at2l_tf/training/at2l_model.py",
+      "    def train_step(self, data):\n",
+      "    def compile(self, *args, **kwargs):\n"
+      "        super().compile(*args, run_eagerly=True, **kwargs)\n\n"
+      "    def train_step(self, data):\n",
+      ("tests/training/test_at2l_model.py::test_forward_passes_per_step_no_extra_one_for_the_negatives",)),
+)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("only", None, "Mutations to run (default: all).")
+flags.DEFINE_string("output_json", None, "Where to write the results (atomically).")
+
+
+def apply(mutation):
+    """Returns the original text after writing the mutant; raises if `old` is not unique."""
+    path = os.path.join(REPO, mutation.path)
+    with open(path) as f:
+        original = f.read()
+    count = original.count(mutation.old)
+    if count != 1:
+        raise ConfigError(
+            f"mutation {mutation.name!r} is stale: its text occurs {count} times in {mutation.path}"
+        )
+    with open(path, "w") as f:
+        f.write(original.replace(mutation.old, mutation.new))
+    return original
+
+
+def run_one(mutation):
+    original = apply(mutation)
+    start = time.time()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=REPO, capture_output=True, text=True,
+        )
+    finally:
+        with open(os.path.join(REPO, mutation.path), "w") as f:
+            f.write(original)
+    summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    return {
+        "what": mutation.what,
+        "file": mutation.path,
+        "tests": list(mutation.tests),
+        # pytest exits 1 when tests failed; 2-4 (collection error, interrupt,
+        # usage) say the mutant broke something else, which is not a catch.
+        "caught": proc.returncode == 1,
+        "pytest_summary": summary,
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    known = {m.name: m for m in MUTATIONS}
+    names = FLAGS.only or list(known)
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown mutation {name!r}; known: {', '.join(known)}")
+    for name in names:  # Every mutation must still apply before any is run.
+        m = known[name]
+        with open(os.path.join(REPO, m.path)) as f:
+            if f.read().count(m.old) != 1:
+                raise ConfigError(f"mutation {name!r} is stale: its text is not once in {m.path}")
+    results = {}
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_one(known[name])
+        r = results[name]
+        print(f"    {'caught' if r['caught'] else 'NOT CAUGHT'}: {r['pytest_summary']} ({r['seconds']} s)",
+              file=sys.stderr, flush=True)
+    missed = [n for n, r in results.items() if not r["caught"]]
+    record = {
+        "benchmark": "mutations",
+        "command": " ".join(["python", "benchmarks/mutations.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                     text=True).stdout.strip(),
+        "caught": len(results) - len(missed),
+        "total": len(results),
+        "missed": missed,
+        "mutations": results,
+    }
+    if FLAGS.output_json:
+        fileio.atomic_write_json(FLAGS.output_json, record)
+    print(f"{record['caught']}/{record['total']} mutations caught" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, "mutations")

@@ -10,7 +10,7 @@ the bad value.
 import dataclasses
 from typing import Optional
 
-from at2l_tf import attacks, data, losses, models
+from at2l_tf import attacks, data, defenses, losses, models
 from at2l_tf.errors import ConfigError
 from at2l_tf.training.at2l_model import DEFENSES
 
@@ -62,6 +62,27 @@ class AttackConfig:
         accepted = attacks.get_entry(self.name).params
         values = {"eps": self.eps, "steps": self.steps, "step_size": self.step_size}
         return {k: v for k, v in values.items() if k in accepted}
+
+
+@dataclasses.dataclass
+class PreprocessingConfig:
+    """A defence layer in front of the classifier (exported with it).
+
+    Attributes:
+        name: `none`, `thermometer` (Buckman et al., 2018; masks gradients:
+            train it with the `ls_pga` attack, evaluate it with BPDA) or
+            `random_resize_pad` (Xie et al., 2018; random at inference too:
+            evaluate it with EOT).
+        thermometer_levels: levels of the thermometer code (>= 2; 16 as the paper).
+        resize_min: smallest random size; `None` = the image size.
+        resize_output: canvas size after padding; `None` = image size + ⌈size/7⌉
+            (MNIST 28 → [28, 32) → 32, as Xie et al.'s 299 → [299, 331) → 331).
+    """
+
+    name: str = "none"
+    thermometer_levels: int = 16
+    resize_min: Optional[int] = None
+    resize_output: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -129,6 +150,7 @@ class ExperimentConfig:
     attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    preprocessing: PreprocessingConfig = dataclasses.field(default_factory=PreprocessingConfig)
     model: Optional[str] = None
     workdir: str = "runs/mnist_at2l"
     export_dir: Optional[str] = "savedmodels/mnist_at2l"
@@ -193,6 +215,7 @@ class ExperimentConfig:
             raise ConfigError(
                 f"unknown strategy {t.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
             )
+        self._validate_preprocessing()
         for name in e.attacks:
             attacks.get_entry(name)
         _at_least("eval_examples", e.num_examples, 0)
@@ -202,6 +225,35 @@ class ExperimentConfig:
             e.autoattack_version, "eval_autoattack_version"
         )
         return self
+
+    def _validate_preprocessing(self):
+        p, t, a = self.preprocessing, self.train, self.attack
+        if p.name not in defenses.PREPROCESSING:
+            raise ConfigError(
+                f"unknown preprocessing {p.name!r}; known: {', '.join(defenses.PREPROCESSING)}"
+            )
+        if p.name == "thermometer":
+            _at_least("thermometer_levels", p.thermometer_levels, 2)
+        if p.name == "random_resize_pad":
+            size = self.spec.image_shape[0]
+            low = size if p.resize_min is None else p.resize_min
+            high = defenses.compose.default_output_size(size) if p.resize_output is None else p.resize_output
+            if not size <= low < high:
+                raise ConfigError(
+                    f"random_resize_pad sizes must satisfy image size <= resize_min < resize_output, "
+                    f"received image size {size}, resize_min={low}, resize_output={high}"
+                )
+        thermometer_attack = attacks.get_entry(a.name).inputs == "thermometer"
+        if t.defense != "none" and thermometer_attack and p.name != "thermometer":
+            raise ConfigError(
+                f"attack {a.name!r} attacks a thermometer encoding: it needs "
+                f"--preprocessing=thermometer, received preprocessing={p.name!r}"
+            )
+        if t.defense != "none" and p.name == "thermometer" and not thermometer_attack:
+            raise ConfigError(
+                f"the thermometer code has zero input gradient, so attack {a.name!r} cannot "
+                "train against it: use --attack=ls_pga"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)

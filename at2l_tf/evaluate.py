@@ -31,6 +31,14 @@ gradients, outputs random at inference, probabilities instead of logits,
 examples only a black-box attack fools); each check that fires is a warning on
 stderr and an entry of `flags` naming the adaptive attack to run (BPDA, EOT).
 
+A model with a defence layer in front (thermometer encoding, random resizing;
+its export records it) is attacked adaptively by default (`--adaptive=auto`):
+every gradient attack runs through the layer's adaptive attack — BPDA for the
+thermometer code, EOT over `--eot_draws` draws for randomization — and the
+JSON says which (`attacks.<label>.adaptive`). `--adaptive=none` gives the
+naive, masked numbers for comparison. `ls_pga` attacks the network behind a
+thermometer encoding.
+
 Every attack parameter is a flag `--<attack>_<param>` (`--pgd_steps`,
 `--apgd_t_target_classes`, `--square_queries`, `--autoattack_version`, ...;
 C&W's Adam steps are `--cw_steps`), generated from the attack registry; unset,
@@ -112,6 +120,10 @@ def define_flags(flag_values=flags.FLAGS):
         (integer, "num_examples", 1000, "Evaluate the first N images of the split."),
         (integer, "batch_size", 128, "Images per attack batch."),
         (integer, "seed", 0, "Random seed (random starts, Square's squares)."),
+        (string, "adaptive", "auto", "Gradient attacks on a model with a defence layer: auto (its "
+         "adaptive attack: BPDA for thermometer, EOT for random_resize_pad) | none (naive, masked) "
+         "| bpda | eot."),
+        (integer, "eot_draws", evaluation.adaptive.DEFAULT_EOT_DRAWS, "Random draws averaged by EOT."),
         (lst, "source_model_dir", [], "Craft attacks on these models (transfer, black-box)."),
         (string, "output_json", None, "Also write the report here as JSON (atomically)."),
         (integer, "verbose", 1, "0 silent, 1 progress bar on stderr."),
@@ -188,6 +200,14 @@ def validate_flags(f):
         raise ConfigError("--eps_sweep needs at least one attack in --attacks")
     _at_least("num_examples", f.num_examples, 1)
     _at_least("batch_size", f.batch_size, 1)
+    if f.adaptive not in evaluation.adaptive.MODES:
+        raise ConfigError(
+            f"adaptive must be one of {', '.join(evaluation.adaptive.MODES)}, "
+            f"received adaptive={f.adaptive!r}"
+        )
+    _at_least("eot_draws", f.eot_draws, 1)
+    if f.source_model_dir and any(attacks.get_entry(a).inputs != "images" for a in f.attacks):
+        raise ConfigError("attacks behind a defence layer (ls_pga) are white-box: drop --source_model_dir")
     for flag, _, param in attack_flags():
         param.check(f[flag].value, flag)
     if f.split not in data.SPLITS:
@@ -220,6 +240,23 @@ def _check_eps(name, eps):
     _at_least(name, eps, 0.0)
     if eps > 1:
         raise ConfigError(f"{name} must be <= 1 for images in [0, 1], received {name}={eps}")
+
+
+def attack_specs_for(f, eps, target, sources):
+    """`attack_specs_from_flags`, then, white-box, each attack on what it must
+    differentiate (`evaluation.adaptive.adapt`: BPDA / EOT through the target's
+    defence layer under `--adaptive`, LS-PGA behind the thermometer)."""
+    specs = attack_specs_from_flags(f, eps)
+    if sources:
+        return specs
+    return evaluation.adaptive.adapt(
+        specs,
+        layer=target.preprocessing,
+        net_fn=target.net_fn,
+        model_fn=target.model_fn,
+        mode=f.adaptive,
+        eot_draws=f.eot_draws,
+    )
 
 
 def check_compatible(classifier, spec):
@@ -269,7 +306,7 @@ def evaluate_from_flags(f):
         sources[path] = source.model_fn
 
     eps = resolve_eps(f, dataset)
-    specs = attack_specs_from_flags(f, eps)
+    specs = attack_specs_for(f, eps, target, sources)
     for attack in specs:
         steps, step_size = attack.params.get("steps"), attack.params.get("step_size")
         if steps and step_size is not None and steps * step_size < eps:
@@ -316,6 +353,8 @@ def evaluate_from_flags(f):
         eps=eps,
         seed=f.seed,
         source_model_dirs=list(f.source_model_dir),
+        preprocessing=target.preprocessing_name,
+        adaptive=None if sources else f.adaptive,
     )
     for key in ("model", "defense"):
         if key in meta:
@@ -337,7 +376,7 @@ def evaluate_from_flags(f):
         stem = f.curve_output or (
             os.path.splitext(f.output_json)[0] + "_curve" if f.output_json else "robustness_curve"
         )
-        report["eps_sweep"] = run_eps_sweep(f, target.model_fn, ds, sweep, sources, stem)
+        report["eps_sweep"] = run_eps_sweep(f, target, ds, sweep, sources, stem)
     report["seconds"] = round(time.time() - started, 1)
     print(evaluation.format_report(report))
     for flag in report.get("flags", []):
@@ -348,7 +387,7 @@ def evaluate_from_flags(f):
     return report
 
 
-def run_eps_sweep(f, model_fn, ds, sweep, sources, stem):
+def run_eps_sweep(f, target, ds, sweep, sources, stem):
     """Accuracy against eps for each attack of `--attacks` and their worst case.
 
     Writes `<stem>.csv` and `<stem>.png` and returns `{"eps": [...], "curves":
@@ -358,9 +397,9 @@ def run_eps_sweep(f, model_fn, ds, sweep, sources, stem):
     for i, eps in enumerate(sweep):
         _log(f"eps sweep {i + 1}/{len(sweep)}: eps={eps:.4g}")
         rep = evaluation.robustness_report(
-            model_fn,
+            target.model_fn,
             ds,
-            attack_specs_from_flags(f, eps),
+            attack_specs_for(f, eps, target, sources),
             sources=sources or None,
             num_examples=f.num_examples,
             verbose=f.verbose,

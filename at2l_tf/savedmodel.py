@@ -4,6 +4,11 @@ Layout: `<export_dir>/<version>/` with integer versions, as TF Serving expects.
 The `serving_default` signature takes `images`, float32 `(batch, H, W, C)` in
 [0, 1], and returns `probabilities` (softmax), `classes` (int64 argmax) and
 `logits` (for attacks: gradients of logits do not saturate as softmax does).
+A model with a defence layer in front (`at2l_tf.defenses`) serves the whole
+defence there, and also exports the network behind the layer as the
+`classifier` signature (input `inputs`, the layer's output), with the layer's
+configuration in the metadata (`preprocessing`), so that adaptive attacks
+(BPDA, LS-PGA) can run on the SavedModel alone.
 A version is written to a hidden temporary directory and renamed into place,
 so an interrupted export never leaves a half-written version that TF Serving
 would try to load.
@@ -22,6 +27,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
+from at2l_tf import defenses
 from at2l_tf.errors import ModelLoadError
 
 METADATA_FILE = "at2l_metadata.json"
@@ -75,10 +81,24 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
         fn=serve,
         input_signature=[tf.TensorSpec((None,) + input_shape, tf.float32, name="images")],
     )
+    layer, net = defenses.split(model)
+    if layer is not None:
+
+        def behind_layer(inputs):
+            return {"logits": net(inputs, training=False)}
+
+        archive.add_endpoint(
+            name="classifier",
+            fn=behind_layer,
+            input_signature=[
+                tf.TensorSpec((None,) + tuple(net.input_shape[1:]), tf.float32, name="inputs")
+            ],
+        )
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
     try:
         archive.write_out(tmp, verbose=False)
         meta = dict(metadata or {})
+        meta["preprocessing"] = _describe_layer(layer)
         meta.setdefault("input_shape", list(input_shape))
         meta.setdefault("num_classes", int(model.output_shape[-1]))
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
@@ -88,6 +108,25 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _describe_layer(layer):
+    if layer is None:
+        return {"name": "none"}
+    return {
+        "name": defenses.compose.layer_name(layer),
+        "layer": keras.saving.serialize_keras_object(layer),
+    }
+
+
+def _layer_from_metadata(meta, where):
+    described = meta.get("preprocessing") or {"name": "none"}
+    if described["name"] == "none":
+        return None
+    try:
+        return keras.saving.deserialize_keras_object(described["layer"])
+    except Exception as e:
+        raise ModelLoadError(f"cannot rebuild the defence layer recorded in {where}: {_first_line(e)}") from e
 
 
 @dataclasses.dataclass
@@ -100,6 +139,9 @@ class Classifier:
         num_classes: width of the logits.
         path: where it was loaded from.
         metadata: the export's metadata (empty for `.keras` files).
+        preprocessing: the defence layer in front of the network, or `None`.
+        net_fn: the network behind `preprocessing` (its outputs -> logits);
+            `None` without a layer.
     """
 
     model_fn: object
@@ -107,6 +149,12 @@ class Classifier:
     num_classes: int
     path: str
     metadata: dict
+    preprocessing: object = None
+    net_fn: object = None
+
+    @property
+    def preprocessing_name(self):
+        return defenses.compose.layer_name(self.preprocessing)
 
 
 def resolve_saved_model_dir(path):
@@ -164,12 +212,15 @@ def load_classifier(path):
         if not path.endswith(".keras"):
             raise FileNotFoundError(f"not a .keras file or SavedModel directory: {path}")
         model = load_keras_model(path)
+        layer, net = defenses.split(model)
         return Classifier(
             model_fn=lambda x: model(x, training=False),
             input_shape=tuple(model.input_shape[1:]),
             num_classes=int(model.output_shape[-1]),
             path=path,
             metadata={},
+            preprocessing=layer,
+            net_fn=None if layer is None else (lambda z: net(z, training=False)),
         )
     version_dir = resolve_saved_model_dir(path)
     loaded = _load_saved_model(version_dir)
@@ -188,4 +239,19 @@ def load_classifier(path):
         return serving(images=x)["logits"]
 
     model_fn.loaded = loaded  # Keep the restored object (and its variables) alive.
-    return Classifier(model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta)
+    layer = _layer_from_metadata(meta, version_dir)
+    net_fn = None
+    if layer is not None:
+        if "classifier" not in loaded.signatures:
+            raise ModelLoadError(
+                f"the SavedModel in {version_dir} names a defence layer but has no classifier signature"
+            )
+        behind = loaded.signatures["classifier"]
+
+        def net_fn(z):
+            return behind(inputs=z)["logits"]
+
+        net_fn.loaded = loaded
+    return Classifier(
+        model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn
+    )

@@ -23,7 +23,7 @@ flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs.
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
 flags.DEFINE_string("defense", _D.train.defense, "none | at (Eq. 1) | at2l (Eq. 2) | tr.")
-flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill.")
+flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill | ls_pga (thermometer models).")
 flags.DEFINE_float("eps", None, "L-inf radius of the training attack; default per dataset (MNIST 0.3, else 8/255).")
 flags.DEFINE_integer("attack_steps", _D.attack.steps, "Iterations of iterative training attacks.")
 flags.DEFINE_float("attack_step_size", None, "Step size; default 2.5*eps/steps (iterative), 1.25*eps (fgsm_rs).")
@@ -31,6 +31,10 @@ flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial 
 flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term.")
 flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
 flags.DEFINE_string("norm", _D.train.norm, "Logit distance of the triplet term: linf | l2 | l1.")
+flags.DEFINE_string("preprocessing", _D.preprocessing.name, "Defence layer in front of the classifier: none | thermometer | random_resize_pad.")
+flags.DEFINE_integer("thermometer_levels", _D.preprocessing.thermometer_levels, "Levels of the thermometer encoding (>= 2).")
+flags.DEFINE_integer("resize_min", None, "random_resize_pad: smallest random size; default the image size.")
+flags.DEFINE_integer("resize_output", None, "random_resize_pad: padded size; default image size + ceil(size/7) (MNIST 32).")
 flags.DEFINE_integer("epochs", _D.train.epochs, "Training epochs.")
 flags.DEFINE_integer("batch_size", _D.data.batch_size, "Global batch size (>= 2).")
 flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.")
@@ -53,6 +57,8 @@ flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epo
 def config_from_flags(f=FLAGS):
     """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
     name = f"{f.dataset}_{f.defense}"
+    if f.preprocessing != "none":
+        name = f"{f.dataset}_{f.preprocessing}_{f.defense}"
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(
             dataset=f.dataset,
@@ -83,6 +89,12 @@ def config_from_flags(f=FLAGS):
             pgd_steps=f.eval_pgd_steps,
             pgd_step_size=f.eval_pgd_step_size,
             autoattack_version=f.eval_autoattack_version,
+        ),
+        preprocessing=config_lib.PreprocessingConfig(
+            name=f.preprocessing,
+            thermometer_levels=f.thermometer_levels,
+            resize_min=f.resize_min,
+            resize_output=f.resize_output,
         ),
         model=f.model,
         workdir=f.workdir or f"runs/{name}",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,11 +44,20 @@ def parse():
         ("--strategy=tpu", "unknown strategy 'tpu'"),
         ("--eval_autoattack_version=plus", "eval_autoattack_version must be one of standard, fast"),
         ("--lr_schedule=step", "unknown lr_schedule 'step'; known: constant, cosine"),
+        ("--preprocessing=jpeg", "unknown preprocessing 'jpeg'; known: none, thermometer, random_resize_pad"),
+        ("--preprocessing=thermometer --attack=ls_pga --thermometer_levels=1",
+         "thermometer_levels must be >= 2, received thermometer_levels=1"),
+        ("--preprocessing=random_resize_pad --resize_min=33 --resize_output=32",
+         "resize_min < resize_output, received image size 28, resize_min=33, resize_output=32"),
+        ("--preprocessing=random_resize_pad --resize_min=20",
+         "image size <= resize_min < resize_output, received image size 28, resize_min=20"),
+        ("--attack=ls_pga", "attack 'ls_pga' attacks a thermometer encoding: it needs --preprocessing=thermometer"),
+        ("--preprocessing=thermometer", "zero input gradient, so attack 'pgd' cannot train against it"),
     ],
 )
 def test_bad_flags_are_one_line_config_errors(parse, arg, match):
-    with pytest.raises(ConfigError, match=match) as info:
-        parse(arg).validate()
+    with pytest.raises(ConfigError, match=re.escape(match)) as info:
+        parse(*arg.split()).validate()
     assert "\n" not in str(info.value)
 
 

@@ -22,6 +22,7 @@ from at2l_tf.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from at2l_tf.attacks.autoattack import autoattack
 from at2l_tf.attacks.carlini_wagner import carlini_wagner_l2
 from at2l_tf.attacks.deepfool import deepfool
+from at2l_tf.attacks.ls_pga import ls_pga
 from at2l_tf.attacks.square import square
 from at2l_tf.errors import ConfigError
 
@@ -84,6 +85,9 @@ class AttackEntry:
             cannot mislead it: the masking check compares it with the others.
         composite: runs other registered attacks, white- and black-box
             (AutoAttack); left out of the white-vs-black-box comparison.
+        inputs: what `model_fn` takes: `"images"`, or `"thermometer"` for
+            attacks on the classifier *behind* a thermometer encoding (LS-PGA),
+            whose caller also passes the encoding's `levels`.
     """
 
     name: str
@@ -95,6 +99,7 @@ class AttackEntry:
     compile: bool = True
     black_box: bool = False
     composite: bool = False
+    inputs: str = "images"
 
     @property
     def params(self):
@@ -118,12 +123,13 @@ _REGISTRY = {}
 
 
 def register(name, fn, norm, description, params=(), *, training=False, compile=True,
-             black_box=False, composite=False):
+             black_box=False, composite=False, inputs="images"):
     """Registers attack `name`; every `Param` must be a keyword of `fn`."""
     if name in _REGISTRY:
         raise ValueError(f"attack {name!r} is registered twice")
     entry = AttackEntry(
-        name, fn, norm, description, tuple(params), training, compile, black_box, composite
+        name, fn, norm, description, tuple(params), training, compile, black_box, composite,
+        inputs,
     )
     for p in entry.user_params:
         if p.name not in entry.params:
@@ -162,6 +168,12 @@ register("deepfool", deepfool, "l2", "multi-class DeepFool (Moosavi-Dezfooli et 
     Param("max_iter", int, "maximum steps", low=1),
     Param("num_candidates", int, "candidate classes", low=2),
 ])
+register("ls_pga", ls_pga, "linf",
+         "LS-PGA on the classifier behind a thermometer encoding (Buckman et al., 2018)", [
+             Param("steps", int, "ascent steps (7 in the authors' training)", low=1),
+             Param("step_size", float, "signed step in logit space ξ (0.01)", low=0.0,
+                   low_exclusive=True),
+         ], training=True, inputs="thermometer")
 register("apgd_ce", apgd.apgd_ce, "linf", "APGD on cross-entropy (Croce & Hein, 2020)", _APGD,
          compile=False)
 register("apgd_dlr", apgd.apgd_dlr, "linf", "APGD on the DLR loss (Croce & Hein, 2020)", _APGD,

@@ -49,11 +49,19 @@ class AttackSpec:
         name: registry name (`fgsm`, `pgd`, ...).
         params: keyword parameters (`eps`, `steps`, ...); `None` values = defaults.
         label: key in the report; default `name`.
+        model_fn: what the attack runs on, if not the target itself: an
+            adaptive wrapper of it (BPDA, EOT) or the network behind its
+            defence layer (LS-PGA). The adversarials are always judged on the
+            target. White-box only (ignored for transfer sources).
+        adaptive: how `model_fn` relates to the target, recorded in the
+            report (`"bpda"`, `"eot(20)"`, `"behind thermometer"`).
     """
 
     name: str
     params: dict = dataclasses.field(default_factory=dict)
     label: str = None
+    model_fn: object = dataclasses.field(default=None, compare=False, repr=False)
+    adaptive: str = None
 
     def __post_init__(self):
         attacks.get_entry(self.name)  # Unknown names fail here, before any work.
@@ -126,7 +134,7 @@ def robustness_report(
                     f"two attacks have the label {label!r}; give them distinct "
                     "`AttackSpec.label`s"
                 )
-            compiled = _compiled(attack_fn, src_fn or model_fn)
+            compiled = _compiled(attack_fn, src_fn or spec.model_fn or model_fn)
             runs.append((label, spec, src_name, compiled, attack_fn))
     target = tf.function(model_fn, reduce_retracing=True)
 
@@ -201,6 +209,8 @@ def robustness_report(
             "source": "white-box" if sources is None else src_name,
             "seconds": round(st["seconds"], 2),
         }
+        if spec.adaptive and sources is None:
+            entry["adaptive"] = spec.adaptive
         entry.update({k: _jsonable(v) for k, v in attack_fn.bound_params.items()})
         report["attacks"][label] = entry
     correct = {k: np.concatenate(v) for k, v in correct.items()}

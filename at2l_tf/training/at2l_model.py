@@ -27,7 +27,7 @@ so `adv_acc` is robust accuracy under the training attack).
 import keras
 import tensorflow as tf
 
-from at2l_tf import attacks
+from at2l_tf import attacks, defenses
 from at2l_tf.training.triplet_regularizer import TripletRegularizer
 
 DEFENSES = ("none", "at", "at2l", "tr")
@@ -89,9 +89,11 @@ class AT2LModel(keras.Model):
         self.attack_params = dict(attack_params or {})
         self.lambda1 = float(lambda1)
         self.seed = seed
-        self._attack_fn = (
-            attacks.make_attack(attack, **self.attack_params) if defense != "none" else None
-        )
+        self._attack_fn, self._attack_target = None, classifier
+        if defense != "none":
+            self._attack_fn, self._attack_target = _bind_attack(
+                classifier, attack, self.attack_params
+            )
         self.num_classes = int(classifier.output_shape[-1])
         self.uses_triplet = defense in ("at2l", "tr")
         self.triplet = TripletRegularizer(
@@ -136,7 +138,7 @@ class AT2LModel(keras.Model):
         """Crafts `x_adv` against the current weights (classifier in inference mode)."""
 
         def model_fn(z):
-            return self.classifier(z, training=False)
+            return self._attack_target(z, training=False)
 
         return tf.stop_gradient(self._attack_fn(model_fn, x, y))
 
@@ -224,3 +226,22 @@ class AT2LModel(keras.Model):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
+
+
+def _bind_attack(classifier, attack, params):
+    """`(attack_fn, target)`: the bound attack and the model it differentiates.
+
+    Attacks on images target the whole classifier (defence layer included);
+    LS-PGA targets the network behind the classifier's thermometer encoding,
+    with the encoding's levels.
+    """
+    entry = attacks.get_entry(attack)
+    if entry.inputs == "images":
+        return attacks.make_attack(attack, **params), classifier
+    layer, net = defenses.split(classifier)
+    if not isinstance(layer, defenses.ThermometerEncoding):
+        raise ValueError(
+            f"attack {attack!r} needs a classifier behind a thermometer encoding "
+            f"(preprocessing='thermometer'), received {classifier.name!r}"
+        )
+    return attacks.make_attack(attack, levels=layer.levels, **params), net

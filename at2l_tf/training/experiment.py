@@ -17,7 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
-from at2l_tf import data, evaluation, fileio, models, savedmodel
+from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
 from at2l_tf.training.at2l_model import AT2LModel
 
 
@@ -52,12 +52,9 @@ def build_model(config, strategy=None, steps_per_epoch=None):
 
     `steps_per_epoch` is needed by learning-rate schedules only.
     """
-    spec = config.spec
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        classifier = models.get_model(
-            config.model_name, input_shape=spec.image_shape, num_classes=spec.num_classes
-        )
+        classifier = build_classifier(config)
         params = config.attack.params()
         params["eps"] = config.eps
         model = AT2LModel(
@@ -73,6 +70,26 @@ def build_model(config, strategy=None, steps_per_epoch=None):
         )
         model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)))
     return model
+
+
+def build_classifier(config):
+    """The classifier of `config`: its defence layer (if any) in front of the network.
+
+    The network is built for the layer's output (e.g. `C·levels` channels after
+    a thermometer encoding, the padded size after random resizing).
+    """
+    spec, p = config.spec, config.preprocessing
+    layer = defenses.make_layer(
+        p.name,
+        spec.image_shape,
+        levels=p.thermometer_levels,
+        min_size=p.resize_min,
+        output_size=p.resize_output,
+        seed=config.train.seed,
+    )
+    net_shape = spec.image_shape if layer is None else layer.compute_output_shape((None,) + spec.image_shape)[1:]
+    net = models.get_model(config.model_name, input_shape=net_shape, num_classes=spec.num_classes)
+    return defenses.defended_model(layer, net, spec.image_shape)
 
 
 def load_datasets(config):
@@ -132,6 +149,7 @@ def run(config, *, verbose=1):
     _log(
         f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
         f"attack={config.attack.name} eps={config.eps:.4g} steps={config.attack.steps} "
+        f"preprocessing={config.preprocessing.name} "
         f"replicas={strategy.num_replicas_in_sync}"
     )
 
@@ -180,10 +198,17 @@ def run(config, *, verbose=1):
             batch_size=max(config.data.batch_size, 256),
             cache=False,
         )
+        layer, net = defenses.split(classifier)
+        specs = evaluation.adaptive.adapt(  # BPDA / EOT through a defence layer.
+            final_attack_specs(config),
+            layer=layer,
+            net_fn=None if layer is None else (lambda z: net(z, training=False)),
+            model_fn=lambda x: classifier(x, training=False),
+        )
         report = evaluation.robustness_report(
             lambda x: classifier(x, training=False),
             test_ds,
-            final_attack_specs(config),
+            specs,
             num_examples=config.eval.num_examples,
             verbose=1 if verbose else 0,
         )

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from at2l_tf import attacks, data, losses, models
+from at2l_tf import attacks, data, defenses, losses, models
 from at2l_tf.training import AT2LModel
 from at2l_tf.training.triplet_regularizer import TripletRegularizer
 
@@ -177,8 +177,13 @@ def test_every_training_attack_runs_inside_the_compiled_step(attack):
     x, y = _batch(32)
     keras.utils.set_random_seed(0)
     params = {"eps": 0.3, "steps": 2, "step_size": None}
+    classifier = models.get_model("mnist_small")
+    if attacks.get_entry(attack).inputs == "thermometer":  # LS-PGA: behind an encoding.
+        layer = defenses.ThermometerEncoding(4, name="preprocessing")
+        net = models.get_model("mnist_small", input_shape=(28, 28, 4))
+        classifier = defenses.defended_model(layer, net, (28, 28, 1))
     model = AT2LModel(
-        models.get_model("mnist_small"),
+        classifier,
         defense="at2l",
         attack=attack,
         attack_params={k: v for k, v in params.items() if k in attacks.get_entry(attack).params},
@@ -196,6 +201,28 @@ def test_every_training_attack_runs_inside_the_compiled_step(attack):
     x_adv = model.generate_adversarial(tf.constant(x[:16]), tf.constant(y[:16]))
     assert float(tf.reduce_max(tf.abs(x_adv - x[:16]))) <= 0.3 + 1e-6
     assert 0.0 <= float(tf.reduce_min(x_adv)) and float(tf.reduce_max(x_adv)) <= 1.0
+
+
+def test_ls_pga_needs_a_thermometer_encoded_classifier():
+    with pytest.raises(ValueError, match="needs a classifier behind a thermometer encoding"):
+        AT2LModel(models.get_model("mnist_small"), attack="ls_pga", attack_params={"eps": 0.3})
+
+
+def test_ls_pga_in_the_step_attacks_the_network_behind_the_encoding():
+    x, y = _batch(16)
+    keras.utils.set_random_seed(0)
+    layer = defenses.ThermometerEncoding(8, name="preprocessing")
+    net = models.get_model("mnist_small", input_shape=(28, 28, 8))
+    model = AT2LModel(
+        defenses.defended_model(layer, net, (28, 28, 1)),
+        defense="at", attack="ls_pga", attack_params={"eps": 0.3, "steps": 3},
+    )
+    x_adv = model.generate_adversarial(tf.constant(x), tf.constant(y)).numpy()
+    expected = attacks.ls_pga(
+        lambda z: net(z, training=False), x, y, eps=0.3, steps=3, levels=8
+    ).numpy()
+    np.testing.assert_array_equal(x_adv, expected)
+    assert np.abs(x_adv - x).max() > 0.01  # It moved the images.
 
 
 def test_bad_attack_parameters_are_rejected_with_the_accepted_names():

@@ -30,6 +30,16 @@ def fail(prog, message):
     sys.exit(1)
 
 
+def parse_flags(prog, argv, flag_values=None):
+    """Parses `argv` into `flag_values` (default `flags.FLAGS`); on a parsing
+    error, prints `<prog>: error: <message>` on one line and exits with status 1."""
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        fail(prog, e)
+
+
 def run(main, prog):
     """Runs `main` under `absl.app.run`, reporting user errors on one line.
 
@@ -43,10 +53,7 @@ def run(main, prog):
     """
 
     def _parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            fail(prog, e)
+        return parse_flags(prog, argv)
 
     def _guarded(argv):
         if not flags.FLAGS["verbosity"].present:

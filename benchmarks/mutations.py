@@ -138,7 +138,7 @@ MUTATIONS = (
       "at2l_tf/cli.py",
       "app.run(_guarded, flags_parser=_parse)",
       "app.run(_guarded)",
-      ("tests/test_train.py::test_flags_absl_rejects_are_one_line_errors_too",)),
+      ("tests/test_train.py::test_a_flag_absl_rejects_is_a_one_line_error_of_the_command",)),
     M("corrupt_keras_file_unchecked",
       "a corrupt .keras file goes straight to Keras",
       "at2l_tf/savedmodel.py",

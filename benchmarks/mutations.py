@@ -217,9 +217,12 @@ def run_one(mutation):
     original = apply(mutation)
     start = time.time()
     try:
+        # PYTHONPATH: scripts the tests start (benchmarks/speed.py) must import
+        # this tree's mutant, not another checkout installed in editable mode.
+        path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
-            cwd=REPO, capture_output=True, text=True,
+            cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path),
         )
     finally:
         with open(os.path.join(REPO, mutation.path), "w") as f:

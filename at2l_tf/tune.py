@@ -1,0 +1,647 @@
+r"""Search AT²L's λ1, λ2, α and logit norm with KerasTuner.
+
+    python -m at2l_tf.tune --flagfile=flags/mnist_at2l.flags --max_train_examples=10000 \
+        --epochs=2 --max_trials=12 --tune_dir=runs/tune_mnist      # random search (default)
+    python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags           # the shipped recipe
+    python -m at2l_tf.tune ... --tune_dir=runs/tune_mnist --max_trials=20   # resume, 8 more
+    python -m at2l_tf.train --flagfile=runs/tune_mnist/best.flags      # train the winner
+
+Every flag of `python -m at2l_tf.train` is accepted and makes the *base*
+configuration; each trial is the base with λ1 (`--lambda1`), λ2
+(`--lambda2`), α (`--margin`) and the logit distance (`--norm`) drawn from
+`--lambda1_range` (uniform), `--lambda2_range` and `--margin_range`
+(log-uniform) and `--norms`. A trial trains for the base's `--epochs` on its
+`--max_train_examples`, with the base `--seed` (same initial weights and
+data order in every trial). Only the hyperparameters the `--defense` uses
+are searched (`at`: λ1; `at2l`: all four; `tr`: λ2, α, norm). An empty range
+(`--lambda1_range=`) keeps the base value; `min,min` fixes it.
+
+**Objective.** `val_robust_acc`, maximised: the accuracy under a stronger
+attack than the training one — APGD-CE, 20 iterations, 1 restart, at the
+training eps, on the first 1,000 validation images by default
+(`--objective_attack`, `--objective_steps`, `--objective_restarts`,
+`--objective_examples`) — measured after every epoch; a trial scores its
+best epoch. Never the training attack's own accuracy (`val_adv_acc`), which
+rewards gradient masking. The test split is not touched.
+
+**Tuners.** `random` by default: with the dozen trials a CPU affords,
+Bayesian optimisation would spend them all on its initial random points
+(3 per hyperparameter: 12 for four). `bayesian` pays off from ~20 trials;
+`hyperband` brackets the budget up to `--epochs` (factor 3), with
+`--max_trials` as a cap.
+
+**Output** in `--tune_dir` (KerasTuner's project directory; default
+`runs/tune_<dataset>_<defense>`): one line per trial start and end on
+stderr, Keras' per-epoch lines (`--verbose=2`, the default here), a table of
+all trials on stdout at the end, and
+
+* `search.json`: the settings of the search (checked on resume);
+* `summary.json`: every trial (hyperparameters, objective, metrics at its
+  best epoch, seconds) and the best one; rewritten after every trial;
+* `best.flags`: the base flags with the best λ1, λ2, α, norm substituted,
+  for `python -m at2l_tf.train --flagfile=<tune_dir>/best.flags`.
+
+**Resume.** A second run with the same `--tune_dir` continues the search:
+finished trials are kept (not retrained), a trial interrupted half-way is
+run again, and `--max_trials` may be raised to extend it. The other
+settings must be the same (compared with `search.json`); `--overwrite`
+deletes the search and starts again. Bad input — an unknown tuner, a range
+with min > max, a non-positive log range, an unknown norm — exits with
+status 1 and one line, before anything is written.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+# `python -m at2l_tf.tune` imports the at2l_tf package first, so TensorFlow
+# loads with its environment defaults (quiet C++ logs, oneDNN).
+import keras_tuner
+import tensorflow as tf
+from absl import flags
+
+from at2l_tf import cli, fileio
+from at2l_tf import train  # Defines every train flag: they make the base config.
+from at2l_tf.errors import ConfigError
+from at2l_tf.training import experiment
+from at2l_tf.training import hypermodel as hm
+
+_S = hm.SearchSpace()
+_O = hm.ObjectiveAttack()
+
+TUNERS = ("random", "bayesian", "hyperband")
+SEARCH_FILE = "search.json"
+SUMMARY_FILE = "summary.json"
+BEST_FLAGS_FILE = "best.flags"
+# Train flags that are not part of the recipe (display only).
+_NOT_RECIPE = ("verbose",)
+HYPERPARAMETERS = ("lambda1", "lambda2", "margin", "norm")
+_SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "norm"}
+
+
+def _range_default(r):
+    return [f"{v:g}" for v in r]
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("tuner", "random", "random | bayesian | hyperband (KerasTuner).")
+flags.DEFINE_integer("max_trials", 10, "Trials in all (a resumed search counts the finished ones).")
+flags.DEFINE_integer("executions_per_trial", 1, "Trainings per trial, seeds seed, seed+1, ...; the objective is their mean.")
+flags.DEFINE_string("tune_dir", None, "KerasTuner project directory; default runs/tune_<dataset>_<defense>. Resumed if it exists.")
+flags.DEFINE_bool("overwrite", False, "Delete the search in --tune_dir and start again.")
+flags.DEFINE_list("lambda1_range", _range_default(_S.lambda1_range), "λ1 range 'min,max', uniform; empty keeps --lambda1.")
+flags.DEFINE_list("lambda2_range", _range_default(_S.lambda2_range), "λ2 range 'min,max', log-uniform; empty keeps --lambda2.")
+flags.DEFINE_list("margin_range", _range_default(_S.margin_range), "α range 'min,max', log-uniform; empty keeps --margin.")
+flags.DEFINE_list("norms", list(_S.norms), "Logit distances to choose from (linf, l2, l1); empty keeps --norm.")
+flags.DEFINE_string("objective_attack", _O.name, f"Attack of val_robust_acc: {' | '.join(hm.OBJECTIVE_ATTACKS)}.")
+flags.DEFINE_integer("objective_steps", _O.steps, "Iterations of the objective attack.")
+flags.DEFINE_integer("objective_restarts", _O.restarts, "Random restarts of the objective attack.")
+flags.DEFINE_integer("objective_examples", _O.num_examples, "First N validation images of the objective.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """How the search runs (the rest is `SearchSpace` and `ObjectiveAttack`).
+
+    Attributes:
+        tuner: one of `TUNERS`.
+        max_trials: trials in all, finished ones of a resumed search included.
+        executions_per_trial: trainings per trial (seeds `seed + j`), averaged.
+        tune_dir: KerasTuner's project directory.
+        overwrite: delete an existing search in `tune_dir` first.
+    """
+
+    tuner: str = "random"
+    max_trials: int = 10
+    executions_per_trial: int = 1
+    tune_dir: str = "runs/tune_mnist_at2l"
+    overwrite: bool = False
+
+    def validate(self):
+        if self.tuner not in TUNERS:
+            raise ConfigError(f"unknown tuner {self.tuner!r}; known tuners: {', '.join(TUNERS)}")
+        for name in ("max_trials", "executions_per_trial"):
+            value = getattr(self, name)
+            if value is None or value < 1:
+                raise ConfigError(f"{name} must be >= 1, received {name}={value}")
+        if not self.tune_dir:
+            raise ConfigError("tune_dir must not be empty")
+        return self
+
+
+# ------------------------------------------------------------------ flags -> settings
+
+
+def settings_from_flags(f=FLAGS):
+    """Maps parsed flags onto `(base_config, space, objective_attack, settings)` (not validated)."""
+    base = train.config_from_flags(f)
+    space = hm.SearchSpace(
+        lambda1_range=_parse_range("lambda1_range", f.lambda1_range),
+        lambda2_range=_parse_range("lambda2_range", f.lambda2_range),
+        margin_range=_parse_range("margin_range", f.margin_range),
+        norms=tuple(dict.fromkeys(n.strip() for n in f.norms if n.strip())),
+    )
+    objective_attack = hm.ObjectiveAttack(
+        name=f.objective_attack,
+        steps=f.objective_steps,
+        restarts=f.objective_restarts,
+        num_examples=f.objective_examples,
+    )
+    settings = SearchSettings(
+        tuner=f.tuner,
+        max_trials=f.max_trials,
+        executions_per_trial=f.executions_per_trial,
+        tune_dir=f.tune_dir or default_tune_dir(base),
+        overwrite=f.overwrite,
+    )
+    return base, space, objective_attack, settings
+
+
+def default_tune_dir(config):
+    """`runs/tune_<dataset>[_<preprocessing>]_<defense>`, beside train's default workdir."""
+    parts = [config.data.dataset, config.train.defense]
+    if config.preprocessing.name != "none":
+        parts.insert(1, config.preprocessing.name)
+    return os.path.join("runs", "tune_" + "_".join(parts))
+
+
+def _parse_range(name, values):
+    values = [v.strip() for v in values]
+    if not any(values):
+        return None
+    received = f"received {name}={','.join(values)}"
+    if len(values) != 2:
+        raise ConfigError(f"{name} must be 'min,max' (or empty to keep the base value), {received}")
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise ConfigError(f"{name} must be two numbers 'min,max', {received}") from None
+
+
+def base_flag_lines(f=FLAGS):
+    """`[(name, "--name=value")]` for every train flag that has a value, in definition order."""
+    lines = []
+    for flag in f.get_flags_for_module(train):
+        if flag.name in _NOT_RECIPE:
+            continue
+        text = flag.serialize()
+        if text:  # None-valued flags (the dataset's defaults) are left out.
+            lines.append((flag.name, text))
+    return lines
+
+
+# ------------------------------------------------------------------ validation
+
+
+def search_record(base, space, objective_attack, settings):
+    """The settings a resumed search must share with the original (JSON-ready).
+
+    Everything that changes what a trial trains or measures: the base config
+    (outputs and the test-split check aside), the space, the objective, the
+    tuner and the executions per trial. `max_trials` is recorded but may grow.
+    """
+    cfg = base.to_dict()
+    for key in ("workdir", "export_dir", "eval"):
+        cfg.pop(key)
+    record = {
+        "base_config": cfg,
+        "search_space": dataclasses.asdict(space),
+        "tuned": list(space.tuned(base.train.defense)),
+        "objective": {
+            "metric": hm.OBJECTIVE_METRIC,
+            "direction": "max",
+            **dataclasses.asdict(objective_attack),
+            "eps": base.eps,
+            "split": "validation",
+        },
+        "tuner": settings.tuner,
+        "executions_per_trial": settings.executions_per_trial,
+        "max_trials": settings.max_trials,
+    }
+    return json.loads(json.dumps(record))  # Tuples as lists, as read back from disk.
+
+
+def validate(base, space, objective_attack, settings):
+    """Checks everything before anything is written.
+
+    Returns:
+        `"new"`, `"resume"` or `"overwrite"`: what will happen to `tune_dir`.
+
+    Raises:
+        ConfigError: naming the first bad value, or a `tune_dir` that holds
+            something other than this search.
+    """
+    settings.validate()
+    base.validate()
+    if settings.tuner == "hyperband" and base.train.epochs < 2:
+        raise ConfigError(
+            "tuner=hyperband trains trials for 1 to --epochs epochs: it needs epochs >= 2, "
+            f"received epochs={base.train.epochs}"
+        )
+    space.validate(base.train.defense)
+    objective_attack.validate(base)
+    return check_tune_dir(settings.tune_dir, search_record(base, space, objective_attack, settings),
+                          settings.overwrite)
+
+
+def check_tune_dir(path, record, overwrite):
+    """What to do with `path` (see `validate`); reads, never writes."""
+    if not os.path.exists(path):
+        return "new"
+    if not os.path.isdir(path):
+        raise ConfigError(f"tune_dir {path} exists and is not a directory")
+    if not os.listdir(path):
+        return "new"
+    marker = os.path.join(path, SEARCH_FILE)
+    if not os.path.exists(marker):
+        # Never delete a directory this command did not make, even with --overwrite.
+        raise ConfigError(
+            f"tune_dir {path} is not empty and holds no {SEARCH_FILE} (not a tune search): "
+            "choose another --tune_dir"
+        )
+    if overwrite:
+        return "overwrite"
+    try:
+        with open(marker) as fh:
+            previous = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {marker} ({e}); pass --overwrite to start again") from None
+    old, new = _flatten(previous), _flatten(record)
+    diff = sorted(k for k in old.keys() | new.keys() if k != "max_trials" and old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise ConfigError(
+            f"tune_dir {path} holds a search with other settings ({shown}{more}); "
+            "use the same flags to resume it, --overwrite to restart it, or another --tune_dir"
+        )
+    return "resume"
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ------------------------------------------------------------------ the search
+
+
+def run_search(base, space, objective_attack, settings, *, base_flags=(), verbose=2):
+    """Validates, then runs (or resumes) the search and writes its outputs.
+
+    Args:
+        base: the base `ExperimentConfig`.
+        space: a `hypermodel.SearchSpace`.
+        objective_attack: a `hypermodel.ObjectiveAttack`.
+        settings: a `SearchSettings`.
+        base_flags: `[(name, "--name=value")]`, the train flags of `base`,
+            from which `best.flags` is written (`base_flag_lines()`); empty
+            skips `best.flags`.
+        verbose: Keras verbosity of each trial's `fit`.
+
+    Returns:
+        `(tuner, summary)`: the KerasTuner tuner (e.g. `tuner.get_best_models()`)
+        and the dict written to `summary.json`.
+    """
+    mode = validate(base, space, objective_attack, settings)
+    record = search_record(base, space, objective_attack, settings)
+    hypermodel = hm.AT2LHyperModel(base, space, objective_attack, verbose=verbose)
+    strategy = experiment.make_strategy(base.train.strategy)
+    reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags))
+    tune_dir = os.path.abspath(settings.tune_dir)
+    common = dict(
+        hypermodel=hypermodel,
+        objective=hm.objective(),
+        seed=tuner_seed(base.train.seed),
+        executions_per_trial=settings.executions_per_trial,
+        directory=os.path.dirname(tune_dir),
+        project_name=os.path.basename(tune_dir),
+        overwrite=False,
+        distribution_strategy=None if strategy is tf.distribute.get_strategy() else strategy,
+    )
+    if mode == "overwrite":  # check_tune_dir made sure it holds a search of ours.
+        shutil.rmtree(settings.tune_dir)
+    # Written first, so that the directory is recognised as a search from the start.
+    fileio.atomic_write_json(os.path.join(settings.tune_dir, SEARCH_FILE), record)
+    cls = _tuner_class(settings.tuner)
+    # KerasTuner prints "Reloading Tuner from ..." on stdout: keep stdout for the table.
+    with contextlib.redirect_stdout(sys.stderr):
+        if settings.tuner == "hyperband":
+            tuner = cls(max_epochs=base.train.epochs, factor=3, **common)
+        else:
+            tuner = cls(max_trials=settings.max_trials, **common)
+    # The constructor's value, not the saved state's, counts: a resumed search may be
+    # extended; Hyperband has no cap of its own (its budget comes from max_epochs).
+    tuner.oracle.max_trials = settings.max_trials
+    tuner.at2l_reporter = reporter
+    reporter.load_durations()
+    done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
+    tuned = ", ".join(_SYMBOLS[n] for n in hypermodel.tuned)
+    _log(
+        f"{'resuming' if mode == 'resume' else 'starting'} a {settings.tuner} search of {tuned} in "
+        f"{settings.tune_dir}: {done} of {settings.max_trials} trials done; objective "
+        f"{hm.OBJECTIVE_METRIC} under {objective_attack.describe(base.eps)} on the first "
+        f"{objective_attack.num_examples} validation images"
+    )
+    untuned = [n for n in hm.TUNED_BY_DEFENSE[base.train.defense] if n not in hypermodel.tuned]
+    unused = [n for n in HYPERPARAMETERS if n not in hm.TUNED_BY_DEFENSE[base.train.defense]]
+    if untuned:
+        _log(f"kept from the base flags: {', '.join(f'{_SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
+    if unused:
+        _log(f"defense={base.train.defense} does not use {', '.join(_SYMBOLS[n] for n in unused)}: not tuned")
+    retracing = _RetracingFilter()
+    tf.get_logger().addFilter(retracing)
+    try:
+        tuner.search(verbose=0)
+    finally:
+        tf.get_logger().removeFilter(retracing)
+    summary = reporter.write(tuner)
+    return tuner, summary
+
+
+class _RetracingFilter(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warnings.
+
+    Every trial builds a new model, so Keras' train and test steps and the
+    attacks are traced once per trial by design; TensorFlow counts those
+    traces across trials and warns (twice, through two loggers) from the
+    third trial on.
+    """
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def tuner_seed(seed):
+    """The seed of the tuner's own sampling: `seed + 1`, because KerasTuner takes a
+    seed of 0 for "no seed" (and draws one at random, so the search would not repeat)."""
+    return seed + 1
+
+
+def _tuner_class(name):
+    base = {
+        "random": keras_tuner.RandomSearch,
+        "bayesian": keras_tuner.BayesianOptimization,
+        "hyperband": keras_tuner.Hyperband,
+    }[name]
+
+    class Tuner(base):
+        """The KerasTuner tuner with a line on stderr at each trial's start and end,
+        and `summary.json` / `best.flags` rewritten after every trial."""
+
+        at2l_reporter = None
+
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            if self.at2l_reporter is not None:
+                self.at2l_reporter.begin(trial)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)  # Scores and saves the trial.
+            if self.at2l_reporter is not None:
+                self.at2l_reporter.end(self, trial)
+
+    Tuner.__name__ = Tuner.__qualname__ = f"Logged{base.__name__}"
+    return Tuner
+
+
+class _Reporter:
+    """Progress lines, `summary.json` and `best.flags` of one search."""
+
+    def __init__(self, settings, base, objective_attack, record, base_flags):
+        self.settings, self.base, self.objective_attack = settings, base, objective_attack
+        self.record, self.base_flags = record, base_flags
+        self.started, self.seconds = {}, {}
+
+    def load_durations(self):
+        # Seconds of the trials of earlier invocations, kept across resumes.
+        try:
+            with open(os.path.join(self.settings.tune_dir, SUMMARY_FILE)) as fh:
+                old = json.load(fh)
+            self.seconds.update({t["trial_id"]: t.get("seconds") for t in old.get("trials", [])})
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def begin(self, trial):
+        self.started[trial.trial_id] = time.time()
+        hp_values = trial.hyperparameters.values
+        values = self.effective(hp_values)
+        budget = ""
+        if hp_values.get("tuner/epochs"):  # Hyperband
+            first = hp_values.get("tuner/initial_epoch", 0) + 1
+            budget = f" (epochs {first}-{hp_values['tuner/epochs']}"
+            budget += f", from trial {hp_values['tuner/trial_id']})" if "tuner/trial_id" in hp_values else ")"
+        used = hm.TUNED_BY_DEFENSE[self.base.train.defense]
+        _log(f"trial {trial.trial_id} start{budget}: {_format_values(values, used)}")
+
+    def end(self, tuner, trial):
+        trial = tuner.oracle.get_trial(trial.trial_id)
+        if trial.trial_id in self.started:
+            self.seconds[trial.trial_id] = round(time.time() - self.started.pop(trial.trial_id), 1)
+        secs = self.seconds.get(trial.trial_id)
+        took = f" in {secs:.0f} s" if secs is not None else ""
+        if trial.status == "COMPLETED" and trial.score is not None:
+            adv = _metric(trial, "val_adv_acc")
+            extra = f", val_adv_acc={adv:.4f} (training attack)" if adv is not None else ""
+            _log(
+                f"trial {trial.trial_id} end{took}: {hm.OBJECTIVE_METRIC}={trial.score:.4f} "
+                f"at epoch {_best_epoch(trial)}{extra}"
+            )
+        else:
+            _log(f"trial {trial.trial_id} {str(trial.status).lower()}{took}: {_last_line(trial.message)}")
+        self.write(tuner)
+
+    def effective(self, values):
+        """λ1, λ2, α, norm of a trial: its tuned values, else the base config's."""
+        return {n: values.get(n, getattr(self.base.train, n)) for n in HYPERPARAMETERS}
+
+    def summarize(self, tuner):
+        oracle = tuner.oracle
+        order = [t for t in oracle.start_order if t in oracle.trials]
+        order += sorted(t for t in oracle.trials if t not in order)
+        trials = []
+        for tid in order:
+            trial = oracle.trials[tid]
+            hp_values = trial.hyperparameters.values
+            entry = {
+                "trial_id": tid,
+                "status": str(trial.status),
+                "hyperparameters": self.effective(hp_values),
+                "tuned": {n: hp_values[n] for n in HYPERPARAMETERS if n in hp_values},
+                hm.OBJECTIVE_METRIC: trial.score,
+                "best_epoch": _best_epoch(trial) if trial.score is not None else None,
+                "metrics": {
+                    name: trial.metrics.get_last_value(name) for name in sorted(trial.metrics.metrics)
+                },
+                "seconds": self.seconds.get(tid),
+            }
+            if "tuner/epochs" in hp_values:
+                entry["epochs"] = hp_values["tuner/epochs"]
+            if trial.status != "COMPLETED" and trial.message:
+                entry["message"] = _last_line(trial.message)
+            trials.append(entry)
+        scored = [t for t in trials if t["status"] == "COMPLETED" and t[hm.OBJECTIVE_METRIC] is not None]
+        best = max(scored, key=lambda t: t[hm.OBJECTIVE_METRIC], default=None)
+        summary = {
+            "tune_dir": self.settings.tune_dir,
+            "tuner": self.settings.tuner,
+            "max_trials": self.settings.max_trials,
+            "executions_per_trial": self.settings.executions_per_trial,
+            "seed": self.base.train.seed,
+            "tuner_seed": tuner_seed(self.base.train.seed),
+            "objective": self.record["objective"],
+            "search_space": self.record["search_space"],
+            "tuned": self.record["tuned"],
+            "base_config": self.base.to_dict(),
+            "trials": trials,
+            "best": None,
+        }
+        if best is not None:
+            summary["best"] = {
+                "trial_id": best["trial_id"],
+                hm.OBJECTIVE_METRIC: best[hm.OBJECTIVE_METRIC],
+                "best_epoch": best["best_epoch"],
+                "hyperparameters": best["hyperparameters"],
+                "flagfile": os.path.join(self.settings.tune_dir, BEST_FLAGS_FILE) if self.base_flags else None,
+            }
+        return summary
+
+    def write(self, tuner):
+        """Writes `summary.json` and (with a finished trial and base flags) `best.flags`."""
+        summary = self.summarize(tuner)
+        if summary["best"] is not None and self.base_flags:
+            fileio.atomic_write_text(summary["best"]["flagfile"], self.best_flags_text(summary))
+        fileio.atomic_write_json(os.path.join(self.settings.tune_dir, SUMMARY_FILE), summary)
+        return summary
+
+    def best_flags_text(self, summary):
+        best, o = summary["best"], self.objective_attack
+        path = os.path.join(self.settings.tune_dir, BEST_FLAGS_FILE)
+        n_done = sum(1 for t in summary["trials"] if t["status"] == "COMPLETED")
+        header = [
+            f"# python -m at2l_tf.train --flagfile={path}",
+            f"# Best of {n_done} finished trials of a {self.settings.tuner} search "
+            f"(python -m at2l_tf.tune --tune_dir={self.settings.tune_dir}): trial {best['trial_id']},",
+            f"# {hm.OBJECTIVE_METRIC} = {best[hm.OBJECTIVE_METRIC]:.4f} at epoch {best['best_epoch']} under "
+            f"{o.describe(self.base.eps)} on the first {o.num_examples} validation images",
+            f"# (seed {self.base.train.seed}; not measured on the test split yet).",
+            f"# {_format_values(best['hyperparameters'], hm.TUNED_BY_DEFENSE[self.base.train.defense])}; "
+            "the other flags are the search's base flags.",
+        ]
+        values = best["hyperparameters"]
+        lines = []
+        for name, text in self.base_flags.items():
+            if name in values:
+                v = values[name]
+                text = f"--{name}={v!r}" if isinstance(v, float) else f"--{name}={v}"
+            lines.append(text)
+        for name in HYPERPARAMETERS:  # In case the base flags did not carry one.
+            if name not in self.base_flags:
+                v = values[name]
+                lines.append(f"--{name}={v!r}" if isinstance(v, float) else f"--{name}={v}")
+        return "\n".join(header + lines) + "\n"
+
+
+def format_table(summary):
+    """The trials as a fixed-width table, the best one marked with `*`."""
+    best = (summary.get("best") or {}).get("trial_id")
+    used = hm.TUNED_BY_DEFENSE[summary["base_config"]["train"]["defense"]]  # "-": unused by the loss.
+    header = ["", "trial", "status", "λ1", "λ2", "α", "norm", hm.OBJECTIVE_METRIC, "val_adv_acc",
+              "val_acc", "epoch", "seconds"]
+    rows = []
+    for t in summary["trials"]:
+        hp, m = t["hyperparameters"], t["metrics"]
+        rows.append([
+            "*" if t["trial_id"] == best else "",
+            t["trial_id"],
+            t["status"],
+            *(_cell(hp[n], n in used) for n in HYPERPARAMETERS),
+            _pct(t[hm.OBJECTIVE_METRIC]),
+            _pct(m.get("val_adv_acc")),
+            _pct(m.get("val_acc")),
+            "-" if t["best_epoch"] is None else str(t["best_epoch"]),
+            "-" if t["seconds"] is None else f"{t['seconds']:.0f}",
+        ])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = [" ".join(c.ljust(w) if i < 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [header] + rows]
+    o = summary["objective"]
+    lines.append(
+        f"({hm.OBJECTIVE_METRIC}: accuracy under {o['name']}, {o['steps']} steps, {o['restarts']} "
+        f"restart(s), eps {o['eps']:.4g}, first {o['num_examples']} validation images, best epoch "
+        f"of each trial; val_adv_acc: the training attack, whole validation split)"
+    )
+    return "\n".join(lines)
+
+
+def _best_epoch(trial):
+    # KerasTuner counts the best step from the fit's first epoch; a Hyperband
+    # trial that continues another starts at `tuner/initial_epoch`.
+    return trial.hyperparameters.values.get("tuner/initial_epoch", 0) + trial.best_step + 1
+
+
+def _metric(trial, name):
+    try:
+        return trial.metrics.get_last_value(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _pct(v):
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _format_values(values, names=HYPERPARAMETERS):
+    return " ".join(f"{_SYMBOLS[n]}={_cell(values[n])}" for n in names)
+
+
+def _cell(value, used=True):
+    if not used:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _last_line(message):
+    lines = [line.strip() for line in str(message or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def _log(msg):
+    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def tune_from_flags(f=FLAGS):
+    """Runs the search the parsed flags describe; returns `(tuner, summary)`."""
+    base, space, objective_attack, settings = settings_from_flags(f)
+    return run_search(
+        base, space, objective_attack, settings, base_flags=base_flag_lines(f), verbose=f.verbose
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _, summary = tune_from_flags()
+    print(format_table(summary))
+    if summary["best"] is not None and summary["best"]["flagfile"]:
+        _log(f"best: trial {summary['best']['trial_id']}; wrote {summary['best']['flagfile']}")
+    else:
+        _log("no trial finished: no best.flags")
+
+
+if __name__ == "__main__":
+    FLAGS.set_default("verbose", 2)  # One line per epoch: trials are long.
+    cli.run(main, "tune")

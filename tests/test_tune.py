@@ -1,0 +1,271 @@
+"""The tune command: a tiny KerasTuner search end to end, its objective, resume, bad input."""
+
+import contextlib
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+
+import keras_tuner
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from at2l_tf import attacks, config as config_lib, data, evaluation, train, tune
+from at2l_tf.errors import ConfigError
+from at2l_tf.training import hypermodel as hm
+
+# A tiny base config: 512 training images, 1 epoch of 8 steps, 128 validation images.
+# The training attack is made weak on purpose (1 PGD step of 0.001), so that its
+# accuracy (`val_adv_acc`) and the objective's (APGD-CE at eps 0.3) are far apart.
+TINY = [
+    "--model=mnist_small", "--defense=at2l", "--attack=pgd", "--attack_steps=1",
+    "--attack_step_size=0.001", "--eps=0.3", "--epochs=1", "--batch_size=64",
+    "--max_train_examples=512", "--validation_size=128", "--learning_rate=0.003",
+    "--eval_examples=0", "--export_dir=", "--objective_attack=apgd_ce", "--objective_steps=5",
+    "--objective_examples=64", "--verbose=0",
+]
+pytestmark = [
+    # KerasTuner 1.4.8's oracle lock calls threading.currentThread().getName().
+    pytest.mark.filterwarnings("ignore:currentThread:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:getName:DeprecationWarning"),
+    # get_best_models() loads weights into a model whose optimizer is not built yet.
+    pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer:UserWarning"),
+]
+TF_CHATTER = ("E0000", "I0000", "W0000", "WARNING: All log")
+
+
+def _parse(*args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["tune", *args])
+
+
+def _run(*args):
+    """Runs a search in-process; returns `(tuner, summary, stderr)`."""
+    _parse(*args)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        tuner, summary = tune.tune_from_flags()
+    return tuner, summary, err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _reset_flags():
+    yield
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """A search of 1 trial, resumed up to 2, then resumed with nothing left to do."""
+    tune_dir = str(tmp_path_factory.mktemp("tune") / "search")
+    checkpoint = os.path.join(tune_dir, "trial_0", "checkpoint.weights.h5")
+    runs, mtimes = [], []
+    try:
+        for max_trials in (1, 2, 2):
+            runs.append(_run(*TINY, f"--tune_dir={tune_dir}", f"--max_trials={max_trials}"))
+            mtimes.append(os.stat(checkpoint).st_mtime_ns)
+    finally:
+        flags.FLAGS.unparse_flags()
+    return types.SimpleNamespace(dir=tune_dir, runs=runs, mtimes=mtimes)
+
+
+def _trial_lines(stderr, what):
+    return [line for line in stderr.splitlines() if line.startswith("[at2l_tf] trial") and f" {what}" in line]
+
+
+def test_a_two_trial_search_reports_the_objective(search):
+    _, summary, _ = search.runs[1]
+    trials = summary["trials"]
+    assert [t["trial_id"] for t in trials] == ["0", "1"]
+    assert all(t["status"] == "COMPLETED" for t in trials)
+    for t in trials:
+        assert 0.0 <= t["val_robust_acc"] <= 1.0
+        assert t["metrics"]["val_robust_acc"] == t["val_robust_acc"]
+        assert t["best_epoch"] == 1 and t["seconds"] > 0
+        assert set(t["tuned"]) == {"lambda1", "lambda2", "margin", "norm"}
+        assert 0.5 <= t["tuned"]["lambda1"] <= 2 and 1e-3 <= t["tuned"]["lambda2"] <= 2
+        assert 0.05 <= t["tuned"]["margin"] <= 20 and t["tuned"]["norm"] in ("linf", "l2")
+    assert trials[0]["tuned"] != trials[1]["tuned"]
+    best = max(trials, key=lambda t: t["val_robust_acc"])
+    assert summary["best"]["trial_id"] == best["trial_id"]
+    assert summary["objective"] == {
+        "metric": "val_robust_acc", "direction": "max", "name": "apgd_ce", "steps": 5,
+        "restarts": 1, "num_examples": 64, "eps": 0.3, "split": "validation",
+    }
+    on_disk = json.loads(open(os.path.join(search.dir, "summary.json")).read())
+    assert on_disk == json.loads(json.dumps(summary))
+    table = tune.format_table(summary)
+    assert "val_robust_acc" in table.splitlines()[0]
+    assert f"* {best['trial_id']} " in table
+
+
+def test_the_objective_is_the_stronger_attack_not_the_training_one(search):
+    tuner, summary, _ = search.runs[2]
+    best = summary["best"]
+    model = tuner.get_best_models(1)[0]  # The best epoch's weights.
+    assert (model.lambda1, model.margin, model.triplet.norm) == (
+        best["hyperparameters"]["lambda1"], best["hyperparameters"]["margin"],
+        best["hyperparameters"]["norm"],
+    )
+    clf = model.classifier
+    x, y = data.load_mnist_arrays("validation", validation_size=128)
+    x, y = tf.constant(x[:64].astype("float32") / 255.0), tf.constant(y[:64])
+
+    def model_fn(z):
+        return clf(z, training=False)
+
+    def accuracy(x_adv):
+        return float(np.mean(np.argmax(model_fn(x_adv).numpy(), -1) == y.numpy()))
+
+    # Recomputed by hand: APGD-CE, 5 iterations, eps 0.3, the first 64 validation images.
+    stronger = accuracy(attacks.apgd_ce(model_fn, x, y, eps=0.3, steps=5))
+    training_attack = accuracy(attacks.pgd(model_fn, x, y, eps=0.3, steps=1, step_size=0.001))
+    assert best["val_robust_acc"] == pytest.approx(stronger, abs=1e-9)
+    assert training_attack > stronger + 0.2
+    trial = next(t for t in summary["trials"] if t["trial_id"] == best["trial_id"])
+    assert trial["metrics"]["val_adv_acc"] > trial["val_robust_acc"] + 0.2
+
+
+def test_a_second_invocation_resumes_instead_of_restarting(search):
+    (_, s1, err1), (_, s2, err2), (tuner3, s3, err3) = search.runs
+    assert [t["trial_id"] for t in s1["trials"]] == ["0"]
+    assert "starting a random search" in err1
+    assert "resuming a random search" in err2 and "1 of 2 trials done" in err2
+    assert [line.split()[2] for line in _trial_lines(err2, "start")] == ["1"]  # Trial 0 kept.
+    assert "2 of 2 trials done" in err3 and not _trial_lines(err3, "start")
+    assert search.mtimes[0] == search.mtimes[1] == search.mtimes[2]  # Not retrained.
+    assert s1["trials"][0]["val_robust_acc"] == s3["trials"][0]["val_robust_acc"]
+    assert [t["val_robust_acc"] for t in s3["trials"]] == [t["val_robust_acc"] for t in s2["trials"]]
+    assert s3["trials"][0]["seconds"] == s1["trials"][0]["seconds"]  # Kept across resumes.
+    assert len(tuner3.oracle.trials) == 2
+    assert json.loads(open(os.path.join(search.dir, "search.json")).read())["max_trials"] == 2
+
+
+def test_best_flags_are_accepted_by_train_unchanged(search):
+    _, summary, _ = search.runs[2]
+    path = os.path.join(search.dir, "best.flags")
+    text = open(path).read()
+    assert text.splitlines()[0] == f"# python -m at2l_tf.train --flagfile={path}"
+    train_flags = {f.name for f in flags.FLAGS.get_flags_for_module(train)}
+    names = [line.split("=")[0].lstrip("-") for line in text.splitlines() if not line.startswith("#")]
+    assert names and set(names) <= train_flags, set(names) - train_flags
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train", f"--flagfile={path}"])
+    cfg = train.config_from_flags().validate()
+    best = summary["best"]["hyperparameters"]
+    assert {n: getattr(cfg.train, n) for n in ("lambda1", "lambda2", "margin", "norm")} == best
+    assert (cfg.data.max_train_examples, cfg.train.epochs, cfg.model_name) == (512, 1, "mnist_small")
+    assert (cfg.attack.steps, cfg.attack.step_size, cfg.export_dir) == (1, 0.001, None)
+
+
+def test_resuming_with_other_settings_is_refused(search):
+    before = sorted(os.listdir(search.dir))
+    _parse(*TINY, f"--tune_dir={search.dir}", "--max_trials=2", "--lambda2_range=0.01,2")
+    with pytest.raises(ConfigError, match=r"holds a search with other settings \(search_space.lambda2_range"):
+        tune.tune_from_flags()
+    assert sorted(os.listdir(search.dir)) == before
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ("--tuner=grid", "unknown tuner 'grid'; known tuners: random, bayesian, hyperband"),
+        ("--max_trials=0", "max_trials must be >= 1, received max_trials=0"),
+        ("--executions_per_trial=0", "executions_per_trial must be >= 1"),
+        ("--lambda1_range=2,0.5", "lambda1_range must have min <= max, received lambda1_range=2,0.5"),
+        ("--lambda1_range=-1,2", "lambda1_range must have min >= 0"),
+        ("--lambda1_range=1", "lambda1_range must be 'min,max' (or empty to keep the base value)"),
+        ("--lambda2_range=0,2", "lambda2_range is sampled on a log scale: min must be > 0, received lambda2_range=0,2"),
+        ("--lambda2_range=0.1,inf", "lambda2_range must be two finite numbers"),
+        ("--margin_range=a,b", "margin_range must be two numbers 'min,max', received margin_range=a,b"),
+        ("--margin_range=5,1", "margin_range must have min <= max"),
+        ("--norms=linf,l3", "unknown norm 'l3' in norms; known norms: linf, l2, l1"),
+        ("--objective_attack=fgsm", "objective_attack must be one of apgd_ce, apgd_dlr, apgd_t, pgd"),
+        ("--objective_attack=pgd --objective_steps=1",
+         "the objective attack must be stronger than the training attack (pgd, steps=1)"),
+        ("--objective_steps=0", "objective_steps must be >= 1, received objective_steps=0"),
+        ("--objective_examples=200", "objective_examples must be <= validation_size=128"),
+        ("--defense=none", "defense='none' has no λ1, λ2 or α to tune"),
+        ("--defense=at --lambda1_range=", "nothing to tune: defense='at' uses lambda1"),
+        ("--tuner=hyperband", "tuner=hyperband trains trials for 1 to --epochs epochs: it needs epochs >= 2"),
+        ("--eps=-1", "eps must be >= 0.0, received eps=-1.0"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, args, match):
+    tune_dir = tmp_path / "t"
+    _parse(*TINY, f"--tune_dir={tune_dir}", *args.split())
+    with pytest.raises(ConfigError) as info:
+        tune.tune_from_flags()
+    assert match in str(info.value) and "\n" not in str(info.value)
+    assert not tune_dir.exists()
+
+
+def test_a_directory_that_is_no_search_is_never_overwritten(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    _parse(*TINY, f"--tune_dir={tmp_path}", "--overwrite")
+    with pytest.raises(ConfigError, match="is not empty and holds no search.json"):
+        tune.tune_from_flags()
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_the_command_exits_1_with_one_line(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(
+        [sys.executable, "-m", "at2l_tf.tune", "--tuner=grid", f"--tune_dir={tmp_path / 't'}"],
+        capture_output=True, text=True, env=env,
+    )
+    assert run.returncode == 1
+    assert [l for l in run.stderr.splitlines() if l and not l.startswith(TF_CHATTER)] == [
+        "tune: error: unknown tuner 'grid'; known tuners: random, bayesian, hyperband"
+    ]
+    assert not (tmp_path / "t").exists()
+
+
+def _hypermodel(defense="at2l", space=hm.SearchSpace(), seed=3):
+    base = config_lib.ExperimentConfig(
+        train=config_lib.TrainConfig(defense=defense, seed=seed, lambda1=0.25, margin=7.0),
+        data=config_lib.DataConfig(validation_size=128),
+    )
+    return hm.AT2LHyperModel(base, space, hm.ObjectiveAttack(num_examples=64))
+
+
+def test_the_space_follows_the_defense_and_each_execution_gets_its_seed():
+    hp = keras_tuner.HyperParameters()
+    assert set(_hypermodel("at").declare(hp)) == {"lambda1"}
+    hp = keras_tuner.HyperParameters()
+    assert set(_hypermodel("tr").declare(hp)) == {"lambda2", "margin", "norm"}
+    hp = keras_tuner.HyperParameters()
+    model = _hypermodel(space=hm.SearchSpace(lambda1_range=None, margin_range=(2.0, 2.0), norms=("l1",)))
+    values = model.declare(hp)
+    assert values == {"lambda2": pytest.approx(1e-3), "margin": 2.0, "norm": "l1"}
+    assert isinstance(hp.space[1], keras_tuner.engine.hyperparameters.Fixed)
+    cfg = model.config_for({"lambda2": 0.1, "margin": 2.0, "norm": "l1", "tuner/epochs": 3}, execution=2)
+    assert (cfg.train.lambda1, cfg.train.lambda2, cfg.train.margin, cfg.train.norm) == (0.25, 0.1, 2.0, "l1")
+    assert cfg.train.seed == 5 and model.base_config.train.seed == 3  # seed + execution
+    # KerasTuner builds once per execution with the trial's own `hp`: seeds 3, 4, then 3 again.
+    model, first, second = _hypermodel("at"), keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
+    assert [model.build(hp).seed for hp in (first, first, second)] == [3, 4, 3]
+
+
+def test_the_shipped_recipe_parses_and_validates(tmp_path):
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "flags")
+    _parse(f"--flagfile={os.path.join(root, 'mnist_tune.flags')}", f"--tune_dir={tmp_path / 't'}")
+    base, space, objective_attack, settings = tune.settings_from_flags()
+    assert tune.validate(base, space, objective_attack, settings) == "new"
+    assert (settings.tuner, settings.max_trials) == ("random", 12)
+    assert space == hm.SearchSpace((0.5, 2.0), (0.001, 2.0), (0.05, 20.0), ("linf", "l2"))
+    assert objective_attack == hm.ObjectiveAttack("apgd_ce", 20, 1, 1000)
+    assert (base.train.defense, base.attack.steps, base.train.epochs) == ("at2l", 5, 3)
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_robust_accuracy_callback_survives_kerastuners_deepcopy():
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int64")))
+    cb = hm.RobustAccuracy(ds.batch(4), evaluation.AttackSpec("apgd_ce", {"eps": 0.3}), num_examples=4)
+    twin = copy.deepcopy(cb)
+    assert twin is not cb and twin.dataset is cb.dataset and twin.name == "val_robust_acc"

@@ -301,3 +301,23 @@ def foolbox_pgd(foolbox, clf, eps, step, k):
         return clipped.numpy()
 
     return run
+
+
+def finished_run(config):
+    """The `results.json` of a finished train run of `config` in its workdir, else `None`.
+
+    Finished: `results.json` and `model.keras` exist and the recorded
+    configuration equals `config`'s, so a benchmark that is run again resumes
+    instead of training again.
+    """
+    import json
+
+    results = os.path.join(config.workdir, "results.json")
+    if not (os.path.exists(results) and os.path.exists(os.path.join(config.workdir, "model.keras"))):
+        return None
+    with open(results) as fh:
+        done = json.load(fh)
+    if done.get("config") != config.to_dict():
+        return None
+    print(f"[benchlib] reusing the finished run in {config.workdir}", file=sys.stderr, flush=True)
+    return done

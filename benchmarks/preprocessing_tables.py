@@ -57,6 +57,21 @@ flags.DEFINE_integer("eot_draws", 20, "EOT draws (Table 2).")
 flags.DEFINE_integer("seed", 0, "Seed of training and attacks.")
 flags.DEFINE_string("workdir", "runs/preprocessing_tables", "Where the rows' runs go.")
 flags.DEFINE_string("output_json", None, "Where to write the table (atomically).")
+flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
+
+# README columns: (label in the report, header).
+COLUMNS = {
+    "thermometer": [
+        ("fgsm", "FGSM"), ("pgd", "PGD-40"), ("ls_pga", "LS-PGA-7"),
+        ("bpda_fgsm", "BPDA-FGSM"), ("bpda_pgd", "BPDA-PGD-40"),
+        ("bpda_apgd_ce", "BPDA-APGD-CE"), ("bpda_apgd_dlr", "BPDA-APGD-DLR"),
+        ("square", "Square"),
+    ],
+    "randomization": [
+        ("fgsm", "FGSM"), ("pgd", "PGD-40"), ("deepfool", "DeepFool"), ("cw", "C&W"),
+        ("eot_pgd", "EOT-PGD-40"), ("eot_apgd_ce", "EOT-APGD-CE"),
+    ],
+}
 
 # Paper's rows (its own numbers are CIFAR-10 / ImageNet: see the README).
 THERMOMETER_ROWS = {
@@ -130,17 +145,8 @@ def run_row(table, name, cfg, f):
     from at2l_tf import data, evaluation, savedmodel
     from at2l_tf.training import experiment
 
-    results_path = os.path.join(cfg.workdir, "results.json")
     model_path = os.path.join(cfg.workdir, "model.keras")
-    trained = None
-    if os.path.exists(results_path) and os.path.exists(model_path):
-        with open(results_path) as fh:
-            done = json.load(fh)
-        if done.get("config") == cfg.to_dict():
-            trained = done
-            print(f"[{name}] reusing the finished run in {cfg.workdir}", file=sys.stderr)
-    if trained is None:
-        trained = experiment.run(cfg, verbose=2)
+    trained = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
     clf = savedmodel.load_classifier(model_path)
     test = data.make_pipeline(
         data.load("mnist", "test", max_examples=f.num_examples), batch_size=250, cache=False
@@ -170,6 +176,10 @@ def run_row(table, name, cfg, f):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.markdown_from:
+        with open(FLAGS.markdown_from) as fh:
+            print(markdown(json.load(fh)))
+        return
     if FLAGS.table not in TABLES:
         raise ConfigError(f"--table must be one of {', '.join(TABLES)}, received {FLAGS.table!r}")
     rows = THERMOMETER_ROWS if FLAGS.table == "thermometer" else RANDOMIZATION_ROWS
@@ -215,6 +225,26 @@ def _write(configs, names, out, started, complete):
     if FLAGS.output_json:
         atomic_write_json(FLAGS.output_json, record)
         print(f"wrote {FLAGS.output_json}", file=sys.stderr)
+
+
+def markdown(record):
+    """The README table of a results JSON: accuracy (%) per row and attack."""
+    table = record["benchmark"].split("/")[1]
+    cols = COLUMNS[table]
+    lines = [
+        "| row | clean | " + " | ".join(h for _, h in cols) + " | **worst case** |",
+        "| --- " * (len(cols) + 3) + "|",
+    ]
+    for name, row in record["rows"].items():
+        rep = row["report"]
+        cells = [f"{rep['clean_accuracy']:.1%}"]
+        for label, _ in cols:
+            entry = rep["attacks"].get(label)
+            cells.append("–" if entry is None else f"{entry['accuracy']:.1%}")
+        worst = rep["robust_accuracy"]
+        cells.append("–" if worst is None else f"**{worst:.1%}**")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _print_row(name, row):

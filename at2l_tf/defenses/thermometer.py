@@ -22,8 +22,10 @@ The encoding is a step function: its gradient is zero almost everywhere. The lay
 makes that explicit (its gradient is defined and identically zero, not `None`), so a
 plain gradient attack runs but learns nothing — the defence **masks gradients**.
 Evaluate it honestly with BPDA (`at2l_tf.attacks.bpda`; Athalye, Carlini, Wagner,
-ICML 2018): forward the exact code, backward through the ramp surrogate
-(`ThermometerEncoding.bpda`, `thermometer_ramp`). Buckman
+ICML 2018): forward the exact code, backward through a differentiable
+surrogate (`ThermometerEncoding.bpda`: by default a ramp centred on each bin
+edge, `thermometer_soft`, which also reaches saturated pixels; Athalye et al.'s
+one-sided ramp, `thermometer_ramp`, does not, and was 8.8 points weaker on MNIST). Buckman
 et al.'s own attack on the discrete code is LS-PGA (`at2l_tf.attacks.ls_pga`),
 which uses `soft_encoding` and `level_bounds` of this module.
 """
@@ -119,6 +121,28 @@ def thermometer_ramp(x, levels):
     return _flatten_levels(tf.clip_by_value(levels * x[..., None] - k + 1.0, 0.0, 1.0))
 
 
+BPDA_WIDTH = 2.0
+
+
+def thermometer_soft(x, levels, width=BPDA_WIDTH):
+    """The surrogate our BPDA differentiates: bit `k` is `clip((l·x − k)/w + 1/2, 0, 1)`.
+
+    A ramp of width `w` bins centred on bit `k`'s edge `k/l` (value 1/2 there),
+    slope `l/w`. Unlike the one-sided ramp of `thermometer_ramp`, every pixel
+    within `w/2` bins of an edge gets a gradient, saturated ones (`x = 1`, in
+    the top bin) included: with `w = 2`, all of `[0, 1]`. MNIST strokes are
+    saturated, and BPDA through the one-sided ramp cannot lighten them: on
+    the Th.En.(7) model of `benchmarks/preprocessing_tables.py` (first 500 test
+    images, eps 0.3, BPDA-APGD-CE, 100 iterations) it left 88.2% accuracy, the
+    centred ramp 79.4% (w = 2), 80.8% (w = 3), 80.2% (w = 6); Square, which uses
+    no gradient, 79.9% on 1,000 images. Only the gradient matters: BPDA's forward
+    pass is the exact code.
+    """
+    x = tf.convert_to_tensor(x)
+    k = tf.range(levels, dtype=x.dtype)
+    return _flatten_levels(tf.clip_by_value((levels * x[..., None] - k) / width + 0.5, 0.0, 1.0))
+
+
 def thermometer_encode(x, levels):
     """The thermometer code `(..., C·l)` of `x (..., C)`, with an all-zero gradient.
 
@@ -138,15 +162,24 @@ def thermometer_encode(x, levels):
     return encode(x)
 
 
-def thermometer_bpda(x, levels):
-    """The exact code forward, the gradient of `thermometer_ramp` backward.
+def thermometer_bpda(x, levels, surrogate="centered", width=BPDA_WIDTH):
+    """The exact code forward, the gradient of a surrogate backward.
+
+    `surrogate="centered"` (default): `thermometer_soft` (width `width` bins);
+    `"ramp"`: Athalye et al.'s one-sided `thermometer_ramp`, weaker on
+    saturated pixels (see `thermometer_soft`).
 
     `soft + stop_gradient(hard − soft)`: the values are the hard code's (up to one
     float rounding of `soft + (hard − soft)`, exact here since both are in
     `[0, 1]` and the hard bits are 0 or 1).
     """
     x = tf.convert_to_tensor(x)
-    soft = thermometer_ramp(x, levels)
+    if surrogate == "centered":
+        soft = thermometer_soft(x, levels, width)
+    elif surrogate == "ramp":
+        soft = thermometer_ramp(x, levels)
+    else:
+        raise ValueError(f"surrogate must be 'centered' or 'ramp', received surrogate={surrogate!r}")
     hard = _flatten_levels(_bits(x, levels))
     return soft + tf.stop_gradient(hard - soft)
 
@@ -206,13 +239,16 @@ class ThermometerEncoding(keras.layers.Layer):
     def call(self, inputs):
         return thermometer_encode(tf.cast(inputs, self.compute_dtype), self.levels)
 
-    def bpda(self, x):
-        """The same values as `call`, differentiable through the ramp surrogate.
+    def bpda(self, x, surrogate="centered"):
+        """The same values as `call`, differentiable through a surrogate (BPDA).
 
-        Bit `k` back-propagates as `clip(l·x − k + 1, 0, 1)` (see
-        `thermometer_ramp`): the backward pass of BPDA (Athalye et al., 2018).
+        Default: bit `k` back-propagates as the centred ramp
+        `clip((l·x − k)/2 + 1/2, 0, 1)` (`thermometer_soft`), which reaches
+        saturated pixels; `surrogate="ramp"` is Athalye et al.'s one-sided
+        `clip(l·x − k + 1, 0, 1)` (`thermometer_ramp`), 8.8 points weaker on an
+        adversarially trained MNIST model (measured in `thermometer_soft`).
         """
-        return thermometer_bpda(tf.cast(x, self.compute_dtype), self.levels)
+        return thermometer_bpda(tf.cast(x, self.compute_dtype), self.levels, surrogate)
 
     def encode_levels(self, x):
         """The bin `b(x)` of every value, int32 `(..., H, W, C)`."""

@@ -74,32 +74,39 @@ def test_works_in_tf_data_and_tf_function():
 def test_plain_gradient_is_zero_bpda_gradient_is_not():
     levels = 16
     layer = ThermometerEncoding(levels)
-    # Inside bins 0 .. l-2, off the edges: exactly one ramp (bit b + 1) has slope l.
+    # Inside bins 0 .. l-2, off the edges: exactly one one-sided ramp (bit b + 1) has slope l.
     inside = (np.arange(levels - 1)[:, None] + np.array([0.3, 0.7])) / levels
     x = tf.constant(inside.reshape(1, levels - 1, 2, 1), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         hard = layer(x)
-        soft = layer.bpda(x)
-        hard_sum, soft_sum = tf.reduce_sum(hard), tf.reduce_sum(soft)
-    plain_grad = tape.gradient(hard_sum, x)
-    bpda_grad = tape.gradient(soft_sum, x)
+        ramp = layer.bpda(x, surrogate="ramp")
+        centered = layer.bpda(x)
+        sums = [tf.reduce_sum(v) for v in (hard, ramp, centered)]
+    plain_grad, ramp_grad, centered_grad = (tape.gradient(v, x) for v in sums)
     assert plain_grad is not None  # defined, so attacks run, but all zero
     np.testing.assert_array_equal(plain_grad, np.zeros_like(x))
-    np.testing.assert_array_equal(soft, hard)
-    np.testing.assert_allclose(bpda_grad, np.full(x.shape, levels), rtol=1e-6)
+    np.testing.assert_array_equal(ramp, hard)
+    np.testing.assert_array_equal(centered, hard)  # BPDA's forward is the exact code.
+    np.testing.assert_allclose(ramp_grad, np.full(x.shape, levels), rtol=1e-6)
+    # Centred ramps of width 2 bins, slope l/2: two of them cover every point.
+    np.testing.assert_allclose(centered_grad, np.full(x.shape, levels), rtol=1e-6)
 
 
-def test_bpda_gradient_at_black_pixels_and_none_in_top_bin():
-    """Pixels at 0 get a gradient (bit 1's ramp starts there); the top bin none (documented)."""
+def test_bpda_gradient_reaches_black_and_saturated_pixels():
+    """The centred surrogate gives every pixel a gradient; the one-sided ramp none in the top bin."""
     layer = ThermometerEncoding(16)
     x = tf.constant([[[[0.0], [0.97], [1.0]]]])
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
-        total = tf.reduce_sum(layer.bpda(x))
-    grad = tape.gradient(total, x).numpy().ravel()
+        centered = tf.reduce_sum(layer.bpda(x))
+        ramp = tf.reduce_sum(layer.bpda(x, surrogate="ramp"))
+    assert (tape.gradient(centered, x).numpy().ravel() > 0).all()
+    grad = tape.gradient(ramp, x).numpy().ravel()
     assert grad[0] > 0
     np.testing.assert_array_equal(grad[1:], [0.0, 0.0])
+    with pytest.raises(ValueError, match="surrogate='tanh'"):
+        layer.bpda(x, surrogate="tanh")
 
 
 @pytest.mark.parametrize("levels", [4, 10, 16])

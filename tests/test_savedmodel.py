@@ -26,7 +26,10 @@ def test_export_versions_and_serving_signature(classifier, tmp_path):
     with pytest.raises(FileExistsError):
         savedmodel.export_saved_model(classifier, str(root), version=2)
     meta = json.loads((root / "1" / savedmodel.METADATA_FILE).read_text())
-    assert meta == {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
+    assert meta == {
+        "dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10,
+        "preprocessing": {"name": "none"},
+    }
 
     loaded = savedmodel.load_classifier(str(root))  # The newest version.
     assert loaded.path == second and loaded.input_shape == (28, 28, 1) and loaded.num_classes == 10

@@ -102,10 +102,12 @@ def main(argv):
         if not s.isdigit():
             raise ConfigError(f"seeds must be non-negative integers, received {s!r}")
         seeds.append(int(s))
+    # Seed outermost: a study stopped early still compares every objective on
+    # the seeds it finished.
     plan = [
         (setting, attack, objective, seed)
-        for setting in settings for attack in FLAGS.training_attacks
-        for objective in FLAGS.objectives for seed in seeds
+        for seed in seeds for setting in settings for attack in FLAGS.training_attacks
+        for objective in FLAGS.objectives
     ]
     configs = {key: run_config(key[0], settings[key[0]], *key[1:]) for key in plan}  # All checked.
     started = time.time()

@@ -66,3 +66,22 @@ def test_readme_library_comparison_is_the_committed_attack_speed_run():
     for name, values in rows.items():
         measured = [result["models"][m][name] for m in ("mnist_small", "madry_mnist")]
         assert values == [round(v, 2) for v in measured], name
+
+
+def test_readme_tables_1_and_2_are_the_committed_runs():
+    # The README's thermometer and randomization tables are printed from the
+    # committed JSONs by the benchmark itself, line for line.
+    import subprocess
+    import sys
+
+    readme = _read("README.md")
+    for name in ("table1_thermometer_mnist.json", "table2_randomization_mnist.json"):
+        path = os.path.join(ROOT, "benchmarks", "results", name)
+        run = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "benchmarks", "preprocessing_tables.py"),
+             f"--markdown_from={path}"],
+            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        lines = run.stdout.strip().splitlines()
+        assert len(lines) >= 4 and all(line in readme.splitlines() for line in lines), name

@@ -40,26 +40,48 @@ def mnist_arrays():
     return images.astype(np.float32) / 255.0, labels.astype(np.int64)
 
 
-@pytest.fixture(scope="session")
-def classifier(mnist_arrays):
-    """A small CNN returning logits (~94% held-out accuracy), trained once (~3 s)."""
-    images, labels = mnist_arrays
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
+def _small_cnn(input_shape):
+    """The suite's small CNN returning logits, for inputs of `input_shape`."""
+    return keras.Sequential(
         [
-            keras.Input((28, 28, 1)),
+            keras.Input(input_shape),
             keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
             keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
             keras.layers.Flatten(),
             keras.layers.Dense(10),
         ]
     )
+
+
+def _fit(model, images, labels, num_train):
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    model.fit(images[:NUM_TRAIN], labels[:NUM_TRAIN], batch_size=64, epochs=2, verbose=0)
+    model.fit(images[:num_train], labels[:num_train], batch_size=64, epochs=2, verbose=0)
     return model
+
+
+@pytest.fixture(scope="session")
+def small_cnn():
+    """`small_cnn(input_shape)`: a fresh, untrained copy of the suite's small CNN."""
+    return _small_cnn
+
+
+@pytest.fixture(scope="session")
+def fit_on_mnist(mnist_arrays):
+    """`fit(model, num_train)`: compiles `model` (Adam 3e-3, CE on logits) and
+    trains it 2 epochs on the first `num_train` test-split images."""
+    images, labels = mnist_arrays
+    return lambda model, num_train=NUM_TRAIN: _fit(model, images, labels, num_train)
+
+
+@pytest.fixture(scope="session")
+def classifier(mnist_arrays):
+    """A small CNN returning logits (~94% held-out accuracy), trained once (~3 s)."""
+    images, labels = mnist_arrays
+    keras.utils.set_random_seed(0)
+    return _fit(_small_cnn((28, 28, 1)), images, labels, NUM_TRAIN)
 
 
 @pytest.fixture(scope="session")

@@ -22,28 +22,6 @@ EOT_EPS = 0.15  # where single-draw PGD leaves part of the batch, so the two can
 STEPS = 10
 
 
-def _cnn(input_shape):
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-
-
-def _train(model, mnist_arrays):
-    images, labels = mnist_arrays
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(images[:NUM_TRAIN], labels[:NUM_TRAIN], batch_size=64, epochs=2, verbose=0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def batch(mnist_arrays):
     images, labels = mnist_arrays
@@ -51,20 +29,20 @@ def batch(mnist_arrays):
 
 
 @pytest.fixture(scope="module")
-def thermometer_model(mnist_arrays):
+def thermometer_model(small_cnn, fit_on_mnist):
     """`(encoder, classifier, full_model)`, thermometer code → CNN."""
     keras.utils.set_random_seed(0)
-    encoder, classifier = ThermometerEncoding(16), _cnn((28, 28, 16))
-    full = _train(keras.Sequential([keras.Input((28, 28, 1)), encoder, classifier]), mnist_arrays)
-    return encoder, classifier, full
+    encoder, classifier = ThermometerEncoding(16), small_cnn((28, 28, 16))
+    full = keras.Sequential([keras.Input((28, 28, 1)), encoder, classifier])
+    return encoder, classifier, fit_on_mnist(full, NUM_TRAIN)
 
 
 @pytest.fixture(scope="module")
-def randomized_model(mnist_arrays):
+def randomized_model(small_cnn, fit_on_mnist):
     """`RandomResizePad` (28 → [28, 32) → 32) → CNN; random in training and inference."""
     keras.utils.set_random_seed(0)
-    full = keras.Sequential([keras.Input((28, 28, 1)), RandomResizePad(seed=0), _cnn((32, 32, 1))])
-    return _train(full, mnist_arrays)
+    full = keras.Sequential([keras.Input((28, 28, 1)), RandomResizePad(seed=0), small_cnn((32, 32, 1))])
+    return fit_on_mnist(full, NUM_TRAIN)
 
 
 def _accuracy(model_fn, x, y, draws=1):

@@ -15,26 +15,11 @@ BATCH = 32
 
 
 @pytest.fixture(scope="module")
-def thermometer_model(mnist_arrays):
+def thermometer_model(small_cnn, fit_on_mnist):
     """`(encoder, classifier)`: a CNN reading 16-level thermometer codes, trained ~1 s."""
-    images, labels = mnist_arrays
     keras.utils.set_random_seed(0)
-    encoder = ThermometerEncoding(LEVELS)
-    classifier = keras.Sequential(
-        [
-            keras.Input((28, 28, LEVELS)),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-            keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    model = keras.Sequential([keras.Input((28, 28, 1)), encoder, classifier])
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(images[:NUM_TRAIN], labels[:NUM_TRAIN], batch_size=64, epochs=2, verbose=0)
+    encoder, classifier = ThermometerEncoding(LEVELS), small_cnn((28, 28, LEVELS))
+    fit_on_mnist(keras.Sequential([keras.Input((28, 28, 1)), encoder, classifier]), NUM_TRAIN)
     return encoder, classifier
 
 

@@ -200,11 +200,7 @@ def validate_flags(f):
         raise ConfigError("--eps_sweep needs at least one attack in --attacks")
     _at_least("num_examples", f.num_examples, 1)
     _at_least("batch_size", f.batch_size, 1)
-    if f.adaptive not in evaluation.adaptive.MODES:
-        raise ConfigError(
-            f"adaptive must be one of {', '.join(evaluation.adaptive.MODES)}, "
-            f"received adaptive={f.adaptive!r}"
-        )
+    evaluation.adaptive.check_mode(f.adaptive)
     _at_least("eot_draws", f.eot_draws, 1)
     if f.source_model_dir and any(attacks.get_entry(a).inputs != "images" for a in f.attacks):
         raise ConfigError("attacks behind a defence layer (ls_pga) are white-box: drop --source_model_dir")

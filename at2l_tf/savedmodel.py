@@ -212,15 +212,15 @@ def load_classifier(path):
         if not path.endswith(".keras"):
             raise FileNotFoundError(f"not a .keras file or SavedModel directory: {path}")
         model = load_keras_model(path)
-        layer, net = defenses.split(model)
+        layer, model_fn, net_fn = defenses.compose.inference_fns(model)
         return Classifier(
-            model_fn=lambda x: model(x, training=False),
+            model_fn=model_fn,
             input_shape=tuple(model.input_shape[1:]),
             num_classes=int(model.output_shape[-1]),
             path=path,
             metadata={},
             preprocessing=layer,
-            net_fn=None if layer is None else (lambda z: net(z, training=False)),
+            net_fn=net_fn,
         )
     version_dir = resolve_saved_model_dir(path)
     loaded = _load_saved_model(version_dir)

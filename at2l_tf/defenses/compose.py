@@ -66,6 +66,28 @@ def split(model):
     return layer, net
 
 
+def inference_fns(model):
+    """`(layer, model_fn, net_fn)` of a Keras classifier, in inference mode.
+
+    `model_fn(x)` is `model(x, training=False)`; `layer` and `net_fn(z)`
+    (`net(z, training=False)`) are the defence layer and the network behind
+    it (`split`), or `None` without a layer: what `evaluation.adaptive.adapt`
+    and `savedmodel.Classifier` take.
+    """
+    layer, net = split(model)
+
+    def model_fn(x):
+        return model(x, training=False)
+
+    net_fn = None
+    if layer is not None:
+
+        def net_fn(z):
+            return net(z, training=False)
+
+    return layer, model_fn, net_fn
+
+
 def layer_name(layer):
     """The `PREPROCESSING` name of a defence layer (`"none"` for `None`)."""
     if layer is None:

@@ -32,6 +32,12 @@ MODES = ("auto", "none", "bpda", "eot")
 DEFAULT_EOT_DRAWS = 20
 
 
+def check_mode(mode):
+    """Raises `ConfigError` unless `mode` is one of `MODES`."""
+    if mode not in MODES:
+        raise ConfigError(f"adaptive must be one of {', '.join(MODES)}, received adaptive={mode!r}")
+
+
 def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_DRAWS):
     """Returns `specs` with each attack's `model_fn` and `adaptive` note set.
 
@@ -47,8 +53,7 @@ def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_
         ConfigError: unknown mode; a wrapper that does not match the layer (or
             no layer); an attack on encoded inputs without a thermometer encoding.
     """
-    if mode not in MODES:
-        raise ConfigError(f"adaptive must be one of {', '.join(MODES)}, received adaptive={mode!r}")
+    check_mode(mode)
     kind = getattr(layer, "adaptive_attack", None)
     if mode in ("bpda", "eot") and kind != mode:
         have = "no defence layer" if layer is None else f"a {defenses.compose.layer_name(layer)} layer"

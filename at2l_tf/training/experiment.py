@@ -198,15 +198,12 @@ def run(config, *, verbose=1):
             batch_size=max(config.data.batch_size, 256),
             cache=False,
         )
-        layer, net = defenses.split(classifier)
+        layer, model_fn, net_fn = defenses.compose.inference_fns(classifier)
         specs = evaluation.adaptive.adapt(  # BPDA / EOT through a defence layer.
-            final_attack_specs(config),
-            layer=layer,
-            net_fn=None if layer is None else (lambda z: net(z, training=False)),
-            model_fn=lambda x: classifier(x, training=False),
+            final_attack_specs(config), layer=layer, net_fn=net_fn, model_fn=model_fn
         )
         report = evaluation.robustness_report(
-            lambda x: classifier(x, training=False),
+            model_fn,
             test_ds,
             specs,
             num_examples=config.eval.num_examples,

@@ -244,14 +244,10 @@ class RobustAccuracy(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         classifier = getattr(self.model, "classifier", self.model)
-        layer, net = defenses.split(classifier)
         # One model_fn per fit, so that compiled attacks trace once per trial.
-        self._model_fn = _inference_fn(classifier)
+        layer, self._model_fn, net_fn = defenses.compose.inference_fns(classifier)
         self._specs = evaluation.adaptive.adapt(
-            [self.attack],
-            layer=layer,
-            net_fn=None if layer is None else _inference_fn(net),
-            model_fn=self._model_fn,
+            [self.attack], layer=layer, net_fn=net_fn, model_fn=self._model_fn
         )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -263,13 +259,6 @@ class RobustAccuracy(keras.callbacks.Callback):
         self.last_report = report
         if logs is not None:
             logs[self.name] = report["robust_accuracy"]
-
-
-def _inference_fn(model):
-    def model_fn(x):
-        return model(x, training=False)
-
-    return model_fn
 
 
 class AT2LHyperModel(keras_tuner.HyperModel):

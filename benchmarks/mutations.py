@@ -198,8 +198,8 @@ flags.DEFINE_list("only", None, "Mutations to run (default: all).")
 flags.DEFINE_string("output_json", None, "Where to write the results (atomically).")
 
 
-def apply(mutation):
-    """Returns the original text after writing the mutant; raises if `old` is not unique."""
+def source(mutation):
+    """`(path, text)` of the file `mutation` changes; raises if its text is not there exactly once."""
     path = os.path.join(REPO, mutation.path)
     with open(path) as f:
         original = f.read()
@@ -208,6 +208,12 @@ def apply(mutation):
         raise ConfigError(
             f"mutation {mutation.name!r} is stale: its text occurs {count} times in {mutation.path}"
         )
+    return path, original
+
+
+def apply(mutation):
+    """Returns the original text after writing the mutant."""
+    path, original = source(mutation)
     with open(path, "w") as f:
         f.write(original.replace(mutation.old, mutation.new))
     return original
@@ -249,10 +255,7 @@ def main(argv):
         if name not in known:
             raise ConfigError(f"unknown mutation {name!r}; known: {', '.join(known)}")
     for name in names:  # Every mutation must still apply before any is run.
-        m = known[name]
-        with open(os.path.join(REPO, m.path)) as f:
-            if f.read().count(m.old) != 1:
-                raise ConfigError(f"mutation {name!r} is stale: its text is not once in {m.path}")
+        source(known[name])
     results = {}
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)

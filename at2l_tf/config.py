@@ -8,6 +8,7 @@ the bad value.
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 from at2l_tf import attacks, data, defenses, losses, models
@@ -100,6 +101,8 @@ class TrainConfig:
         lr_schedule: `constant`, or `cosine` (Keras' `CosineDecay` from
             `learning_rate` to 0 over all training steps).
         seed: seeds Python, NumPy, TensorFlow, shuffling and negative selection.
+        pretrain_epochs: epochs of clean training before the adversarial ones
+            (line 1 of Algorithms 1 and 2); they come on top of `epochs`.
         strategy: `auto` (MirroredStrategy if more than one GPU), `default`, `mirrored`.
     """
 
@@ -112,7 +115,31 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     seed: int = 0
+    pretrain_epochs: int = 0
     strategy: str = "auto"
+
+
+@dataclasses.dataclass
+class EnsembleConfig:
+    """Ensemble AT²L (Algorithm 2); off while `attacks` is empty.
+
+    Attributes:
+        attacks: the attack set A (`training.ensemble.parse_attack_set`:
+            `gra`, `opt`, `mix` or names). In ensemble mode the `attack`
+            section only sets eps and steps, and the validation attack.
+        static_models: paths of pre-trained static models of M (`.keras`
+            files or exports); the model being trained is always in M.
+        regenerate_every: epochs between regenerations of the adversarial sets
+            against the current model.
+        cw_steps: Adam steps of C&W inside training (one fixed constant).
+        cw_const: the fixed C&W constant c inside training.
+    """
+
+    attacks: tuple = ()
+    static_models: tuple = ()
+    regenerate_every: int = 1
+    cw_steps: int = 10
+    cw_const: float = 10.0
 
 
 @dataclasses.dataclass
@@ -151,6 +178,7 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     preprocessing: PreprocessingConfig = dataclasses.field(default_factory=PreprocessingConfig)
+    ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
     model: Optional[str] = None
     workdir: str = "runs/mnist_at2l"
     export_dir: Optional[str] = "savedmodels/mnist_at2l"
@@ -205,6 +233,7 @@ class ExperimentConfig:
         if t.norm not in losses.NORMS:
             raise ConfigError(f"unknown norm {t.norm!r}; known norms: {', '.join(losses.NORMS)}")
         _at_least("epochs", t.epochs, 1)
+        _at_least("pretrain_epochs", t.pretrain_epochs, 0)
         if not t.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, received learning_rate={t.learning_rate}")
         if t.lr_schedule not in LR_SCHEDULES:
@@ -216,6 +245,7 @@ class ExperimentConfig:
                 f"unknown strategy {t.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
             )
         self._validate_preprocessing()
+        self._validate_ensemble()
         for name in e.attacks:
             attacks.get_entry(name)
         _at_least("eval_examples", e.num_examples, 0)
@@ -254,6 +284,33 @@ class ExperimentConfig:
                 f"the thermometer code has zero input gradient, so attack {a.name!r} cannot "
                 "train against it: use --attack=ls_pga"
             )
+
+    def _validate_ensemble(self):
+        from at2l_tf.training import ensemble  # Local: training imports the attacks.
+
+        n = self.ensemble
+        if not n.attacks:
+            if n.static_models:
+                raise ConfigError("--static_models needs --ensemble_attacks (ensemble AT²L)")
+            return
+        ensemble.parse_attack_set(n.attacks)
+        if self.train.defense not in ("at", "at2l", "tr"):
+            raise ConfigError(
+                f"ensemble training needs defense at, at2l or tr, received defense={self.train.defense!r}"
+            )
+        if self.preprocessing.name != "none":
+            raise ConfigError(
+                f"ensemble training works on plain classifiers, received preprocessing={self.preprocessing.name!r}"
+            )
+        if self.attack.name not in attacks.TRAINING_ATTACKS or attacks.get_entry(self.attack.name).inputs != "images":
+            raise ConfigError(f"the validation attack must attack images, received attack={self.attack.name!r}")
+        _at_least("regenerate_every", n.regenerate_every, 1)
+        _at_least("ensemble_cw_steps", n.cw_steps, 1)
+        if not n.cw_const > 0:
+            raise ConfigError(f"ensemble_cw_const must be > 0, received ensemble_cw_const={n.cw_const}")
+        for path in n.static_models:
+            if not os.path.exists(path):
+                raise ConfigError(f"static model does not exist: {path}")
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -36,6 +36,12 @@ flags.DEFINE_integer("thermometer_levels", _D.preprocessing.thermometer_levels, 
 flags.DEFINE_integer("resize_min", None, "random_resize_pad: smallest random size; default the image size.")
 flags.DEFINE_integer("resize_output", None, "random_resize_pad: padded size; default image size + ceil(size/7) (MNIST 32).")
 flags.DEFINE_integer("epochs", _D.train.epochs, "Training epochs.")
+flags.DEFINE_integer("pretrain_epochs", _D.train.pretrain_epochs, "Clean epochs before the adversarial ones (line 1 of Algorithms 1, 2).")
+flags.DEFINE_list("ensemble_attacks", list(_D.ensemble.attacks), "Ensemble AT²L (Algorithm 2): attack set gra | opt | mix, or a list (fgsm,ll,ifgsm,ill,pgd,fgsm_rs,cw); empty = Algorithm 1.")
+flags.DEFINE_list("static_models", list(_D.ensemble.static_models), "Ensemble AT²L: static pre-trained models of M (.keras files or exports).")
+flags.DEFINE_integer("regenerate_every", _D.ensemble.regenerate_every, "Ensemble AT²L: epochs between regenerations of the adversarial sets.")
+flags.DEFINE_integer("ensemble_cw_steps", _D.ensemble.cw_steps, "Ensemble AT²L: Adam steps of C&W inside training.")
+flags.DEFINE_float("ensemble_cw_const", _D.ensemble.cw_const, "Ensemble AT²L: the fixed C&W constant c inside training.")
 flags.DEFINE_integer("batch_size", _D.data.batch_size, "Global batch size (>= 2).")
 flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.")
 flags.DEFINE_string("lr_schedule", _D.train.lr_schedule, "constant | cosine (decay to 0 over all steps).")
@@ -81,6 +87,7 @@ def config_from_flags(f=FLAGS):
             learning_rate=f.learning_rate,
             lr_schedule=f.lr_schedule,
             seed=f.seed,
+            pretrain_epochs=f.pretrain_epochs,
             strategy=f.strategy,
         ),
         eval=config_lib.EvalConfig(
@@ -95,6 +102,13 @@ def config_from_flags(f=FLAGS):
             thermometer_levels=f.thermometer_levels,
             resize_min=f.resize_min,
             resize_output=f.resize_output,
+        ),
+        ensemble=config_lib.EnsembleConfig(
+            attacks=tuple(f.ensemble_attacks),
+            static_models=tuple(f.static_models),
+            regenerate_every=f.regenerate_every,
+            cw_steps=f.ensemble_cw_steps,
+            cw_const=f.ensemble_cw_const,
         ),
         model=f.model,
         workdir=f.workdir or f"runs/{name}",

@@ -317,7 +317,23 @@ def finished_run(config):
         return None
     with open(results) as fh:
         done = json.load(fh)
-    if done.get("config") != config.to_dict():
+    # Compared as JSON (tuples read back as lists); settings added to the
+    # configuration after the run was recorded count as their defaults.
+    recorded = _with_defaults(done.get("config") or {}, type(config)().to_dict())
+    if recorded != json.loads(json.dumps(config.to_dict())):
         return None
     print(f"[benchlib] reusing the finished run in {config.workdir}", file=sys.stderr, flush=True)
     return done
+
+
+def _with_defaults(recorded, defaults):
+    """`recorded` with the keys it lacks taken from `defaults` (recursively), as JSON."""
+    import json
+
+    defaults = json.loads(json.dumps(defaults))
+    if not isinstance(recorded, dict) or not isinstance(defaults, dict):
+        return recorded
+    out = dict(defaults)
+    for key, value in recorded.items():
+        out[key] = _with_defaults(value, defaults.get(key)) if isinstance(value, dict) else value
+    return out

@@ -1,4 +1,7 @@
-"""Robustness curves: accuracy against the L-inf radius eps, as CSV and PNG.
+"""Plots: robustness curves (accuracy against eps) and training curves (error
+against training progress, the paper's Figures 1–3), as CSV/JSON and PNG.
+
+Robustness curves:
 
 `curves` is an ordered mapping `{label: [accuracy at each eps]}` with
 accuracies as fractions in [0, 1], one curve per attack. The caller may add a
@@ -13,6 +16,19 @@ Both writers are atomic (a temporary file in the target directory, then
 truncated one. The plot uses `matplotlib.figure.Figure` directly, with no
 pyplot and no global backend state, so it is safe on headless machines and
 inside other programs.
+
+Training curves (`plot_panels`, `plot_figure_json`): one or more panels side
+by side, each with one line per model, `y` against `x` (e.g. test error under
+FGSM against epoch). A figure is a JSON-able dict, so a benchmark writes its
+numbers once and the PNG is drawn from that file:
+
+    {"title": "...", "xlabel": "epoch", "ylabel": "test error",
+     "num_examples": 1000,
+     "panels": [{"title": "FGSM (eps 0.3)",
+                 "series": [{"label": "Adv.T", "x": [1, 2], "y": [0.31, 0.22]}, ...]}]}
+
+`y` values are fractions in [0, 1], drawn as percentages; series are drawn in
+their list order (JSON objects would lose it when written with sorted keys).
 """
 
 import csv
@@ -112,6 +128,92 @@ def plot_curves(path, eps_values, curves, *, title=None, num_examples=None):
         ax.set_title(title)
     fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     return path
+
+
+def validate_figure(figure):
+    """Checks a training-curves figure dict (see the module docstring); returns it.
+
+    Raises:
+        ValueError: naming the first bad field.
+    """
+    if not isinstance(figure, dict):
+        raise ValueError(f"a figure must be a dict, received {type(figure).__name__}")
+    panels = figure.get("panels")
+    if not isinstance(panels, list) or not panels:
+        raise ValueError(f"a figure needs a non-empty list 'panels', received {panels!r}")
+    n = figure.get("num_examples")
+    if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"num_examples must be an integer >= 1, received num_examples={n!r}")
+    for p, panel in enumerate(panels):
+        series = panel.get("series") if isinstance(panel, dict) else None
+        if not isinstance(series, list) or not series:
+            raise ValueError(f"panels[{p}] needs a non-empty list 'series', received {series!r}")
+        for s, line in enumerate(series):
+            where = f"panels[{p}].series[{s}]"
+            if not isinstance(line, dict) or not {"label", "x", "y"} <= set(line):
+                raise ValueError(f"{where} must be a dict with 'label', 'x' and 'y', received {line!r}")
+            if not isinstance(line["label"], str) or not line["label"]:
+                raise ValueError(f"{where}.label must be a non-empty string, received {line['label']!r}")
+            xs = [_number(f"{where}.x", i, v) for i, v in enumerate(line["x"])]
+            ys = [_number(f"{where}.y", i, v) for i, v in enumerate(line["y"])]
+            if not xs or len(xs) != len(ys):
+                raise ValueError(
+                    f"{where} needs as many y as x values (at least one), received "
+                    f"{len(xs)} x and {len(ys)} y"
+                )
+            for i, v in enumerate(ys):
+                if not 0 <= v <= 1:
+                    raise ValueError(f"y values must be fractions in [0, 1], received {where}.y[{i}]={v}")
+    return figure
+
+
+def plot_panels(path, figure):
+    """Draws a training-curves figure (see the module docstring) as a PNG.
+
+    Args:
+        path: the PNG file; its directory is created if missing.
+        figure: the figure dict; `validate_figure` checks it first.
+
+    Returns:
+        `path`. Nothing is written if the figure is invalid.
+    """
+    validate_figure(figure)
+    from matplotlib import ticker
+    from matplotlib.figure import Figure
+
+    panels = figure["panels"]
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        markers = iter(_MARKERS * (len(panel["series"]) // len(_MARKERS) + 1))
+        for line in panel["series"]:
+            ax.plot(line["x"], [100 * v for v in line["y"]], marker=next(markers), linewidth=1.5,
+                    markersize=5, label=line["label"])
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(ticker.PercentFormatter(decimals=0))
+        ax.set_xlabel(figure.get("xlabel", "epoch"))
+        ax.set_ylabel(figure.get("ylabel", "test error"))
+        ax.grid(True, alpha=0.3)
+        if panel.get("title"):
+            ax.set_title(panel["title"], fontsize="medium")
+        note = None
+        if figure.get("num_examples"):
+            note = f"n = {figure['num_examples']:,}, s.e. ≤ {50 / math.sqrt(figure['num_examples']):.1f} pts"
+        ax.legend(title=note, fontsize="small", title_fontsize="small", loc="best")
+    if figure.get("title"):
+        fig.suptitle(figure["title"], fontsize="medium")
+    fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    return path
+
+
+def plot_figure_json(json_path, png_path):
+    """Reads a figure dict from `json_path` and draws it to `png_path`; returns `png_path`."""
+    import json
+
+    with open(json_path) as fh:
+        figure = json.load(fh)
+    return plot_panels(png_path, figure)
 
 
 def _validate(eps_values, curves):

@@ -19,6 +19,11 @@ Algorithm 1 of the paper, one mini-batch `(x, y)` of size k at a time:
 replica builds triplets within its own share of the batch and divides by the
 global k, and the optimizer sums the replicas' gradients.
 
+Batches may also be `(x, y, x_adv)`: the step then trains on the given
+adversarial versions instead of crafting them (Algorithm 2, where `x_adv_i`
+is one of the precomputed versions of `x_i` from several attacks and source
+models; see `at2l_tf.training.ensemble`). Everything else is the same.
+
 `fit()`, `evaluate()`, callbacks and progress bars work unchanged; `test_step`
 shares `_compute_losses` with `train_step` (it attacks the validation batch too,
 so `adv_acc` is robust accuracy under the training attack).
@@ -157,7 +162,10 @@ class AT2LModel(keras.Model):
         if self.defense == "none":
             ce_sum = tf.reduce_sum(ce_clean)
         else:
-            x_adv = self.generate_adversarial(x, y)
+            if len(data) == 3:  # Precomputed x_adv (ensemble AT²L, Algorithm 2).
+                x_adv = tf.stop_gradient(tf.cast(data[2], x.dtype))
+            else:
+                x_adv = self.generate_adversarial(x, y)
             adv_logits = self.classifier(x_adv, training=training)
             ce_adv = keras.losses.sparse_categorical_crossentropy(y, adv_logits, from_logits=True)
             out.update(adv_logits=adv_logits, ce_adv=ce_adv)

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
+from at2l_tf.training import ensemble
 from at2l_tf.training.at2l_model import AT2LModel
 
 
@@ -142,6 +143,11 @@ def run(config, *, verbose=1):
     config.validate()
     keras.utils.set_random_seed(config.train.seed)
     started = time.time()
+    static_models = ()
+    if config.ensemble.attacks:  # Before anything is trained: a bad model fails here.
+        static_models = ensemble.load_static_models(
+            config.ensemble.static_models, config.spec.image_shape, config.spec.num_classes
+        )
     train_ds, val_ds = load_datasets(config)
     strategy = make_strategy(config.train.strategy)
     steps = int(train_ds.cardinality())
@@ -163,14 +169,24 @@ def run(config, *, verbose=1):
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
     ]
     os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
-    history = model.fit(
-        train_ds,
-        epochs=config.train.epochs,
-        validation_data=val_ds,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,
-    )
+    extra = {}
+    pre = config.train.pretrain_epochs
+    if pre:
+        _log(f"pre-training on clean data for {pre} epoch(s) (line 1 of Algorithms 1 and 2)")
+        extra["pretrain_history"] = pretrain(model, train_ds, val_ds, config, callbacks, strategy, verbose)
+    if config.ensemble.attacks:
+        extra["ensemble"] = _fit_ensemble(model, config, static_models, val_ds, callbacks, verbose)
+        history = extra["ensemble"].pop("history")
+    else:
+        history = model.fit(
+            train_ds,
+            initial_epoch=pre,
+            epochs=pre + config.train.epochs,
+            validation_data=val_ds,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        ).history
     train_seconds = time.time() - started
 
     classifier = model.classifier
@@ -183,7 +199,8 @@ def run(config, *, verbose=1):
         "model": config.model_name,
         "eps": config.eps,
         "train_seconds": round(train_seconds, 1),
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        **extra,
     }
     if config.eval.num_examples > 0:
         _log(f"evaluating on the first {config.eval.num_examples} test images")
@@ -230,8 +247,69 @@ def run(config, *, verbose=1):
     return results
 
 
+def pretrain(model, train_ds, val_ds, config, callbacks, strategy, verbose):
+    """Clean training of `model.classifier` for `config.train.pretrain_epochs` epochs.
+
+    A separate `AT2LModel` (objective `none`) and Adam optimizer at the
+    configured learning rate share the classifier's weights, so the
+    adversarial phase starts from the pre-trained weights with fresh
+    optimizer state. Returns the pre-training history.
+    """
+    with strategy.scope():
+        clean = AT2LModel(model.classifier, defense="none", seed=config.train.seed)
+        clean.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    h = clean.fit(
+        train_ds,
+        epochs=config.train.pretrain_epochs,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
+    return {k: [float(v) for v in vs] for k, vs in h.history.items()}
+
+
+def _fit_ensemble(model, config, static_models, val_ds, callbacks, verbose):
+    """Algorithm 2 on the training split of `config` (arrays in memory)."""
+    n, d = config.ensemble, config.data
+    names = ensemble.parse_attack_set(n.attacks)
+    x, y = ensemble.dataset_arrays(
+        data.load(
+            d.dataset,
+            "train",
+            data_dir=d.data_dir,
+            validation_size=d.validation_size,
+            image_size=d.image_size,
+            max_examples=d.max_train_examples,
+        )
+    )
+    fns = ensemble.make_attack_fns(
+        names, eps=config.eps, steps=config.attack.steps, cw_steps=n.cw_steps, cw_const=n.cw_const
+    )
+    _log(
+        f"ensemble AT²L: A = {{{', '.join(names)}}}, M = {{current"
+        f"{''.join(', ' + p for p, _ in static_models)}}}, regenerated every {n.regenerate_every} epoch(s)"
+    )
+    return ensemble.fit_ensemble(
+        model,
+        x,
+        y,
+        attack_fns=fns,
+        static_models=static_models,
+        epochs=config.train.epochs,
+        regenerate_every=n.regenerate_every,
+        batch_size=d.batch_size,
+        seed=config.train.seed,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+        initial_epoch=config.train.pretrain_epochs,
+        log=_log,
+    )
+
+
 def _log(msg):
     print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
 
 
-__all__ = ["build_model", "learning_rate", "final_attack_specs", "load_datasets", "make_strategy", "run"]
+__all__ = ["build_model", "pretrain", "learning_rate", "final_attack_specs", "load_datasets", "make_strategy", "run"]

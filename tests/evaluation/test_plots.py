@@ -84,3 +84,50 @@ def test_failed_save_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
         plots.plot_curves(path, EPS, CURVES)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+FIGURE = {
+    "title": "Fig. 1",
+    "xlabel": "epoch",
+    "num_examples": 500,
+    "panels": [
+        {"title": "FGSM", "series": [{"label": "Adv.T", "x": [1, 2, 3], "y": [0.9, 0.5, 0.3]},
+                                     {"label": "AT²L-Gra", "x": [1, 2, 3], "y": [0.9, 0.4, 0.25]}]},
+        {"title": "C&W", "series": [{"label": "Adv.T", "x": [1, 2, 3], "y": [0.7, 0.6, 0.6]}]},
+    ],
+}
+
+
+def test_training_curves_png_is_drawn_from_a_results_file(tmp_path):
+    import json
+
+    src = tmp_path / "fig.json"
+    src.write_text(json.dumps(FIGURE))
+    out = plots.plot_figure_json(src, tmp_path / "figs" / "fig1.png")
+    data = (tmp_path / "figs" / "fig1.png").read_bytes()
+    assert out == tmp_path / "figs" / "fig1.png"
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+    from matplotlib import image
+
+    pixels = image.imread(out)
+    assert pixels.shape[1] > 1.5 * pixels.shape[0]  # Two panels side by side.
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda f: f.update(panels=[]), "non-empty list 'panels'"),
+        (lambda f: f["panels"][0]["series"][0].update(y=[0.9, 0.5]), r"panels\[0\].series\[0\] needs as many y"),
+        (lambda f: f["panels"][1]["series"][0].update(y=[0.7, 60, 0.6]), r"fractions in \[0, 1\].*y\[1\]=60"),
+        (lambda f: f["panels"][0]["series"][1].pop("label"), "with 'label', 'x' and 'y'"),
+        (lambda f: f.update(num_examples=0), "num_examples must be an integer >= 1"),
+    ],
+)
+def test_bad_training_curves_are_refused_and_nothing_is_written(tmp_path, change, match):
+    import copy
+
+    figure = copy.deepcopy(FIGURE)
+    change(figure)
+    with pytest.raises(ValueError, match=match):
+        plots.plot_panels(tmp_path / "f.png", figure)
+    assert not (tmp_path / "f.png").exists()

@@ -41,6 +41,19 @@ def make_layer(name, image_shape, *, levels=16, min_size=None, output_size=None,
     raise ValueError(f"preprocessing must be one of {PREPROCESSING}, received {name!r}")
 
 
+def layer_from_config(preprocessing, image_shape, seed=None):
+    """The defence layer of a `config.PreprocessingConfig` (or `None`), via `make_layer`."""
+    p = preprocessing
+    return make_layer(
+        p.name,
+        image_shape,
+        levels=p.thermometer_levels,
+        min_size=p.resize_min,
+        output_size=p.resize_output,
+        seed=seed,
+    )
+
+
 def default_output_size(size):
     """Xie et al.'s 299 → 331 growth scaled: `size + ⌈size/7⌉` (28 → 32, 32 → 37)."""
     return size + -(-size // 7)

@@ -79,15 +79,8 @@ def build_classifier(config):
     The network is built for the layer's output (e.g. `C·levels` channels after
     a thermometer encoding, the padded size after random resizing).
     """
-    spec, p = config.spec, config.preprocessing
-    layer = defenses.make_layer(
-        p.name,
-        spec.image_shape,
-        levels=p.thermometer_levels,
-        min_size=p.resize_min,
-        output_size=p.resize_output,
-        seed=config.train.seed,
-    )
+    spec = config.spec
+    layer = defenses.compose.layer_from_config(config.preprocessing, spec.image_shape, config.train.seed)
     net_shape = spec.image_shape if layer is None else layer.compute_output_shape((None,) + spec.image_shape)[1:]
     net = models.get_model(config.model_name, input_shape=net_shape, num_classes=spec.num_classes)
     return defenses.defended_model(layer, net, spec.image_shape)

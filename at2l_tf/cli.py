@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from at2l_tf.errors import At2lError  # noqa: E402
+from at2l_tf.errors import At2lError, Interrupted  # noqa: E402
 
 
 def _one_line(message):
@@ -61,6 +61,9 @@ def run(main, prog):
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
+        except Interrupted as e:  # Ctrl-C during training: a backup was written.
+            print(f"{prog}: {e}", file=sys.stderr)
+            sys.exit(130)
         except (At2lError, FileNotFoundError) as e:
             fail(prog, str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
 

@@ -15,7 +15,7 @@ from at2l_tf import attacks, data, defenses, losses, models
 from at2l_tf.errors import ConfigError
 from at2l_tf.training.at2l_model import DEFENSES
 
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -103,7 +103,10 @@ class TrainConfig:
         seed: seeds Python, NumPy, TensorFlow, shuffling and negative selection.
         pretrain_epochs: epochs of clean training before the adversarial ones
             (line 1 of Algorithms 1 and 2); they come on top of `epochs`.
-        strategy: `auto` (MirroredStrategy if more than one GPU), `default`, `mirrored`.
+        strategy: `auto` (MirroredStrategy if more than one GPU), `default`,
+            `mirrored`, `multi_worker` (MultiWorkerMirroredStrategy from `TF_CONFIG`).
+        save_every_steps: back up every N steps within an epoch, besides every
+            epoch end (0: epoch ends only); a killed run resumes from its backup.
     """
 
     defense: str = "at2l"
@@ -117,6 +120,7 @@ class TrainConfig:
     seed: int = 0
     pretrain_epochs: int = 0
     strategy: str = "auto"
+    save_every_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -234,6 +238,7 @@ class ExperimentConfig:
             raise ConfigError(f"unknown norm {t.norm!r}; known norms: {', '.join(losses.NORMS)}")
         _at_least("epochs", t.epochs, 1)
         _at_least("pretrain_epochs", t.pretrain_epochs, 0)
+        _at_least("save_every_steps", t.save_every_steps, 0)
         if not t.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, received learning_rate={t.learning_rate}")
         if t.lr_schedule not in LR_SCHEDULES:

@@ -20,3 +20,7 @@ class ConfigError(At2lError, ValueError):
 
 class ModelLoadError(At2lError):
     """A model file or SavedModel exists but cannot be read (corrupt, truncated, foreign)."""
+
+
+class Interrupted(At2lError):
+    """Training stopped on Ctrl-C after writing a backup; the same command resumes it."""

@@ -9,6 +9,12 @@ before any data is loaded: a bad value exits with status 1 and one line naming
 it. The run writes checkpoints, TensorBoard logs, `model.keras` and
 `results.json` under `--workdir`, prints the test-split table (clean, FGSM, PGD-40,
 AutoAttack `fast` and their worst case), and exports a SavedModel to `--export_dir/<version>/`.
+
+A killed run resumes by itself when started again with the same flags (from the
+backup of its last epoch, or of its last `--save_every_steps` step); Ctrl-C
+stops it after writing a backup. `--strategy=multi_worker` trains on the workers
+of `TF_CONFIG`; the same command runs on every worker. See the README,
+"Resume and multiple workers", and `at2l_tf.training.backup` / `.distribute`.
 """
 
 from absl import flags
@@ -49,7 +55,8 @@ flags.DEFINE_integer("max_train_examples", None, "Use only the first N training 
 flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examples held out for validation.")
 flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
 flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
-flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy).")
+flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
+flags.DEFINE_integer("save_every_steps", _D.train.save_every_steps, "Back up every N steps besides every epoch end (0: epoch ends only); a killed run resumes by itself.")
 flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final test-split check.")
 flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
 flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the final check.")
@@ -57,7 +64,7 @@ flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size o
 flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
 flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
 flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
-flags.DEFINE_integer("verbose", 1, "0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per epoch; default 1 on a terminal, else 2.")
 
 
 def config_from_flags(f=FLAGS):
@@ -89,6 +96,7 @@ def config_from_flags(f=FLAGS):
             seed=f.seed,
             pretrain_epochs=f.pretrain_epochs,
             strategy=f.strategy,
+            save_every_steps=f.save_every_steps,
         ),
         eval=config_lib.EvalConfig(
             attacks=tuple(f.eval_attacks),
@@ -120,7 +128,7 @@ def main(argv):
     if len(argv) > 1:
         raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_from_flags().validate()
-    from at2l_tf.training import experiment  # Heavy imports after validation.
+    from at2l_tf import experiment  # Heavy imports after validation.
 
     experiment.run(config, verbose=FLAGS.verbose)
 

@@ -68,7 +68,7 @@ from absl import flags
 from at2l_tf import cli, fileio
 from at2l_tf import train  # Defines every train flag: they make the base config.
 from at2l_tf.errors import ConfigError
-from at2l_tf.training import experiment
+from at2l_tf.training import distribute
 from at2l_tf.training import hypermodel as hm
 
 _S = hm.SearchSpace()
@@ -243,6 +243,8 @@ def validate(base, space, objective_attack, settings):
             "tuner=hyperband trains trials for 1 to --epochs epochs: it needs epochs >= 2, "
             f"received epochs={base.train.epochs}"
         )
+    if base.train.strategy == "multi_worker":
+        raise ConfigError("the tune command runs on one machine: use --strategy=auto, default or mirrored")
     space.validate(base.train.defense)
     objective_attack.validate(base)
     return check_tune_dir(settings.tune_dir, search_record(base, space, objective_attack, settings),
@@ -316,7 +318,7 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
     mode = validate(base, space, objective_attack, settings)
     record = search_record(base, space, objective_attack, settings)
     hypermodel = hm.AT2LHyperModel(base, space, objective_attack, verbose=verbose)
-    strategy = experiment.make_strategy(base.train.strategy)
+    strategy = distribute.make_strategy(base.train.strategy)
     reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags))
     tune_dir = os.path.abspath(settings.tune_dir)
     common = dict(

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     configs = []
     base_workdir = FLAGS.workdir or "runs/compare_defenses"

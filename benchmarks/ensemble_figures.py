@@ -7,7 +7,7 @@ adversarial training, and triplet regularization alone.
 Models (all `mnist_small`, the first `--train_examples` MNIST training images,
 `--pretrain_epochs` clean epochs then `--epochs` adversarial ones, eps
 `--eps`, the same seed and data order; trained with
-`at2l_tf.training.experiment.run`, a finished run is reused):
+`at2l_tf.experiment.run`, a finished run is reused):
 
 * `Adv.T`: adversarial training (Eq. 1) with FGSM crafted in every step;
 * `AT²L-Gra`, `AT²L-Opt`, `AT²L-Mix`: ensemble AT²L (Algorithm 2) with
@@ -176,7 +176,7 @@ def curve_point(model_fn, x, y, x_transfer, attacks_):
 
 def curves_of(cfg, x, y, x_transfer, attacks_):
     """One curve point per epoch checkpoint of the run in `cfg.workdir`."""
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     model = experiment.build_model(cfg)
     # The checkpoints hold the training optimizer's state too; only weights matter here.
@@ -228,7 +228,8 @@ def main(argv):
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     from at2l_tf import attacks
     from at2l_tf.evaluation import plots
-    from at2l_tf.training import ensemble, experiment
+    from at2l_tf import experiment
+    from at2l_tf.training import ensemble
 
     names = FLAGS.models or list(MODELS)
     for name in names:

@@ -7,7 +7,7 @@ under the adaptive attacks that break them (Athalye, Carlini, Wagner, 2018).
     python benchmarks/preprocessing_tables.py --table=randomization \
         --output_json=benchmarks/results/table2_randomization_mnist.json
 
-Every row is trained with `at2l_tf.training.experiment.run` on the first
+Every row is trained with `at2l_tf.experiment.run` on the first
 `--train_examples` MNIST training images for `--epochs` epochs (same model,
 data order and seed for all), then evaluated on the first `--num_examples`
 test images at eps `--eps` with `at2l_tf.evaluation.robustness_report`. A row
@@ -143,7 +143,7 @@ def attack_specs(table, layer, net_fn, model_fn, f):
 
 def run_row(table, name, cfg, f):
     from at2l_tf import data, evaluation, savedmodel
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     model_path = os.path.join(cfg.workdir, "model.keras")
     trained = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)

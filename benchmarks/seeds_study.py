@@ -84,7 +84,7 @@ def run_config(setting, values, attack, objective, seed):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     settings = {}
     for name in FLAGS.settings:

@@ -24,7 +24,7 @@ def parse(*args):
 
 
 def _train(root, run_name, **preprocessing):
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     defense = preprocessing.pop("defense", "none")
     attack = preprocessing.pop("attack", "pgd")

@@ -74,8 +74,12 @@ def test_defaults_are_at2l_on_mnist(parse):
 
 def test_flagfiles_parse_and_validate(parse):
     root = os.path.join(os.path.dirname(__file__), os.pardir, "flags")
-    # Search recipes (*_tune.flags) are the tune command's: tests/test_tune.py parses them.
-    names = sorted(f for f in os.listdir(root) if f.endswith(".flags") and not f.endswith("_tune.flags"))
+    # Search recipes (*_tune.flags) are the tune command's: tests/test_tune.py parses them;
+    # GAN recipes (*_wgan.flags) the train_gan command's: tests/training/test_wgan.py.
+    names = sorted(
+        f for f in os.listdir(root)
+        if f.endswith(".flags") and not f.endswith(("_tune.flags", "_wgan.flags"))
+    )
     assert {"mnist_at2l.flags", "mnist_at.flags", "cifar10_at2l.flags", "cats_vs_dogs_at2l.flags"} <= set(names)
     for name in names:
         cfg = parse(f"--flagfile={os.path.join(root, name)}").validate()
@@ -98,7 +102,7 @@ def test_bad_flag_exits_non_zero_with_one_line(tmp_path):
 
 
 def test_tiny_end_to_end_run_writes_everything(tmp_path):
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=128),
@@ -127,7 +131,7 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path):
 
 
 def test_cosine_schedule_decays_to_zero_over_all_training_steps(parse):
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     cfg = parse("--lr_schedule=cosine", "--learning_rate=0.002", "--epochs=4").validate()
     schedule = experiment.learning_rate(cfg, steps_per_epoch=10)
@@ -142,7 +146,7 @@ def test_cosine_schedule_decays_to_zero_over_all_training_steps(parse):
 def test_every_objective_and_attack_flag_reaches_the_model(parse):
     # Distinct values everywhere, so that a swap (λ1 for λ2) or a dropped
     # value (margin, eps, norm, seed) shows.
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     cfg = parse(
         "--defense=tr", "--attack=ifgsm", "--eps=0.2", "--attack_steps=3",
@@ -161,7 +165,7 @@ def test_every_objective_and_attack_flag_reaches_the_model(parse):
 
 
 def test_single_step_training_attacks_get_eps_and_no_steps(parse):
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     model = experiment.build_model(parse("--attack=fgsm", "--attack_steps=7").validate())
     assert model._attack_fn.bound_params == {"eps": 0.3}

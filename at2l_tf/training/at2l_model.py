@@ -112,6 +112,9 @@ class AT2LModel(keras.Model):
             self.adv_acc_metric = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         if self.uses_triplet:
             self.triplet_tracker = keras.metrics.Mean(name="triplet")
+        # Keras 3 `fit` with two or more workers (set by `training.distribute`):
+        # see `_maybe_symbolic_build` and `_update_metrics`.
+        self.multi_worker_workarounds = False
         # All weights live in the (functional, already built) classifier; mark
         # the wrapper built so that checkpoints can save it before any call.
         self.built = classifier.built
@@ -200,7 +203,22 @@ class AT2LModel(keras.Model):
             self.adv_acc_metric.update_state(out["y"], out["adv_logits"])
         if self.uses_triplet:
             self.triplet_tracker.update_state(out["hinge"])
+        if self.multi_worker_workarounds:
+            # Keras reduces each step output with strategy.reduce(MEAN, v, axis=0),
+            # which fails on scalars with two workers (keras-team/keras#20585):
+            # shape (1,) reduces to the scalar mean over replicas it expected.
+            return {m.name: tf.reshape(m.result(), [1]) for m in self.metrics}
         return {m.name: m.result() for m in self.metrics}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (TF backend) takes one batch before `fit` and reduces it over
+        # replicas to learn the input shapes, which fails with two workers
+        # (`strategy.reduce` of a (x, y) tuple of PerReplica values). The model
+        # is built at construction and its optimizer before `fit` (see
+        # `training.distribute`), so there is nothing to learn: skip it then.
+        if self.multi_worker_workarounds and self.built and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         with tf.GradientTape() as tape:

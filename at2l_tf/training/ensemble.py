@@ -189,6 +189,7 @@ def fit_ensemble(
     callbacks=None,
     verbose=1,
     initial_epoch=0,
+    start_epoch=None,
     log=None,
 ):
     """Runs Algorithm 2's outer and inner loops on an `AT2LModel`.
@@ -206,6 +207,9 @@ def fit_ensemble(
         validation_data, callbacks, verbose: passed to `fit`.
         initial_epoch: epochs already done (e.g. by clean pre-training), for
             epoch numbering of callbacks and logs.
+        start_epoch: the first epoch to run (default `initial_epoch`); a
+            resumed run starts later, and crafts the sets of the current model
+            first whatever the regeneration schedule (they are not kept).
         log: a `print`-like function for progress, or `None`.
 
     Returns:
@@ -242,9 +246,10 @@ def fit_ensemble(
 
     static_sets = craft_all(static_models)
 
+    start_epoch = initial_epoch if start_epoch is None else start_epoch
     history, current_sets = {}, {}
-    for epoch in range(initial_epoch, initial_epoch + epochs):
-        if (epoch - initial_epoch) % regenerate_every == 0:
+    for epoch in range(start_epoch, initial_epoch + epochs):
+        if epoch == start_epoch or (epoch - initial_epoch) % regenerate_every == 0:
             log(f"epoch {epoch + 1}: regenerating the adversarial sets against the current model")
             current_sets = craft_all([(CURRENT, current_fn)])
         sets = {**current_sets, **static_sets}
@@ -267,6 +272,8 @@ def fit_ensemble(
         )
         for k, vs in h.history.items():
             history.setdefault(k, []).extend(float(v) for v in vs)
+        if model.stop_training:  # A callback stopped training (e.g. Ctrl-C): no more epochs.
+            break
     return {
         "history": history,
         "regeneration_seconds": timing,

@@ -32,10 +32,9 @@ from typing import Optional
 import keras
 import keras_tuner
 
-from at2l_tf import data, defenses, evaluation
+from at2l_tf import data, defenses, evaluation, experiment
 from at2l_tf.errors import ConfigError
 from at2l_tf.losses import NORMS
-from at2l_tf.training import experiment
 
 OBJECTIVE_METRIC = "val_robust_acc"
 

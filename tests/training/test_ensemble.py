@@ -194,7 +194,7 @@ def test_wrong_shaped_static_model_exits_1_before_training(tmp_path):
 
 
 def test_tiny_ensemble_run_with_pretraining_end_to_end(tmp_path):
-    from at2l_tf.training import experiment
+    from at2l_tf import experiment
 
     static = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
     static_path = str(tmp_path / "static.keras")

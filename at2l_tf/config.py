@@ -73,17 +73,27 @@ class PreprocessingConfig:
         name: `none`, `thermometer` (Buckman et al., 2018; masks gradients:
             train it with the `ls_pga` attack, evaluate it with BPDA) or
             `random_resize_pad` (Xie et al., 2018; random at inference too:
-            evaluate it with EOT).
+            evaluate it with EOT) or `defense_gan` (Samangouei et al., 2018:
+            projection onto a generator's range; the classifier is trained
+            without it, on clean data or with TR, and the projection is put in
+            front for the final check and the export; evaluate it with BPDA).
         thermometer_levels: levels of the thermometer code (>= 2; 16 as the paper).
         resize_min: smallest random size; `None` = the image size.
         resize_output: canvas size after padding; `None` = image size + ⌈size/7⌉
             (MNIST 28 → [28, 32) → 32, as Xie et al.'s 299 → [299, 331) → 331).
+        generator: `defense_gan`: the generator (`.keras` file or a directory
+            holding `generator.keras`, e.g. `savedmodels/mnist_generator`).
+        dgan_steps: `defense_gan`: L, gradient steps per restart (paper 200).
+        dgan_restarts: `defense_gan`: R, random restarts (paper 10).
     """
 
     name: str = "none"
     thermometer_levels: int = 16
     resize_min: Optional[int] = None
     resize_output: Optional[int] = None
+    generator: Optional[str] = None
+    dgan_steps: int = 50
+    dgan_restarts: int = 4
 
 
 @dataclasses.dataclass
@@ -269,6 +279,18 @@ class ExperimentConfig:
             )
         if p.name == "thermometer":
             _at_least("thermometer_levels", p.thermometer_levels, 2)
+        if p.name == "defense_gan":
+            if not p.generator:
+                raise ConfigError("--preprocessing=defense_gan needs --generator=PATH (a trained generator)")
+            if not os.path.exists(p.generator):
+                raise ConfigError(f"generator does not exist: {p.generator}")
+            _at_least("dgan_steps", p.dgan_steps, 1)
+            _at_least("dgan_restarts", p.dgan_restarts, 1)
+            if t.defense not in ("none", "tr"):
+                raise ConfigError(
+                    f"defense_gan classifiers are trained on clean data (defense none) or with "
+                    f"triplet regularization (defense tr), received defense={t.defense!r}"
+                )
         if p.name == "random_resize_pad":
             size = self.spec.image_shape[0]
             low = size if p.resize_min is None else p.resize_min

@@ -86,16 +86,33 @@ def build_model(config, strategy=None, steps_per_epoch=None):
 
 
 def build_classifier(config):
-    """The classifier of `config`: its defence layer (if any) in front of the network.
+    """The classifier of `config` as trained: its defence layer (if any) in front of the network.
 
     The network is built for the layer's output (e.g. `C·levels` channels after
-    a thermometer encoding, the padded size after random resizing).
+    a thermometer encoding, the padded size after random resizing). Test-time
+    layers (Defense-GAN's projection, `defenses.compose.TEST_TIME_ONLY`) are not
+    trained through: `finish` puts them in front of the trained network.
     """
     spec = config.spec
-    layer = defenses.compose.layer_from_config(config.preprocessing, spec.image_shape, config.train.seed)
+    layer = None
+    if config.preprocessing.name not in defenses.compose.TEST_TIME_ONLY:
+        layer = defenses.compose.layer_from_config(config.preprocessing, spec.image_shape, config.train.seed)
     net_shape = spec.image_shape if layer is None else layer.compute_output_shape((None,) + spec.image_shape)[1:]
     net = models.get_model(config.model_name, input_shape=net_shape, num_classes=spec.num_classes)
     return defenses.defended_model(layer, net, spec.image_shape)
+
+
+def test_time_layer(config):
+    """The built test-time defence layer of `config` (Defense-GAN's projection).
+
+    Raises:
+        ConfigError / ModelLoadError: a generator that is missing, unreadable,
+            or makes images of another shape than the dataset's.
+    """
+    shape = config.spec.image_shape
+    layer = defenses.compose.layer_from_config(config.preprocessing, shape, config.train.seed)
+    layer.build((None,) + tuple(shape))
+    return layer
 
 
 def load_datasets(config):
@@ -266,6 +283,8 @@ def run(config, *, verbose=None):
         static_models = ensemble.load_static_models(
             config.ensemble.static_models, config.spec.image_shape, config.spec.num_classes
         )
+    if config.preprocessing.name in defenses.compose.TEST_TIME_ONLY:
+        test_time_layer(config)  # A missing or wrong-shaped generator fails before training.
     # 3. Data, 4. model.
     train_data = training_data(config, strategy, worker)
     model = build_model(config, strategy, steps_per_epoch=train_data.steps)
@@ -400,6 +419,10 @@ def finish(model, config, record, backup, worker, started, verbose):
         plain = build_classifier(config)
         plain.set_weights(classifier.get_weights())
         classifier = plain
+    if config.preprocessing.name in defenses.compose.TEST_TIME_ONLY:
+        # Defense-GAN: the projection goes in front of the classifier trained
+        # without it, for model.keras, the final check and the export.
+        classifier = defenses.defended_model(test_time_layer(config), classifier, config.spec.image_shape)
     tmp_model = os.path.join(workdir, ".tmp-model.keras")
     classifier.save(tmp_model)
     os.replace(tmp_model, os.path.join(workdir, "model.keras"))

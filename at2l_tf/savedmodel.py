@@ -98,7 +98,7 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
     try:
         archive.write_out(tmp, verbose=False)
         meta = dict(metadata or {})
-        meta["preprocessing"] = _describe_layer(layer)
+        meta["preprocessing"] = _describe_layer(layer, tmp)
         meta.setdefault("input_shape", list(input_shape))
         meta.setdefault("num_classes", int(model.output_shape[-1]))
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
@@ -110,21 +110,35 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
     return final
 
 
-def _describe_layer(layer):
+# A Defense-GAN export carries a copy of its generator, so that the export
+# alone can rebuild the projection (BPDA needs it); the metadata names the
+# copy relative to the version directory.
+GENERATOR_COPY = "defense_gan_generator.keras"
+
+
+def _describe_layer(layer, version_dir):
     if layer is None:
         return {"name": "none"}
-    return {
-        "name": defenses.compose.layer_name(layer),
-        "layer": keras.saving.serialize_keras_object(layer),
-    }
+    described = keras.saving.serialize_keras_object(layer)
+    if isinstance(layer, defenses.DefenseGANProjection):
+        from at2l_tf.defenses import defense_gan
+
+        source = defense_gan.resolve_generator_path(layer.generator_path)
+        shutil.copyfile(source, os.path.join(version_dir, GENERATOR_COPY))
+        described["config"] = dict(described["config"], generator_path=GENERATOR_COPY)
+    return {"name": defenses.compose.layer_name(layer), "layer": described}
 
 
 def _layer_from_metadata(meta, where):
     described = meta.get("preprocessing") or {"name": "none"}
     if described["name"] == "none":
         return None
+    layer = described["layer"]
+    path = layer.get("config", {}).get("generator_path")
+    if path and not os.path.isabs(path):  # A Defense-GAN export's own copy.
+        layer = dict(layer, config=dict(layer["config"], generator_path=os.path.join(where, path)))
     try:
-        return keras.saving.deserialize_keras_object(described["layer"])
+        return keras.saving.deserialize_keras_object(layer)
     except Exception as e:
         raise ModelLoadError(f"cannot rebuild the defence layer recorded in {where}: {_first_line(e)}") from e
 

@@ -37,10 +37,13 @@ flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial 
 flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term.")
 flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
 flags.DEFINE_string("norm", _D.train.norm, "Logit distance of the triplet term: linf | l2 | l1.")
-flags.DEFINE_string("preprocessing", _D.preprocessing.name, "Defence layer in front of the classifier: none | thermometer | random_resize_pad.")
+flags.DEFINE_string("preprocessing", _D.preprocessing.name, "Defence layer in front of the classifier: none | thermometer | random_resize_pad | defense_gan.")
 flags.DEFINE_integer("thermometer_levels", _D.preprocessing.thermometer_levels, "Levels of the thermometer encoding (>= 2).")
 flags.DEFINE_integer("resize_min", None, "random_resize_pad: smallest random size; default the image size.")
 flags.DEFINE_integer("resize_output", None, "random_resize_pad: padded size; default image size + ceil(size/7) (MNIST 32).")
+flags.DEFINE_string("generator", None, "defense_gan: the generator (.keras or a directory with generator.keras, e.g. savedmodels/mnist_generator).")
+flags.DEFINE_integer("dgan_steps", _D.preprocessing.dgan_steps, "defense_gan: L, gradient steps per restart (paper 200).")
+flags.DEFINE_integer("dgan_restarts", _D.preprocessing.dgan_restarts, "defense_gan: R, random restarts per image (paper 10).")
 flags.DEFINE_integer("epochs", _D.train.epochs, "Training epochs.")
 flags.DEFINE_integer("pretrain_epochs", _D.train.pretrain_epochs, "Clean epochs before the adversarial ones (line 1 of Algorithms 1, 2).")
 flags.DEFINE_list("ensemble_attacks", list(_D.ensemble.attacks), "Ensemble AT²L (Algorithm 2): attack set gra | opt | mix, or a list (fgsm,ll,ifgsm,ill,pgd,fgsm_rs,cw); empty = Algorithm 1.")
@@ -110,6 +113,9 @@ def config_from_flags(f=FLAGS):
             thermometer_levels=f.thermometer_levels,
             resize_min=f.resize_min,
             resize_output=f.resize_output,
+            generator=f.generator,
+            dgan_steps=f.dgan_steps,
+            dgan_restarts=f.dgan_restarts,
         ),
         ensemble=config_lib.EnsembleConfig(
             attacks=tuple(f.ensemble_attacks),

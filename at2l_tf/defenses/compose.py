@@ -9,14 +9,21 @@ two parts again: adaptive attacks need them separately (BPDA differentiates
 
 import keras
 
+from at2l_tf.defenses.defense_gan import DefenseGANProjection
 from at2l_tf.defenses.random_resize_pad import RandomResizePad
 from at2l_tf.defenses.thermometer import ThermometerEncoding
 
-PREPROCESSING = ("none", "thermometer", "random_resize_pad")
+PREPROCESSING = ("none", "thermometer", "random_resize_pad", "defense_gan")
+# Layers the classifier is trained without (and put in front of it afterwards):
+# Defense-GAN's projection is a test-time defence (Samangouei et al. train the
+# classifier on clean images), and running it in every training step would
+# cost L·R generator passes per example.
+TEST_TIME_ONLY = ("defense_gan",)
 LAYER_NAME = "preprocessing"
 
 
-def make_layer(name, image_shape, *, levels=16, min_size=None, output_size=None, seed=None):
+def make_layer(name, image_shape, *, levels=16, min_size=None, output_size=None, generator=None,
+               dgan_steps=50, dgan_restarts=4, seed=None):
     """The defence layer `name` for images of `image_shape`, or `None` for `"none"`.
 
     Args:
@@ -25,6 +32,8 @@ def make_layer(name, image_shape, *, levels=16, min_size=None, output_size=None,
         levels: thermometer levels.
         min_size, output_size: `RandomResizePad` sizes; default `H` and
             `H + ⌈H/7⌉` (28 → [28, 32) → 32 on MNIST, Xie et al.'s 299 → 331 scaled).
+        generator, dgan_steps, dgan_restarts: `DefenseGANProjection`'s
+            generator path, L and R.
         seed: seed of the random layer.
     """
     if name == "none":
@@ -38,6 +47,12 @@ def make_layer(name, image_shape, *, levels=16, min_size=None, output_size=None,
         min_size = height if min_size is None else min_size
         output_size = default_output_size(height) if output_size is None else output_size
         return RandomResizePad(output_size, min_size, seed=seed, name=LAYER_NAME)
+    if name == "defense_gan":
+        # A generator of another image shape fails when the layer is built
+        # (`defended_model`), before any attack or export.
+        return DefenseGANProjection(
+            generator, steps=dgan_steps, restarts=dgan_restarts, seed=seed, name=LAYER_NAME
+        )
     raise ValueError(f"preprocessing must be one of {PREPROCESSING}, received {name!r}")
 
 
@@ -50,6 +65,9 @@ def layer_from_config(preprocessing, image_shape, seed=None):
         levels=p.thermometer_levels,
         min_size=p.resize_min,
         output_size=p.resize_output,
+        generator=p.generator,
+        dgan_steps=p.dgan_steps,
+        dgan_restarts=p.dgan_restarts,
         seed=seed,
     )
 
@@ -109,4 +127,6 @@ def layer_name(layer):
         return "thermometer"
     if isinstance(layer, RandomResizePad):
         return "random_resize_pad"
+    if isinstance(layer, DefenseGANProjection):
+        return "defense_gan"
     raise ValueError(f"not a defence layer of this package: {layer!r}")

@@ -59,7 +59,7 @@ def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_
         have = "no defence layer" if layer is None else f"a {defenses.compose.layer_name(layer)} layer"
         raise ConfigError(
             f"adaptive={mode} needs a model whose defence layer it matches "
-            f"({'thermometer' if mode == 'bpda' else 'random_resize_pad'}); this model has {have}"
+            f"({'thermometer or defense_gan' if mode == 'bpda' else 'random_resize_pad'}); this model has {have}"
         )
     wrapper = None
     if layer is not None and mode != "none":

@@ -42,6 +42,7 @@ flags.DEFINE_list("training_attacks", ["pgd"], "Training attacks: pgd (PGD-5) an
 flags.DEFINE_list("objectives", ["at", "at2l", "tr"], "Objectives compared.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_string("output_json", None, "Where to write the study (atomically, after every run).")
+flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
 
 README_SETTING = {"lambda1": 1.0, "lambda2": 0.5, "margin": 0.5, "norm": "linf"}
 TUNED_KEYS = ("lambda1", "lambda2", "margin", "norm")
@@ -84,6 +85,12 @@ def run_config(setting, values, attack, objective, seed):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.markdown_from:
+        import json
+
+        with open(FLAGS.markdown_from) as fh:
+            print(markdown(json.load(fh)))
+        return
     from at2l_tf import experiment
 
     settings = {}
@@ -176,6 +183,34 @@ def _write(runs, settings, plan, started, complete):
         "git_commit": benchlib.git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
+
+
+def markdown(record):
+    """The README table: per setting, training attack and objective, mean ± std over seeds."""
+    names = {"readme": "README", "tuned": "tuned"}
+    lines = [
+        "| setting | training attack | objective | clean | FGSM | PGD-40 | **robust** |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    groups = {}
+    for r in record["runs"]:
+        groups.setdefault((r["setting"], r["training_attack"], r["objective"]), []).append(r)
+
+    def fmt(values):
+        mean = statistics.mean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * mean:.1f}% ± {100 * std:.1f}"
+
+    last = (None, None)
+    for (setting, attack, objective), rs in groups.items():
+        shown = (names.get(setting, setting), attack.upper()) if (setting, attack) != last else ("", "")
+        last = (setting, attack)
+        lines.append(
+            f"| {shown[0]} | {shown[1]} | {objective.upper() if objective != 'at2l' else 'AT²L'} | "
+            f"{fmt([r['clean_accuracy'] for r in rs])} | {fmt([r['accuracy']['fgsm'] for r in rs])} | "
+            f"{fmt([r['accuracy']['pgd'] for r in rs])} | **{fmt([r['robust_accuracy'] for r in rs])}** |"
+        )
+    return "\n".join(lines)
 
 
 def _print_summary(summary):

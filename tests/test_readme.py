@@ -85,3 +85,17 @@ def test_readme_tables_1_and_2_are_the_committed_runs():
         assert run.returncode == 0, run.stderr[-2000:]
         lines = run.stdout.strip().splitlines()
         assert len(lines) >= 4 and all(line in readme.splitlines() for line in lines), name
+
+
+def test_readme_seeds_study_table_is_the_committed_run():
+    import subprocess
+    import sys
+
+    path = os.path.join(ROOT, "benchmarks", "results", "seeds_study_mnist.json")
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "seeds_study.py"), f"--markdown_from={path}"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)

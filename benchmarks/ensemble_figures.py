@@ -75,6 +75,7 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("workdir", "runs/ensemble_figures", "Where the runs go.")
 flags.DEFINE_string("figures_dir", "benchmarks/results/figures", "Where the figure JSON/PNG go.")
 flags.DEFINE_string("output_json", None, "Where to write all numbers (atomically).")
+flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
 
 MODELS = {
     "Adv.T": dict(defense="at", attack="fgsm"),
@@ -235,6 +236,12 @@ def figure_dicts(curves, strong, n):
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.markdown_from:
+        import json
+
+        with open(FLAGS.markdown_from) as fh:
+            print(markdown(json.load(fh)))
+        return
     from at2l_tf import attacks
     from at2l_tf.evaluation import plots
     from at2l_tf import experiment
@@ -293,6 +300,25 @@ def main(argv):
         atomic_write_json(path, fig)
         plots.plot_figure_json(path, os.path.join(FLAGS.figures_dir, f"{key}.png"))
         print(f"wrote {path} and its PNG", file=sys.stderr, flush=True)
+
+
+def markdown(record):
+    """The README table: last-epoch curve errors and the strong final check, per model."""
+    lines = [
+        "| model | FGSM error | C&W error (L2 ≤ 2) | transferred FGSM error | clean | FGSM | PGD-40 "
+        "| AutoAttack (fast) | **robust** | training |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in record.get("planned_models") or record["models"]:
+        r = record["models"][name]
+        c, s = r["curve"][-1], r["strongest"]
+        acc = s["accuracy"]
+        lines.append(
+            f"| {name} | {c['fgsm']:.1%} | {c['cw']:.1%} | {c['transfer_fgsm']:.1%} | "
+            f"{s['clean_accuracy']:.1%} | {acc['fgsm']:.1%} | {acc['pgd']:.1%} | {acc['autoattack']:.1%} | "
+            f"**{s['robust_accuracy']:.1%}** | {r['train_seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
 
 
 def _write(record, names, started, complete):

@@ -182,7 +182,8 @@ def plot_panels(path, figure):
     from matplotlib.figure import Figure
 
     panels = figure["panels"]
-    fig = Figure(figsize=(5.2 * len(panels), 4.2), dpi=110, layout="constrained")
+    width = max(5.2 * len(panels), 7.0)
+    fig = Figure(figsize=(width, 4.4), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         markers = iter(_MARKERS * (len(panel["series"]) // len(_MARKERS) + 1))
@@ -202,7 +203,10 @@ def plot_panels(path, figure):
             note = f"n = {figure['num_examples']:,}, s.e. ≤ {50 / math.sqrt(figure['num_examples']):.1f} pts"
         ax.legend(title=note, fontsize="small", title_fontsize="small", loc="best")
     if figure.get("title"):
-        fig.suptitle(figure["title"], fontsize="medium")
+        import textwrap
+
+        # About 14 characters per inch at this font size: wrap, never cut.
+        fig.suptitle(textwrap.fill(figure["title"], int(width * 14)), fontsize="medium")
     fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     return path
 

@@ -58,3 +58,27 @@ def test_reference_is_accurate_and_resists_pgd(reference):
     x_adv = attacks.pgd(reference.model_fn, x, y, eps=0.3, steps=10)
     # A clean model of this size falls to ~0% here; an adversarially trained one does not.
     assert np.mean(predict(np.asarray(x_adv)) == y) >= 0.7
+
+
+GENERATOR = os.path.join(ROOT, "savedmodels", "mnist_generator")
+
+
+def test_shipped_generator_is_the_flagfile_recipe_and_makes_mnist_images():
+    import dataclasses
+    import json
+
+    from at2l_tf import train_gan
+    from at2l_tf.defenses import defense_gan
+
+    fv = train_gan.define_flags(flags.FlagValues())
+    fv(["train_gan", f"--flagfile={os.path.join(ROOT, 'flags', 'mnist_wgan.flags')}"])
+    expected = dataclasses.asdict(train_gan.config_from_flags(fv))
+    with open(os.path.join(GENERATOR, "results.json")) as fh:
+        recorded = json.load(fh)["config"]
+    assert {k: recorded[k] for k in expected} == expected
+    generator = defense_gan.load_generator(GENERATOR)
+    images = generator(np.random.default_rng(0).normal(size=(16, 128)).astype(np.float32)).numpy()
+    assert images.shape == (16, 28, 28, 1)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    # Digits, not noise or a constant: mostly dark background, some bright strokes.
+    assert 0.05 < float(np.mean(images > 0.5)) < 0.4

@@ -69,7 +69,7 @@ from at2l_tf import cli, fileio
 from at2l_tf import train  # Defines every train flag: they make the base config.
 from at2l_tf.errors import ConfigError
 from at2l_tf.training import distribute
-from at2l_tf.training import hypermodel as hm
+from at2l_tf import hypermodel as hm
 
 _S = hm.SearchSpace()
 _O = hm.ObjectiveAttack()

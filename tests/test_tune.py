@@ -17,7 +17,7 @@ from absl import flags
 
 from at2l_tf import attacks, config as config_lib, data, evaluation, train, tune
 from at2l_tf.errors import ConfigError
-from at2l_tf.training import hypermodel as hm
+from at2l_tf import hypermodel as hm
 
 # A tiny base config: 512 training images, 1 epoch of 8 steps, 128 validation images.
 # The training attack is made weak on purpose (1 PGD step of 0.001), so that its

@@ -218,7 +218,8 @@ def markdown(record):
         "|---|---|---:|---:|---:|---:|",
     ]
     for structure, rows in record["table"].items():
-        for name, r in rows.items():
+        for name in ("Ori", "DG", "DG+TR"):  # The JSON's keys are sorted.
+            r = rows[name]
             bpda = f"{100 * r['bpda_pgd_error']:.1f}" if "bpda_pgd_error" in r else "–"
             lines.append(
                 f"| {structure[-1].upper()} | {name} | {100 * r['clean_error']:.1f} | "

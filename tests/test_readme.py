@@ -116,3 +116,17 @@ def test_readme_ensemble_figures_table_is_the_committed_run():
     for name in ("fig1_whitebox", "fig2_transfer", "fig3_tr"):
         assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "figures", name + ".png"))
         assert f"benchmarks/results/figures/{name}.png" in _read("README.md")
+
+
+def test_readme_table3_is_the_committed_run():
+    import subprocess
+    import sys
+
+    path = os.path.join(ROOT, "benchmarks", "results", "table3_defense_gan_mnist.json")
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "defense_gan_table.py"), f"--markdown_from={path}"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)

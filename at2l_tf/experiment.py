@@ -115,12 +115,25 @@ def test_time_layer(config):
     return layer
 
 
+def load_split(config, split, max_examples=None):
+    """`data.load` of one split of `config`'s dataset (unbatched), with its
+    data directory, validation size and image size."""
+    d = config.data
+    return data.load(
+        d.dataset,
+        split,
+        data_dir=d.data_dir,
+        validation_size=d.validation_size,
+        image_size=d.image_size,
+        max_examples=max_examples,
+    )
+
+
 def load_datasets(config):
     """Returns `(train, validation)` pipelines of `config` (one process, reshuffled each epoch)."""
     d = config.data
-    common = dict(data_dir=d.data_dir, validation_size=d.validation_size, image_size=d.image_size)
     train = data.make_pipeline(
-        data.load(d.dataset, "train", max_examples=d.max_train_examples, **common),
+        load_split(config, "train", d.max_train_examples),
         batch_size=d.batch_size,
         shuffle=True,
         seed=config.train.seed,
@@ -128,9 +141,7 @@ def load_datasets(config):
     )
     val = None
     if d.validation_size > 0:
-        val = data.make_pipeline(
-            data.load(d.dataset, "validation", **common), batch_size=d.batch_size
-        )
+        val = data.make_pipeline(load_split(config, "validation"), batch_size=d.batch_size)
     return train, val
 
 
@@ -179,9 +190,8 @@ _SHUFFLE_BUFFER = 10000
 def training_data(config, strategy, worker):
     """The `TrainingData` of `config` for this worker (its own shard under multi-worker)."""
     d = config.data
-    common = dict(data_dir=d.data_dir, validation_size=d.validation_size, image_size=d.image_size)
-    examples = data.load(d.dataset, "train", max_examples=d.max_train_examples, **common)
-    val = data.load(d.dataset, "validation", **common) if d.validation_size > 0 else None
+    examples = load_split(config, "train", d.max_train_examples)
+    val = load_split(config, "validation") if d.validation_size > 0 else None
     if worker.num_workers == 1:
         n = _count(examples)
         if n < d.batch_size:
@@ -368,7 +378,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
         if epoch < total and config.ensemble.attacks:
             cb = backup_callback("train", epoch, 0, mid_epoch=False)
             extra["ensemble"] = _fit_ensemble(
-                model, config, static_models, train_data.validation, [*callbacks, cb], verbose, start_epoch=epoch
+                model, config, static_models, train_data, [*callbacks, cb], verbose, start_epoch=epoch
             )
             extra["ensemble"].pop("history")
             _check_stopped(cb, backup)
@@ -441,13 +451,7 @@ def finish(model, config, record, backup, worker, started, verbose):
     if config.eval.num_examples > 0:
         _log(f"evaluating on the first {config.eval.num_examples} test images")
         test_ds = data.make_pipeline(
-            data.load(
-                config.data.dataset,
-                "test",
-                data_dir=config.data.data_dir,
-                image_size=config.data.image_size,
-                max_examples=config.eval.num_examples,
-            ),
+            load_split(config, "test", config.eval.num_examples),
             batch_size=max(config.data.batch_size, 256),
             cache=False,
         )
@@ -484,20 +488,11 @@ def finish(model, config, record, backup, worker, started, verbose):
     return results
 
 
-def _fit_ensemble(model, config, static_models, val_ds, callbacks, verbose, start_epoch=None):
-    """Algorithm 2 on the training split of `config` (arrays in memory)."""
+def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, start_epoch=None):
+    """Algorithm 2 on the run's training examples (one worker; as arrays in memory)."""
     n, d = config.ensemble, config.data
     names = ensemble.parse_attack_set(n.attacks)
-    x, y = ensemble.dataset_arrays(
-        data.load(
-            d.dataset,
-            "train",
-            data_dir=d.data_dir,
-            validation_size=d.validation_size,
-            image_size=d.image_size,
-            max_examples=d.max_train_examples,
-        )
-    )
+    x, y = ensemble.dataset_arrays(train_data.examples)
     fns = ensemble.make_attack_fns(
         names, eps=config.eps, steps=config.attack.steps, cw_steps=n.cw_steps, cw_const=n.cw_const
     )
@@ -515,7 +510,7 @@ def _fit_ensemble(model, config, static_models, val_ds, callbacks, verbose, star
         regenerate_every=n.regenerate_every,
         batch_size=d.batch_size,
         seed=config.train.seed,
-        validation_data=val_ds,
+        validation_data=train_data.validation,
         callbacks=callbacks,
         verbose=verbose,
         initial_epoch=config.train.pretrain_epochs,
@@ -538,6 +533,7 @@ __all__ = [
     "fit",
     "learning_rate",
     "load_datasets",
+    "load_split",
     "run",
     "training_data",
 ]

@@ -369,17 +369,11 @@ class AT2LHyperModel(keras_tuner.HyperModel):
     def objective_dataset(self):
         """The first `objective_attack.num_examples` validation images, batched (cached)."""
         if self._objective_ds is None:
-            d = self.base_config.data
             self._objective_ds = data.make_pipeline(
-                data.load(
-                    d.dataset,
-                    "validation",
-                    data_dir=d.data_dir,
-                    validation_size=d.validation_size,
-                    image_size=d.image_size,
-                    max_examples=self.objective_attack.num_examples,
+                experiment.load_split(
+                    self.base_config, "validation", self.objective_attack.num_examples
                 ),
-                batch_size=max(d.batch_size, 256),
+                batch_size=max(self.base_config.data.batch_size, 256),
             )
         return self._objective_ds
 

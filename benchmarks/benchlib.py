@@ -303,6 +303,27 @@ def foolbox_pgd(foolbox, clf, eps, step, k):
     return run
 
 
+def provenance(script, started):
+    """How a results file was made: the command line of `benchmarks/<script>`,
+    the seconds since `started`, the machine, the git commit and the date."""
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        "seconds": round(time.time() - started, 1),
+        "machine": machine(),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def print_markdown_from(path, markdown):
+    """Prints `markdown(record)` of the results JSON at `path`: a benchmark's
+    `--markdown_from`, which prints the README's table from a committed run."""
+    import json
+
+    with open(path) as fh:
+        print(markdown(json.load(fh)))
+
+
 def finished_run(config):
     """The `results.json` of a finished train run of `config` in its workdir, else `None`.
 

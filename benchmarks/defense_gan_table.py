@@ -29,7 +29,6 @@ identity backward pass (Athalye et al., 2018). The projection's random starts
 are drawn again for every evaluation, as at serving time.
 """
 
-import json
 import os
 import sys
 import time
@@ -140,8 +139,7 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.markdown_from:
-        with open(FLAGS.markdown_from) as fh:
-            print(markdown(json.load(fh)))
+        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
         return
     from at2l_tf import defenses, savedmodel
     from at2l_tf import experiment
@@ -200,14 +198,10 @@ def _write(table, started, complete):
         return
     atomic_write_json(FLAGS.output_json, {
         "benchmark": "table3_defense_gan",
-        "command": " ".join(["python", "benchmarks/defense_gan_table.py", *sys.argv[1:]]),
         "complete": complete,
         "settings": _settings(),
         "table": table,
-        "seconds": round(time.time() - started, 1),
-        "machine": benchlib.machine(),
-        "git_commit": benchlib.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **benchlib.provenance("defense_gan_table.py", started),
     })
 
 

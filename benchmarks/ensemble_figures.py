@@ -165,7 +165,8 @@ def curve_point(model_fn, x, y, x_transfer, attacks_):
         ])
         return preds != y
 
-    out = {"clean": float(np.mean(wrong(x))), "transfer_fgsm": float(np.mean(wrong(x_transfer)))}
+    clean_wrong = wrong(x)
+    out = {"clean": float(np.mean(clean_wrong)), "transfer_fgsm": float(np.mean(wrong(x_transfer)))}
     for name, fn in attacks_.items():
         t0 = time.time()
         x_adv = ensemble.craft_set(ensemble.compile_attack(fn, model_fn), x, y, batch_size=250)
@@ -179,7 +180,7 @@ def curve_point(model_fn, x, y, x_transfer, attacks_):
             l2 = np.sqrt(np.sum(np.square(x_adv - x).reshape(len(x), -1), axis=1))
             success = fooled & (l2 > 0)
             out["cw_unbounded"] = out["cw"]
-            out["cw"] = float(np.mean((fooled & (l2 <= FLAGS.cw_radius)) | wrong(x)))
+            out["cw"] = float(np.mean((fooled & (l2 <= FLAGS.cw_radius)) | clean_wrong))
             out["cw_mean_l2_of_successes"] = float(np.mean(l2[success])) if success.any() else None
     return out
 
@@ -237,10 +238,7 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.markdown_from:
-        import json
-
-        with open(FLAGS.markdown_from) as fh:
-            print(markdown(json.load(fh)))
+        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
         return
     from at2l_tf import attacks
     from at2l_tf.evaluation import plots
@@ -326,7 +324,6 @@ def _write(record, names, started, complete):
         return
     atomic_write_json(FLAGS.output_json, {
         "benchmark": "ensemble_figures",
-        "command": " ".join(["python", "benchmarks/ensemble_figures.py", *sys.argv[1:]]),
         "complete": complete,
         "planned_models": names,
         "budget": {
@@ -340,10 +337,7 @@ def _write(record, names, started, complete):
             "seed": FLAGS.seed,
         },
         **record,
-        "seconds": round(time.time() - started, 1),
-        "machine": benchlib.machine(),
-        "git_commit": benchlib.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **benchlib.provenance("ensemble_figures.py", started),
     })
 
 

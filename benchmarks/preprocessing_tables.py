@@ -32,7 +32,6 @@ L-inf attacks.
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -177,8 +176,7 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.markdown_from:
-        with open(FLAGS.markdown_from) as fh:
-            print(markdown(json.load(fh)))
+        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
         return
     if FLAGS.table not in TABLES:
         raise ConfigError(f"--table must be one of {', '.join(TABLES)}, received {FLAGS.table!r}")
@@ -203,7 +201,6 @@ def main(argv):
 def _write(configs, names, out, started, complete):
     record = {
         "benchmark": f"preprocessing_tables/{FLAGS.table}",
-        "command": " ".join(["python", "benchmarks/preprocessing_tables.py", *sys.argv[1:]]),
         "complete": complete,
         "dataset": "mnist",
         "model": "mnist_small",
@@ -216,11 +213,8 @@ def _write(configs, names, out, started, complete):
             "test_images": "first num_examples of the MNIST test split",
         },
         "rows": out,
-        "seconds": round(time.time() - started, 1),
-        "machine": benchlib.machine(),
-        "git_commit": benchlib.git_commit(),
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **benchlib.provenance("preprocessing_tables.py", started),
     }
     if FLAGS.output_json:
         atomic_write_json(FLAGS.output_json, record)

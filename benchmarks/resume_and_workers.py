@@ -25,7 +25,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from absl import app, flags
 
 import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.training import distribute  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("train_examples", 8192, "Training images (the first ones of MNIST's train split).")
@@ -116,24 +116,13 @@ def measure_resume(root):
     }
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def measure_workers(root):
     out = {}
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     for n in (1, 2):
         workdir = os.path.join(root, f"workers_{n}")
         args = _common(workdir, "--epochs=1", "--strategy=multi_worker")
-        ports = _free_ports(n)
-        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        cluster = distribute.localhost_cluster(n)
         t0 = time.time()
         procs = [
             _train(args, env if n == 1 else dict(env, TF_CONFIG=json.dumps(

@@ -86,10 +86,7 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.markdown_from:
-        import json
-
-        with open(FLAGS.markdown_from) as fh:
-            print(markdown(json.load(fh)))
+        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
         return
     from at2l_tf import experiment
 
@@ -164,7 +161,6 @@ def _write(runs, settings, plan, started, complete):
     c = train_command.config_from_flags()
     atomic_write_json(FLAGS.output_json, {
         "benchmark": "seeds_study",
-        "command": " ".join(["python", "benchmarks/seeds_study.py", *sys.argv[1:]]),
         "complete": complete,
         "planned_runs": len(plan),
         "settings": settings,
@@ -178,10 +174,7 @@ def _write(runs, settings, plan, started, complete):
         },
         "summary": summarize(runs),
         "runs": runs,
-        "seconds": round(time.time() - started, 1),
-        "machine": benchlib.machine(),
-        "git_commit": benchlib.git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **benchlib.provenance("seeds_study.py", started),
     })
 
 

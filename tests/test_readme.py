@@ -68,50 +68,36 @@ def test_readme_library_comparison_is_the_committed_attack_speed_run():
         assert values == [round(v, 2) for v in measured], name
 
 
-def test_readme_tables_1_and_2_are_the_committed_runs():
-    # The README's thermometer and randomization tables are printed from the
-    # committed JSONs by the benchmark itself, line for line.
+def _printed_table(script, *result):
+    """The README table `benchmarks/<script> --markdown_from=benchmarks/results/<result>` prints."""
     import subprocess
     import sys
 
+    path = os.path.join(ROOT, "benchmarks", "results", *result)
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), f"--markdown_from={path}"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()
+
+
+def test_readme_tables_1_and_2_are_the_committed_runs():
+    # The README's thermometer and randomization tables are printed from the
+    # committed JSONs by the benchmark itself, line for line.
     readme = _read("README.md")
     for name in ("table1_thermometer_mnist.json", "table2_randomization_mnist.json"):
-        path = os.path.join(ROOT, "benchmarks", "results", name)
-        run = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "benchmarks", "preprocessing_tables.py"),
-             f"--markdown_from={path}"],
-            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        lines = run.stdout.strip().splitlines()
+        lines = _printed_table("preprocessing_tables.py", name)
         assert len(lines) >= 4 and all(line in readme.splitlines() for line in lines), name
 
 
 def test_readme_seeds_study_table_is_the_committed_run():
-    import subprocess
-    import sys
-
-    path = os.path.join(ROOT, "benchmarks", "results", "seeds_study_mnist.json")
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "seeds_study.py"), f"--markdown_from={path}"],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.strip().splitlines()
+    lines = _printed_table("seeds_study.py", "seeds_study_mnist.json")
     assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)
 
 
 def test_readme_ensemble_figures_table_is_the_committed_run():
-    import subprocess
-    import sys
-
-    path = os.path.join(ROOT, "benchmarks", "results", "figures", "ensemble_figures_mnist.json")
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "ensemble_figures.py"), f"--markdown_from={path}"],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.strip().splitlines()
+    lines = _printed_table("ensemble_figures.py", "figures", "ensemble_figures_mnist.json")
     assert len(lines) == 9 and all(line in _read("README.md").splitlines() for line in lines)
     for name in ("fig1_whitebox", "fig2_transfer", "fig3_tr"):
         assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "figures", name + ".png"))
@@ -119,14 +105,5 @@ def test_readme_ensemble_figures_table_is_the_committed_run():
 
 
 def test_readme_table3_is_the_committed_run():
-    import subprocess
-    import sys
-
-    path = os.path.join(ROOT, "benchmarks", "results", "table3_defense_gan_mnist.json")
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "defense_gan_table.py"), f"--markdown_from={path}"],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    lines = run.stdout.strip().splitlines()
+    lines = _printed_table("defense_gan_table.py", "table3_defense_gan_mnist.json")
     assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import tensorflow_datasets as tfds
 from at2l_tf import config as config_lib
 from at2l_tf import evaluate
 from at2l_tf.errors import ConfigError, Interrupted
+from at2l_tf.training import distribute
 
 # FGSM adversarial training: deterministic steps, so that a resumed run can be
 # compared with an uninterrupted one; 16 steps of 64 per epoch.
@@ -88,19 +88,8 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
         assert abs(a - b) <= noise, (key, a, b)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_localhost_train_one_model(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    cluster = distribute.localhost_cluster(2)
     workdir, export = tmp_path / "run", tmp_path / "export"
     args = (
         "--max_train_examples=2048", "--batch_size=128", "--validation_size=128", "--defense=at2l",

@@ -129,6 +129,27 @@ def parse_tf_config(raw):
     )
 
 
+def localhost_cluster(num_workers):
+    """A `TF_CONFIG` cluster of `num_workers` workers on this machine, on free ports.
+
+    For trying multi-worker training on one host (tests, benchmarks): each
+    worker process gets `{"cluster": <this>, "task": {"type": "worker", "index": i}}`.
+    The ports are free when chosen; another process may take one before the
+    workers bind it.
+    """
+    import socket
+
+    socks = [socket.socket() for _ in range(num_workers)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return {"worker": [f"localhost:{p}" for p in ports]}
+
+
 def worker_from_env(name, environ=None):
     """The `Worker` of strategy `name`: from `TF_CONFIG` for `multi_worker`, else a single one."""
     environ = os.environ if environ is None else environ

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from at2l_tf import attacks, data, defenses, losses, models
+from at2l_tf import attacks, data, defenses, losses, models, precision
 from at2l_tf.errors import ConfigError
 from at2l_tf.training.at2l_model import DEFENSES
 
@@ -117,6 +117,11 @@ class TrainConfig:
             `mirrored`, `multi_worker` (MultiWorkerMirroredStrategy from `TF_CONFIG`).
         save_every_steps: back up every N steps within an epoch, besides every
             epoch end (0: epoch ends only); a killed run resumes from its backup.
+        mixed_precision: the training precision, `auto` | `off` | `bfloat16` |
+            `float16` (`at2l_tf.precision`: resolved once per run; evaluation,
+            `model.keras` and the export are float32 whatever it is). `off` by
+            default: see the README, "Mixed precision", for the measurement
+            that decides it.
     """
 
     defense: str = "at2l"
@@ -131,6 +136,7 @@ class TrainConfig:
     pretrain_epochs: int = 0
     strategy: str = "auto"
     save_every_steps: int = 0
+    mixed_precision: str = "off"
 
 
 @dataclasses.dataclass
@@ -254,6 +260,10 @@ class ExperimentConfig:
         if t.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"unknown lr_schedule {t.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}"
+            )
+        if t.mixed_precision not in precision.CHOICES:
+            raise ConfigError(
+                f"unknown mixed_precision {t.mixed_precision!r}; known: {', '.join(precision.CHOICES)}"
             )
         if t.strategy not in STRATEGIES:
             raise ConfigError(

@@ -4,6 +4,8 @@
 
 1. **strategy** (`training.distribute.make_strategy`): first, because
    MultiWorkerMirroredStrategy must exist before any other TensorFlow op;
+   the training precision (`at2l_tf.precision`) is decided here, once, and
+   said on the run's first line;
 2. **workdir** (`training.backup.open_workdir`): the resume rules — refuse a
    workdir of another configuration, find this worker's backup;
 3. **data** (`training_data`): this worker's shard, in an order that is a
@@ -14,7 +16,8 @@
    (`training.ensemble`), one `model.fit` call per epoch, with backups;
 6. **finish** (`finish`, chief only): `model.keras`, the test-split
    robustness check, the SavedModel export, `results.json`; then the backups
-   and the other workers' temporary files are removed.
+   and the other workers' temporary files are removed. All three use a float32
+   copy of the classifier (`precision.to_float32`), whatever precision trained it.
 
 Outputs, all under `config.workdir` unless noted:
 
@@ -39,6 +42,7 @@ import tensorflow as tf
 
 from at2l_tf import config as config_lib
 from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
+from at2l_tf import precision as precision_lib
 from at2l_tf.training import backup as backup_lib
 from at2l_tf.training import distribute, ensemble
 from at2l_tf.training.at2l_model import AT2LModel
@@ -60,14 +64,24 @@ def learning_rate(config, steps_per_epoch=None):
     return keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * steps_per_epoch)
 
 
-def build_model(config, strategy=None, steps_per_epoch=None):
+def resolve_precision(config, hardware=None):
+    """The `precision.Precision` that `config.train.mixed_precision` means on this
+    machine (or on `hardware`)."""
+    return precision_lib.resolve(config.train.mixed_precision, hardware)
+
+
+def build_model(config, strategy=None, steps_per_epoch=None, precision=None):
     """Builds and compiles the `AT2LModel` of `config` (under `strategy`'s scope).
 
-    `steps_per_epoch` is needed by learning-rate schedules only.
+    `steps_per_epoch` is needed by learning-rate schedules only. `precision`
+    (a `precision.Precision`; default: resolved from the config) decides the
+    dtype policy of the network; the wrapper, its metrics and the defence
+    layer stay float32, and float16 gets a `LossScaleOptimizer`.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    precision = precision or resolve_precision(config)
     with strategy.scope():
-        classifier = build_classifier(config)
+        classifier = build_classifier(config, precision.policy)
         params = config.attack.params()
         params["eps"] = config.eps
         model = AT2LModel(
@@ -81,24 +95,28 @@ def build_model(config, strategy=None, steps_per_epoch=None):
             norm=config.train.norm,
             seed=config.train.seed,
         )
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)))
+        optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
+        model.compile(optimizer=precision_lib.wrap_optimizer(optimizer, precision))
     return model
 
 
-def build_classifier(config):
+def build_classifier(config, policy="float32"):
     """The classifier of `config` as trained: its defence layer (if any) in front of the network.
 
     The network is built for the layer's output (e.g. `C·levels` channels after
     a thermometer encoding, the padded size after random resizing). Test-time
     layers (Defense-GAN's projection, `defenses.compose.TEST_TIME_ONLY`) are not
     trained through: `finish` puts them in front of the trained network.
+    Only the network is built under `policy` (a Keras dtype policy name); the
+    defence layer computes in float32 (its numerics are the defence).
     """
     spec = config.spec
     layer = None
     if config.preprocessing.name not in defenses.compose.TEST_TIME_ONLY:
         layer = defenses.compose.layer_from_config(config.preprocessing, spec.image_shape, config.train.seed)
     net_shape = spec.image_shape if layer is None else layer.compute_output_shape((None,) + spec.image_shape)[1:]
-    net = models.get_model(config.model_name, input_shape=net_shape, num_classes=spec.num_classes)
+    with precision_lib.policy_scope(policy):
+        net = models.get_model(config.model_name, input_shape=net_shape, num_classes=spec.num_classes)
     return defenses.defended_model(layer, net, spec.image_shape)
 
 
@@ -279,6 +297,10 @@ def run(config, *, verbose=None):
             f"crafted in memory), received {worker.num_workers} workers in TF_CONFIG"
         )
     strategy = distribute.make_strategy(config.train.strategy)
+    precision = resolve_precision(config)  # Decided once: the run's first line says it.
+    _log(precision.describe())
+    if precision.warning:
+        _log(f"warning: {precision.warning}")
     distribute.check_batch_size(config.data.batch_size, strategy.num_replicas_in_sync)
     verbose = default_verbosity() if verbose is None else verbose
     started = time.time()
@@ -287,6 +309,7 @@ def run(config, *, verbose=None):
     backup = backup_lib.open_workdir(
         config.workdir, worker, backup_lib.identity(config.to_dict(), defaults), defaults
     )
+    backup.check_precision(precision.policy)
     keras.utils.set_random_seed(config.train.seed)
     static_models = ()
     if config.ensemble.attacks:  # Before anything is trained: a bad model fails here.
@@ -297,7 +320,7 @@ def run(config, *, verbose=None):
         test_time_layer(config)  # A missing or wrong-shaped generator fails before training.
     # 3. Data, 4. model.
     train_data = training_data(config, strategy, worker)
-    model = build_model(config, strategy, steps_per_epoch=train_data.steps)
+    model = build_model(config, strategy, steps_per_epoch=train_data.steps, precision=precision)
     _log(
         f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
         f"attack={config.attack.name} eps={config.eps:.4g} steps={config.attack.steps} "
@@ -311,6 +334,7 @@ def run(config, *, verbose=None):
         record = fit(model, config, train_data, backup, strategy, worker, static_models, verbose, scratch)
         record["train_seconds"] = round(time.time() - started, 1)
         record["weights_sha256"] = distribute.weights_digest(model.classifier)
+        record["precision"] = precision_lib.summary_line(precision)
         _log(f"{worker.name}: weights sha256 {record['weights_sha256'][:16]}")
         # 6. Finish.
         if not worker.is_chief:
@@ -366,7 +390,8 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
             _log(f"pre-training on clean data for {pre} epoch(s) (line 1 of Algorithms 1 and 2)")
             with strategy.scope():
                 clean = AT2LModel(model.classifier, defense="none", seed=config.train.seed)
-                clean.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+                clean.compile(optimizer=precision_lib.wrap_optimizer(
+                    keras.optimizers.Adam(config.train.learning_rate), backup.precision))
             backup.restore(clean, "pretrain", strategy)
             distribute.prepare_for_workers(clean, strategy, worker)
             _fit_epochs(clean, train_data, epoch, step, pre, callbacks, verbose,
@@ -424,8 +449,9 @@ def finish(model, config, record, backup, worker, started, verbose):
     """Phase 6 (chief only): `model.keras`, the test-split check, the export, `results.json`."""
     workdir = config.workdir
     classifier = model.classifier
-    if worker.num_workers > 1:
-        # A plain copy: what follows reads the weights on this worker only.
+    if worker.num_workers > 1 or not precision_lib.is_float32(classifier):
+        # A plain float32 copy: what follows reads the weights on this worker
+        # only, and judges and serves the model in float32 whatever trained it.
         plain = build_classifier(config)
         plain.set_weights(classifier.get_weights())
         classifier = plain

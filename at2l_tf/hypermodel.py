@@ -32,7 +32,7 @@ from typing import Optional
 import keras
 import keras_tuner
 
-from at2l_tf import data, defenses, evaluation, experiment
+from at2l_tf import data, defenses, evaluation, experiment, precision
 from at2l_tf.errors import ConfigError
 from at2l_tf.losses import NORMS
 
@@ -235,6 +235,7 @@ class RobustAccuracy(keras.callbacks.Callback):
         self.name = name
         self.last_report = None
         self._model_fn = self._specs = None
+        self._trained = self._twin = None
 
     def __deepcopy__(self, memo):
         # KerasTuner deep-copies callbacks per execution; a tf.data pipeline
@@ -243,8 +244,12 @@ class RobustAccuracy(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         classifier = getattr(self.model, "classifier", self.model)
+        # Robustness is judged in float32: a mixed-precision classifier gets a
+        # float32 twin, whose weights follow it at every epoch end.
+        self._trained = classifier
+        self._twin = precision.to_float32(classifier)
         # One model_fn per fit, so that compiled attacks trace once per trial.
-        layer, self._model_fn, net_fn = defenses.compose.inference_fns(classifier)
+        layer, self._model_fn, net_fn = defenses.compose.inference_fns(self._twin)
         self._specs = evaluation.adaptive.adapt(
             [self.attack], layer=layer, net_fn=net_fn, model_fn=self._model_fn
         )
@@ -252,6 +257,8 @@ class RobustAccuracy(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._model_fn is None:
             self.on_train_begin()
+        if self._twin is not self._trained:
+            self._twin.set_weights(self._trained.get_weights())
         report = evaluation.robustness_report(
             self._model_fn, self.dataset, self._specs, num_examples=self.num_examples, verbose=0
         )
@@ -294,6 +301,8 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         self._config = None
         self._steps_per_epoch = None
         self._objective_ds = None
+        # Decided once for the whole search (the tune command says it first).
+        self.precision = experiment.resolve_precision(base_config)
 
     def declare(self, hp):
         """Declares the tuned hyperparameters in `hp`; returns `{name: value}`."""
@@ -330,7 +339,7 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         self._config = self.config_for(values, self._execution)
         keras.utils.set_random_seed(self._config.train.seed)
         return experiment.build_model(
-            self._config, steps_per_epoch=self._steps(self._config)
+            self._config, steps_per_epoch=self._steps(self._config), precision=self.precision
         )
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, **kwargs):

@@ -27,7 +27,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from at2l_tf import defenses
+from at2l_tf import defenses, precision
 from at2l_tf.errors import ModelLoadError
 
 METADATA_FILE = "at2l_metadata.json"
@@ -54,7 +54,11 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
 
     Raises:
         FileExistsError: if `version` already exists (versions are immutable).
+
+    The export computes in float32 whatever precision trained `model`: a model
+    built under a mixed policy is copied to float32 first (`precision.to_float32`).
     """
+    model = precision.to_float32(model)
     input_shape = tuple(model.input_shape[1:])
     if version is None:
         version = (_versions(export_dir) or [0])[-1] + 1
@@ -225,7 +229,7 @@ def load_classifier(path):
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise FileNotFoundError(f"not a .keras file or SavedModel directory: {path}")
-        model = load_keras_model(path)
+        model = precision.to_float32(load_keras_model(path))  # Judged in float32.
         layer, model_fn, net_fn = defenses.compose.inference_fns(model)
         return Classifier(
             model_fn=model_fn,

@@ -59,6 +59,7 @@ flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examp
 flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
 flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
 flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
+flags.DEFINE_string("mixed_precision", _D.train.mixed_precision, "Training precision: auto (bfloat16 on a CPU with native bf16, float16 on a GPU of compute capability >= 7.0, else float32) | off | bfloat16 | float16. Evaluation and export are float32 always.")
 flags.DEFINE_integer("save_every_steps", _D.train.save_every_steps, "Back up every N steps besides every epoch end (0: epoch ends only); a killed run resumes by itself.")
 flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final test-split check.")
 flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
@@ -100,6 +101,7 @@ def config_from_flags(f=FLAGS):
             pretrain_epochs=f.pretrain_epochs,
             strategy=f.strategy,
             save_every_steps=f.save_every_steps,
+            mixed_precision=f.mixed_precision,
         ),
         eval=config_lib.EvalConfig(
             attacks=tuple(f.eval_attacks),

@@ -26,6 +26,11 @@ At the end it writes, each atomically:
   and the mean reconstruction error of the Defense-GAN projection (`--eval_steps`
   L, `--eval_restarts` R) on the first `--eval_examples` test images.
 
+`--mixed_precision` (`auto` | `off` | `bfloat16` | `float16`, see
+`at2l_tf.precision`) sets the policy both networks compute in; the shipped
+generator is saved in float32 whatever it is, and a run is not resumed under
+another policy than the one that started it.
+
 Bad input (a count < 1, a negative weight, an unwritable path, a workdir of
 another configuration, ...) ends with one line on stderr and exit status 1.
 """
@@ -72,6 +77,7 @@ class GANConfig:
     eval_steps: int = 100
     eval_restarts: int = 5
     eval_batch_size: int = 100
+    mixed_precision: str = "off"
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -91,6 +97,12 @@ class GANConfig:
         for name in ("beta_1", "beta_2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), received {name}={getattr(self, name)}")
+        from at2l_tf import precision
+
+        if self.mixed_precision not in precision.CHOICES:
+            raise ConfigError(
+                f"unknown mixed_precision {self.mixed_precision!r}; known: {', '.join(precision.CHOICES)}"
+            )
         if not self.workdir:
             raise ConfigError("workdir must not be empty")
         if not self.generator_out:
@@ -147,6 +159,7 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_float("beta_1", d.beta_1, "Adam β1 of both networks.", flag_values=fv)
     flags.DEFINE_float("beta_2", d.beta_2, "Adam β2 of both networks.", flag_values=fv)
     flags.DEFINE_integer("max_train_examples", None, "Use only the first N training images.", flag_values=fv)
+    flags.DEFINE_string("mixed_precision", d.mixed_precision, "Precision of both networks: auto | off | bfloat16 | float16 (at2l_tf.precision); the generator is saved in float32.", flag_values=fv)
     flags.DEFINE_integer("seed", d.seed, "Random seed (weights, latent codes, data order).", flag_values=fv)
     flags.DEFINE_integer("eval_examples", d.eval_examples, "Test images of the final reconstruction check (0 skips it).", flag_values=fv)
     flags.DEFINE_integer("eval_steps", d.eval_steps, "L of the projection in the final check.", flag_values=fv)
@@ -162,7 +175,7 @@ def config_from_flags(fv=flags.FLAGS):
         gp_weight=fv.gp_weight, learning_rate=fv.learning_rate, beta_1=fv.beta_1,
         beta_2=fv.beta_2, max_train_examples=fv.max_train_examples, seed=fv.seed,
         eval_examples=fv.eval_examples, eval_steps=fv.eval_steps,
-        eval_restarts=fv.eval_restarts,
+        eval_restarts=fv.eval_restarts, mixed_precision=fv.mixed_precision,
     )
 
 
@@ -170,14 +183,18 @@ def _log(msg):
     print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
 
 
-def _check_same_run(config):
-    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration."""
+def _check_same_run(config, policy="float32"):
+    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration.
+
+    `policy` is the resolved Keras dtype policy (a run started in one precision
+    is not continued in another); records from before mixed precision were float32.
+    """
     path = os.path.join(config.workdir, CONFIG_FILE)
-    mine = {k: getattr(config, k) for k in _RUN_KEYS}
+    mine = {**{k: getattr(config, k) for k in _RUN_KEYS}, "precision": policy}
     if os.path.exists(path):
         with open(path) as f:
-            theirs = json.load(f)
-        diffs = [f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in _RUN_KEYS
+            theirs = {"precision": "float32", **json.load(f)}
+        diffs = [f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in mine
                  if theirs.get(k) != mine[k]]
         if diffs:
             raise ConfigError(
@@ -296,8 +313,14 @@ def run(config, *, progress_bar=None):
         The results dict written to `<workdir>/results.json`.
     """
     config.validate()
+    from at2l_tf import precision as precision_lib
+
+    prec = precision_lib.resolve(config.mixed_precision)
+    _log(prec.describe())
+    if prec.warning:
+        _log(f"warning: {prec.warning}")
     os.makedirs(config.workdir, exist_ok=True)
-    _check_same_run(config)
+    _check_same_run(config, prec.policy)
     images = _train_images(config)
 
     import keras
@@ -319,14 +342,15 @@ def run(config, *, progress_bar=None):
     if progress_bar is None:
         progress_bar = sys.stdout.isatty()
     keras.utils.set_random_seed(config.seed)
-    gan = WGANGP(
-        gan_models.mnist_generator(config.latent_dim),
-        gan_models.mnist_critic(),
-        n_critic=config.n_critic,
-        gp_weight=config.gp_weight,
-        seed=config.seed,
-    )
-    gan.compile(learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+    with precision_lib.policy_scope(prec):  # The networks only; the wrapper stays float32.
+        generator, critic = gan_models.mnist_generator(config.latent_dim), gan_models.mnist_critic()
+    gan = WGANGP(generator, critic, n_critic=config.n_critic, gp_weight=config.gp_weight, seed=config.seed)
+
+    def adam():
+        return precision_lib.wrap_optimizer(keras.optimizers.Adam(
+            learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2), prec)
+
+    gan.compile(adam(), adam())
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = gan.checkpoint(epoch=epoch_var)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
@@ -368,7 +392,7 @@ def run(config, *, progress_bar=None):
         )
 
     generator_file = config.generator_file
-    _save_generator(gan.generator, generator_file)
+    _save_generator(precision_lib.to_float32(gan.generator), generator_file)  # Shipped in float32.
     _log(f"wrote the generator to {generator_file}")
     samples = os.path.join(config.workdir, "samples.png")
     sample_grid_png(gan.generator, samples, seed=config.seed)
@@ -382,6 +406,7 @@ def run(config, *, progress_bar=None):
         "critic_steps": int(gan.optimizer.iterations.numpy()),
         "train_seconds": round(sum(row["seconds"] for row in history), 1),
         "history": history,
+        "precision": precision_lib.summary_line(prec),
     }
     if config.eval_examples > 0:
         _log(f"projecting the first {config.eval_examples} test images (L={config.eval_steps}, "

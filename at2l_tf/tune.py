@@ -317,8 +317,11 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
     """
     mode = validate(base, space, objective_attack, settings)
     record = search_record(base, space, objective_attack, settings)
-    hypermodel = hm.AT2LHyperModel(base, space, objective_attack, verbose=verbose)
     strategy = distribute.make_strategy(base.train.strategy)
+    hypermodel = hm.AT2LHyperModel(base, space, objective_attack, verbose=verbose)
+    _log(hypermodel.precision.describe())
+    if hypermodel.precision.warning:
+        _log(f"warning: {hypermodel.precision.warning}")
     reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags))
     tune_dir = os.path.abspath(settings.tune_dir)
     common = dict(

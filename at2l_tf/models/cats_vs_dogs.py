@@ -17,5 +17,5 @@ def cats_vs_dogs_cnn(input_shape, num_classes):
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(128, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="cats_vs_dogs_cnn")

@@ -16,7 +16,7 @@ def cifar10_small(input_shape, num_classes):
         x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dense(256, activation="relu")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="cifar10_small")
 
 
@@ -44,5 +44,5 @@ def cifar10_resnet20(input_shape, num_classes):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(x, filters, strides)
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="cifar10_resnet20")

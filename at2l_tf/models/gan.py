@@ -56,7 +56,7 @@ def mnist_generator(latent_dim=DEFAULT_LATENT_DIM, width=64, name="mnist_generat
     x = layers.Conv2DTranspose(width, 5, strides=2, padding="same", activation="relu",
                                name="deconv2")(x)
     images = layers.Conv2DTranspose(1, 5, strides=2, padding="same", activation="sigmoid",
-                                    name="deconv3")(x)
+                                    name="deconv3", dtype="float32")(x)  # float32 under mixed precision.
     return keras.Model(z, images, name=name)
 
 
@@ -78,7 +78,7 @@ def mnist_critic(width=64, input_shape=IMAGE_SHAPE, name="mnist_critic"):
         x = layers.Conv2D(filters, 5, strides=2, padding="same", name=f"conv{i}")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"lrelu{i}")(x)
     x = layers.Flatten()(x)
-    score = layers.Dense(1, name="score")(x)
+    score = layers.Dense(1, name="score", dtype="float32")(x)  # float32 under mixed precision.
     return keras.Model(images, score, name=name)
 
 

@@ -32,7 +32,7 @@ def mnist_small(input_shape, num_classes):
             layers.MaxPooling2D(),
             layers.Flatten(),
             layers.Dense(128, activation="relu"),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
     )
 
@@ -49,7 +49,7 @@ def madry_mnist(input_shape, num_classes):
             layers.MaxPooling2D(),
             layers.Flatten(),
             layers.Dense(1024, activation="relu"),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
     )
 
@@ -62,7 +62,7 @@ def _conv_conv_dense(name, input_shape, num_classes, convs):
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
         layers.Dropout(0.5),
-        layers.Dense(num_classes, name="logits"),
+        layers.Dense(num_classes, name="logits", dtype="float32"),
     ]
     return _sequential(name, input_shape, stack)
 
@@ -84,7 +84,7 @@ def mnist_b(input_shape, num_classes):
             layers.Conv2D(128, 5, activation="relu"),
             layers.Dropout(0.5),
             layers.Flatten(),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
     )
 
@@ -99,5 +99,5 @@ def mnist_d(input_shape, num_classes):
     stack = [layers.Flatten()]
     for _ in range(4):
         stack += [layers.Dense(300, activation="relu"), layers.Dropout(0.5)]
-    stack.append(layers.Dense(num_classes, name="logits"))
+    stack.append(layers.Dense(num_classes, name="logits", dtype="float32"))
     return _sequential("mnist_d", input_shape, stack)

@@ -24,6 +24,12 @@ adversarial versions instead of crafting them (Algorithm 2, where `x_adv_i`
 is one of the precomputed versions of `x_i` from several attacks and source
 models; see `at2l_tf.training.ensemble`). Everything else is the same.
 
+Mixed precision (`at2l_tf.precision`): the classifier may be built under a
+mixed policy (it computes in bfloat16 / float16, keeps float32 variables);
+the images, the attack's steps and projection, and every loss stay float32
+(logits are cast to float32 before any loss), and `train_step` scales the loss
+for a `LossScaleOptimizer` (float16).
+
 `fit()`, `evaluate()`, callbacks and progress bars work unchanged; `test_step`
 shares `_compute_losses` with `train_step` (it attacks the validation batch too,
 so `adv_acc` is robust accuracy under the training attack).
@@ -146,19 +152,20 @@ class AT2LModel(keras.Model):
         """Crafts `x_adv` against the current weights (classifier in inference mode)."""
 
         def model_fn(z):
-            return self._attack_target(z, training=False)
+            return tf.cast(self._attack_target(z, training=False), tf.float32)
 
         return tf.stop_gradient(self._attack_fn(model_fn, x, y))
 
     def _compute_losses(self, data, training):
         """Returns the replica's share of the loss (Eq. 1 / Eq. 2) and metric inputs."""
-        x, y = data[0], tf.cast(data[1], tf.int32)
+        x, y = tf.cast(data[0], tf.float32), tf.cast(data[1], tf.int32)
         local_k = tf.cast(tf.shape(y)[0], tf.float32)
         replica_ctx = tf.distribute.get_replica_context()
         global_k = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_k)
         num_replicas = tf.cast(replica_ctx.num_replicas_in_sync, tf.float32)
 
-        logits = self.classifier(x, training=training)
+        # Logits in float32 before any loss, whatever the classifier computes in.
+        logits = tf.cast(self.classifier(x, training=training), tf.float32)
         ce_clean = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         out = {"y": y, "logits": logits, "ce_clean": ce_clean, "local_k": local_k}
 
@@ -169,7 +176,7 @@ class AT2LModel(keras.Model):
                 x_adv = tf.stop_gradient(tf.cast(data[2], x.dtype))
             else:
                 x_adv = self.generate_adversarial(x, y)
-            adv_logits = self.classifier(x_adv, training=training)
+            adv_logits = tf.cast(self.classifier(x_adv, training=training), tf.float32)
             ce_adv = keras.losses.sparse_categorical_crossentropy(y, adv_logits, from_logits=True)
             out.update(adv_logits=adv_logits, ce_adv=ce_adv)
             if self.defense in ("at", "at2l"):

@@ -52,7 +52,9 @@ from at2l_tf import fileio
 from at2l_tf.errors import ConfigError, Interrupted
 
 # Settings that may change between a run and its resume: they do not change the weights.
-IGNORED = ("workdir", "export_dir", "eval", "train.save_every_steps")
+# The precision is compared as resolved (`Backup.check_precision`), not as asked
+# (`auto` may resolve to another policy on another machine).
+IGNORED = ("workdir", "export_dir", "eval", "train.save_every_steps", "train.mixed_precision")
 STATE_FILE = "state.npz"
 
 
@@ -146,6 +148,7 @@ class Backup:
         self.identity = None
         self.meta = None
         self._arrays = None
+        self.precision = "float32"  # The Keras policy the run trains under (written with the state).
 
     def load_meta(self):
         """Reads the backup, if any; returns its metadata (or None)."""
@@ -165,6 +168,22 @@ class Backup:
         if not self.meta:
             return 0, 0
         return self.meta["epoch"], self.meta["step"]
+
+    def check_precision(self, policy):
+        """Records `policy` (a Keras policy name) for the backups to come, and refuses
+        a loaded backup written under another one (`ConfigError`, one line).
+
+        Weights trained in bfloat16 and resumed in float32 (or the reverse) would
+        make a run of two precisions that no flag describes.
+        """
+        if self.meta is not None:
+            recorded = self.meta.get("precision", "float32")  # Backups before mixed precision.
+            if recorded != policy:
+                raise ConfigError(
+                    f"backup {self.path} was written under precision {recorded}, this run trains "
+                    f"under {policy}; rerun with the --mixed_precision of that run, or delete it"
+                )
+        self.precision = policy
 
     def restore(self, model, phase, strategy):
         """Loads the backup into the `AT2LModel` `model` of `phase` (`pretrain` or `train`).
@@ -208,6 +227,7 @@ class Backup:
             "pretrain_history": pretrain_history,
             "resumes": resumes,
             "identity": self.identity,
+            "precision": self.precision,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         arrays["meta"] = np.array(json.dumps(self.meta))

@@ -180,7 +180,8 @@ class WGANGP(keras.Model):
             fake = tf.stop_gradient(self.generator(z, training=True))
             with tf.GradientTape() as tape:
                 loss, gp, wasserstein = self._critic_losses(chunk, fake, eps)
-            self.optimizer.apply(tape.gradient(loss, critic_vars), critic_vars)
+                scaled = self.optimizer.scale_loss(loss)  # float16: LossScaleOptimizer.
+            self.optimizer.apply(tape.gradient(scaled, critic_vars), critic_vars)
             self.critic_loss_tracker.update_state(loss)
             self.gp_tracker.update_state(gp)
             self.wasserstein_tracker.update_state(wasserstein)
@@ -188,7 +189,8 @@ class WGANGP(keras.Model):
         z = self.sample_latent(batch)
         with tf.GradientTape() as tape:
             g_loss = self._generator_loss(z, training=True)
-        self.generator_optimizer.apply(tape.gradient(g_loss, generator_vars), generator_vars)
+            scaled = self.generator_optimizer.scale_loss(g_loss)
+        self.generator_optimizer.apply(tape.gradient(scaled, generator_vars), generator_vars)
         self.generator_loss_tracker.update_state(g_loss)
         return {m.name: m.result() for m in self.metrics}
 

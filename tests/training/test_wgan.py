@@ -194,6 +194,19 @@ def test_train_gan_trains_resumes_and_ships_a_generator(tmp_path, capfd):
         _run(tmp_path, "--epochs=1")
 
 
+def test_bf16_training_ships_a_float32_generator_and_is_not_resumed_in_float32(tmp_path, capfd):
+    from at2l_tf import precision
+
+    results = _run(tmp_path, "--epochs=1", "--mixed_precision=bfloat16", "--eval_examples=0")
+    assert "precision: mixed_bfloat16" in capfd.readouterr().err
+    assert results["precision"]["policy"] == "mixed_bfloat16"
+    assert all(np.isfinite(v) for v in results["history"][-1].values())
+    generator = keras.models.load_model(tmp_path / "gen" / "generator.keras", compile=False)
+    assert precision.policies_of(generator) == {"float32"}
+    with pytest.raises(ConfigError, match="precision='mixed_bfloat16' there, 'float32' here"):
+        _run(tmp_path, "--epochs=2", "--eval_examples=0")
+
+
 @pytest.mark.parametrize("arg, message", [
     ("--epochs=0", "epochs must be an integer >= 1, received epochs=0"),
     ("--n_critic=0", "n_critic=0"),
@@ -201,6 +214,7 @@ def test_train_gan_trains_resumes_and_ships_a_generator(tmp_path, capfd):
     ("--gp_weight=-1", "gp_weight=-1"),
     ("--max_train_examples=0", "max_train_examples=0"),
     ("--learning_rate=0", "learning_rate=0"),
+    ("--mixed_precision=half", "unknown mixed_precision 'half'; known: auto, off, bfloat16, float16"),
 ])
 def test_bad_values_are_refused_before_training(tmp_path, arg, message):
     with pytest.raises(ConfigError, match=message):

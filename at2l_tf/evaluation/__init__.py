@@ -1,7 +1,7 @@
 """Robustness measurement: the report (worst case over attacks), adaptive attacks for
 defence layers, gradient-masking checks, plots."""
 
-from at2l_tf.evaluation import adaptive, masking, plots
+from at2l_tf.evaluation import adaptive, masking, paired, plots
 from at2l_tf.evaluation.report import AttackSpec, format_report, robustness_report
 
-__all__ = ["AttackSpec", "adaptive", "format_report", "masking", "plots", "robustness_report"]
+__all__ = ["AttackSpec", "adaptive", "format_report", "masking", "paired", "plots", "robustness_report"]

@@ -257,3 +257,58 @@ def _number(name, index, value):
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name} must hold numbers, received {name}[{index}]={value!r}")
     return float(value)
+
+
+def plot_forest(path, rows, *, title=None, xlabel="difference (points)", note=None):
+    """A forest plot: one row per comparison, its estimate and interval, zero marked.
+
+    Args:
+        path: the PNG file (directory created if missing; written atomically).
+        rows: ordered `[{"label": str, "estimate": float, "low": float,
+            "high": float}]`, in the unit of `xlabel` (e.g. points of accuracy);
+            drawn top to bottom in list order.
+        title: optional title.
+        xlabel: the x axis label.
+        note: optional text under the axis (sample sizes, the interval's method).
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: no rows, a row without its four keys, a non-finite value,
+            or `low <= estimate <= high` violated. Nothing is written then.
+    """
+    if not rows:
+        raise ValueError("a forest plot needs at least one row, received rows=[]")
+    for i, row in enumerate(rows):
+        missing = {"label", "estimate", "low", "high"} - set(row)
+        if missing:
+            raise ValueError(f"row {i} lacks {', '.join(sorted(missing))}, received {row!r}")
+        values = [row["low"], row["estimate"], row["high"]]
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+            raise ValueError(f"row {i} ({row['label']!r}) has a non-finite value: {values}")
+        if not values[0] <= values[1] <= values[2]:
+            raise ValueError(f"row {i} ({row['label']!r}) needs low <= estimate <= high, received {values}")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 1.2 + 0.55 * len(rows)), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    ys = list(range(len(rows)))[::-1]
+    for y, row in zip(ys, rows):
+        ax.errorbar(row["estimate"], y, xerr=[[row["estimate"] - row["low"]], [row["high"] - row["estimate"]]],
+                    fmt="o", color="black", ecolor="black", capsize=4, markersize=6)
+        ax.annotate(f"{row['estimate']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]", (row["high"], y),
+                    xytext=(6, 0), textcoords="offset points", va="center", fontsize="small")
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, [row["label"] for row in rows])
+    low = min(r["low"] for r in rows + [{"low": 0.0}])
+    high = max(r["high"] for r in rows + [{"high": 0.0}])
+    span = max(high - low, 1.0)
+    ax.set_xlim(low - 0.1 * span, high + 0.45 * span)  # Room for the labels on the right.
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(xlabel if not note else f"{xlabel}\n{note}")
+    ax.grid(True, axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fileio.atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    return path

@@ -1,0 +1,94 @@
+"""benchmarks/triplet_study.py: the statistics and the answer it writes, on a made-up state,
+and its bad input (one line, exit 1, nothing written)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from at2l_tf.evaluation import paired
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def study():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("triplet_study", os.path.join(ROOT, "benchmarks", "triplet_study.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+
+
+def _run(objective, seed, robust, n=300):
+    rng = np.random.default_rng(100 * seed + len(objective))
+    correct = rng.random(n) < robust
+    return {"objective": objective, "seed": seed, "train_flags": [f"--defense={objective}"],
+            "fast": {"clean_accuracy": 0.98, "robust_accuracy": float(correct.mean()),
+                     "robust_correct": paired.encode(correct)}}
+
+
+def _state(gains):
+    runs = {}
+    for seed in (0, 1, 2):
+        base = _run("at", seed, 0.7)
+        runs[f"at/s{seed}"] = base
+        at = paired.decode(base["fast"]["robust_correct"])
+        for name, gain in gains.items():
+            better = at | (np.arange(at.size) % int(1 / gain) == 0) if gain else at.copy()
+            runs[f"{name}/s{seed}"] = {**_run(name, seed, 0.7), "fast": {
+                "clean_accuracy": 0.98, "robust_accuracy": float(better.mean()),
+                "robust_correct": paired.encode(better)}}
+    return {"runs": runs}
+
+
+def test_no_gain_is_reported_as_no_effect(study):
+    rows = study.report(_state({"at2l": 0, "tla_at": 0}), replicates=200)
+    assert [r["objective"] for r in rows] == ["at", "at2l", "tla_at"]
+    assert rows[1]["vs_at"]["difference"] == 0.0
+    assert study.answer(rows).startswith("No effect of a triplet term distinguishable from zero")
+    table = study.markdown({"runs": _state({"at2l": 0})["runs"]}).splitlines()
+    assert table[0].startswith("No effect") and table[2].startswith("| objective |") and len(table) == 6
+
+
+def test_a_clear_gain_is_named_with_its_interval(study):
+    rows = study.report(_state({"at2l": 0, "at_triplet": 0.1}), replicates=200)
+    sentence = study.answer(rows)
+    assert sentence.startswith("AT + best triplet adds +")
+    assert rows[2]["vs_at"]["low"] > 0
+
+
+def test_trades_alone_beating_at_is_not_a_triplet_effect(study):
+    rows = study.report(_state({"trades": 0.1, "at2l": 0}), replicates=200)
+    assert study.answer(rows).startswith("No effect of a triplet term")
+
+
+def test_the_forest_plot_is_drawn_from_the_state(study, tmp_path):
+    png = study.plot(_state({"at2l": 0, "trades": 0.1}), str(tmp_path / "forest.png"))
+    assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--objectives=at,free", "unknown objective 'free'"),
+    ("--objectives=at2l", "must include the reference 'at'"),
+    ("--seeds=0,x", "seeds must be non-negative integers, received 'x'"),
+    ("--trials=0", "trials must be >= 1, received trials=0"),
+    ("--phases=tune,deploy", "unknown phase 'deploy'"),
+])
+def test_bad_input_is_one_line_and_exit_1(tmp_path, arg, message):
+    out = tmp_path / "study.json"
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "triplet_study.py"), f"--output_json={out}", arg],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("triplet_study: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not out.exists()

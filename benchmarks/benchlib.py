@@ -324,6 +324,72 @@ def print_markdown_from(path, markdown):
         print(markdown(json.load(fh)))
 
 
+def markdown_only(argv, path, markdown):
+    """A table benchmark's start: `True` when `--markdown_from=path` printed its table.
+
+    Raises `ConfigError` on positional arguments; prints `markdown(record)` of
+    the results JSON at `path` (when given), the table of benchmarks/README.md
+    that the committed run makes, and the caller then stops.
+    """
+    from at2l_tf.errors import ConfigError
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if path:
+        print_markdown_from(path, markdown)
+        return True
+    return False
+
+
+def train(config):
+    """The results of a train run of `config`: the finished one in its workdir, or a new
+    run (`experiment.run`, one line per epoch), so that a benchmark run again resumes."""
+    from at2l_tf import experiment
+
+    return finished_run(config) or experiment.run(config, verbose=2)
+
+
+def evaluate_mnist(model_fn, specs, num_examples, *, batch_size, verbose=0, seed=None):
+    """`evaluation.robustness_report` of `model_fn` under `specs` on the first
+    `num_examples` MNIST test images, in batches of `batch_size`; with `seed`,
+    Keras' random seed is set just before the attacks run."""
+    from at2l_tf import data, evaluation
+
+    test = data.make_pipeline(
+        data.load("mnist", "test", max_examples=num_examples), batch_size=batch_size, cache=False
+    )
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    return evaluation.robustness_report(
+        model_fn, test, specs, num_examples=num_examples, verbose=verbose
+    )
+
+
+def accuracies(report):
+    """Clean accuracy, robust accuracy (the worst case) and accuracy per attack of a
+    robustness report (a train run's `test`)."""
+    return {
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": report["robust_accuracy"],
+        "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()},
+    }
+
+
+def markdown_table(header, rows, align=None):
+    """Markdown lines of a table: `header` cells, then `rows` (lists of cells).
+
+    `align`: a separator cell per column (default `---`; `---:` right-aligns).
+    """
+    align = align or ["---"] * len(header)
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
+
+
 def finished_run(config):
     """The `results.json` of a finished train run of `config` in its workdir, else `None`.
 

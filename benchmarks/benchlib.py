@@ -317,7 +317,7 @@ def provenance(script, started):
 
 def print_markdown_from(path, markdown):
     """Prints `markdown(record)` of the results JSON at `path`: a benchmark's
-    `--markdown_from`, which prints the README's table from a committed run."""
+    `--markdown_from`, which prints its table of benchmarks/README.md from a committed run."""
     import json
 
     with open(path) as fh:

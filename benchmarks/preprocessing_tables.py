@@ -58,7 +58,7 @@ flags.DEFINE_string("workdir", "runs/preprocessing_tables", "Where the rows' run
 flags.DEFINE_string("output_json", None, "Where to write the table (atomically).")
 flags.DEFINE_string("markdown_from", None, "Print the benchmarks/README.md table of this JSON and exit.")
 
-# README columns: (label in the report, header).
+# Table columns: (label in the report, header).
 COLUMNS = {
     "thermometer": [
         ("fgsm", "FGSM"), ("pgd", "PGD-40"), ("ls_pga", "LS-PGA-7"),
@@ -72,7 +72,7 @@ COLUMNS = {
     ],
 }
 
-# Paper's rows (its own numbers are CIFAR-10 / ImageNet: see the README).
+# Paper's rows (its own numbers are CIFAR-10 / ImageNet: see benchmarks/README.md).
 THERMOMETER_ROWS = {
     "Ori": dict(preprocessing="none", defense="none"),
     "Th.En.(0)": dict(preprocessing="thermometer", defense="none"),

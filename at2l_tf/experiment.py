@@ -46,6 +46,7 @@ from at2l_tf import precision as precision_lib
 from at2l_tf.training import backup as backup_lib
 from at2l_tf.training import distribute, ensemble
 from at2l_tf.training.at2l_model import AT2LModel
+from at2l_tf.training.epoch_progbar import EpochProgbarLogger
 
 def learning_rate(config, steps_per_epoch=None):
     """The optimizer's learning rate: a float, or a Keras schedule.
@@ -362,6 +363,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     ]
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
     pre, total = config.train.pretrain_epochs, config.train.pretrain_epochs + config.train.epochs
+    callbacks.append(EpochProgbarLogger(total))  # `Epoch k/total` from one fit call per epoch.
     epoch, step = backup.position
     meta = backup.meta or {}
     run_state = {

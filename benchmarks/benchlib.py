@@ -317,11 +317,77 @@ def provenance(script, started):
 
 def print_markdown_from(path, markdown):
     """Prints `markdown(record)` of the results JSON at `path`: a benchmark's
-    `--markdown_from`, which prints the README's table from a committed run."""
+    `--markdown_from`, which prints its table of benchmarks/README.md from a committed run."""
     import json
 
     with open(path) as fh:
         print(markdown(json.load(fh)))
+
+
+def markdown_only(argv, path, markdown):
+    """A table benchmark's start: `True` when `--markdown_from=path` printed its table.
+
+    Raises `ConfigError` on positional arguments; prints `markdown(record)` of
+    the results JSON at `path` (when given), the table of benchmarks/README.md
+    that the committed run makes, and the caller then stops.
+    """
+    from at2l_tf.errors import ConfigError
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if path:
+        print_markdown_from(path, markdown)
+        return True
+    return False
+
+
+def train(config):
+    """The results of a train run of `config`: the finished one in its workdir, or a new
+    run (`experiment.run`, one line per epoch), so that a benchmark run again resumes."""
+    from at2l_tf import experiment
+
+    return finished_run(config) or experiment.run(config, verbose=2)
+
+
+def evaluate_mnist(model_fn, specs, num_examples, *, batch_size, verbose=0, seed=None):
+    """`evaluation.robustness_report` of `model_fn` under `specs` on the first
+    `num_examples` MNIST test images, in batches of `batch_size`; with `seed`,
+    Keras' random seed is set just before the attacks run."""
+    from at2l_tf import data, evaluation
+
+    test = data.make_pipeline(
+        data.load("mnist", "test", max_examples=num_examples), batch_size=batch_size, cache=False
+    )
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+    return evaluation.robustness_report(
+        model_fn, test, specs, num_examples=num_examples, verbose=verbose
+    )
+
+
+def accuracies(report):
+    """Clean accuracy, robust accuracy (the worst case) and accuracy per attack of a
+    robustness report (a train run's `test`)."""
+    return {
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": report["robust_accuracy"],
+        "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()},
+    }
+
+
+def markdown_table(header, rows, align=None):
+    """Markdown lines of a table: `header` cells, then `rows` (lists of cells).
+
+    `align`: a separator cell per column (default `---`; `---:` right-aligns).
+    """
+    align = align or ["---"] * len(header)
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
 
 
 def finished_run(config):
@@ -358,3 +424,319 @@ def _with_defaults(recorded, defaults):
     for key, value in recorded.items():
         out[key] = _with_defaults(value, defaults.get(key)) if isinstance(value, dict) else value
     return out
+
+
+# ------------------------------------------------------------------ speed families
+#
+# The speed benchmarks measure families of figures, one module each:
+# `speed_training.py` (training cost) and `speed_attacks.py` (our attacks against
+# their floor and against ART, Foolbox and eager CleverHans); `speed.py` runs
+# them all into one JSON. A family module has
+#
+#   FIGURES      its figures (the JSON keys under `models.<name>`), in order;
+#   XLA_FIGURES  those whose timing also runs `jit_compile=True` variants;
+#   configure(cfg, figures, pick) -> keys
+#                adds its settings to `cfg` from its own flags (`pick(value,
+#                full, quick)` applies `--quick`), may drop figures from
+#                `figures`, and returns the settings that must be >= 1;
+#   measure(model_name, cfg, record, figures, peers)
+#                measures its `figures` on one model into `record`;
+#   settings(cfg) what its runs were, for the JSON's `settings`;
+#   table_rows(table) its rows of the printed table (a `TextTable`).
+
+# Figures that compare with another library, and that library.
+PEERS = {
+    "fgsm_vs_art": "art",
+    "pgd_vs_art": "art",
+    "apgd_vs_art": "art",
+    "pgd_vs_foolbox": "foolbox",
+}
+PEER_NOTES = {"art": ART_NOTE, "foolbox": FOOLBOX_NOTE}
+
+
+def log(msg):
+    print(f"[speed] {msg}", file=sys.stderr, flush=True)
+
+
+class Section:
+    """Wall time, CPU time and load average around one part of a benchmark."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+        self.load = os.getloadavg()[0]
+        log(f"{self.name} ...")
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        cpu = time.process_time() - self.cpu
+        self.record = {
+            "wall_s": round(wall, 2),
+            # Cores this process got on average; ~cpu_count when it had the machine.
+            "cpu_cores_used": round(cpu / wall, 2) if wall > 0 else None,
+            "load_avg_1min": [round(self.load, 2), round(os.getloadavg()[0], 2)],
+        }
+        log(f"{self.name}: {wall:.1f} s, {self.record['cpu_cores_used']} cores")
+        return False
+
+
+_MNIST_ARRAYS = {}
+
+
+def mnist_arrays(split):
+    """`(uint8 images, labels)` of the shipped MNIST's `split`, loaded once per process."""
+    if split not in _MNIST_ARRAYS:
+        from at2l_tf import data
+
+        _MNIST_ARRAYS[split] = data.load_mnist_arrays(split)
+    return _MNIST_ARRAYS[split]
+
+
+def figure_order(families):
+    """Every figure of `families`: the targets (in `TARGETS`' order), then the others."""
+    figures = [f for fam in families for f in fam.FIGURES]
+    return [t for t in TARGETS if t in figures] + [f for f in figures if f not in TARGETS]
+
+
+def targets(results, figures):
+    """Each measured target with its value per model; it passes when every model meets it.
+
+    A figure whose peer library is missing (value None) has `pass` None and a `skipped` note.
+    """
+    out = {}
+    for name, (op, threshold) in TARGETS.items():
+        if name not in figures:
+            continue
+        values = {m: r[name] for m, r in results.items()}
+        entry = {"target": f"{op} {threshold:g}", "values": values}
+        if any(v is None for v in values.values()):
+            entry["pass"] = None
+            entry["skipped"] = PEER_NOTES[PEERS[name]]
+        else:
+            ok = [(v <= threshold) if op == "<=" else (v >= threshold) for v in values.values()]
+            entry["pass"] = all(ok)
+        out[name] = entry
+    return out
+
+
+class TextTable:
+    """The printed table of a speed run: a row per figure, a column per model."""
+
+    def __init__(self, results):
+        self.res = results
+        self.names = list(results)
+        self.width = max(14, *(len(n) + 2 for n in self.names))
+        self.lines = []
+
+    def row(self, label, values, target=""):
+        self.lines.append(f"{label:<28}{target:>8}" + "".join(f"{v:>{self.width}}" for v in values))
+
+    @staticmethod
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    def cells(self, get, spec):
+        """`get(record)` of every model, formatted with `spec`."""
+        return [self.fmt(get(self.res[n]), spec) for n in self.names]
+
+    def have(self, *keys):
+        """Every model's record has this (nested) figure."""
+
+        def get(r):
+            for key in keys:
+                if not isinstance(r, dict) or key not in r:
+                    return False
+                r = r[key]
+            return True
+
+        return all(get(self.res[n]) for n in self.names)
+
+
+def _speed_table(name, summary, families):
+    res = summary["models"]
+    table = TextTable(res)
+    m, load = summary["machine"], summary["load"]
+    table.lines.append(
+        f"{name}: {m['cpu_model']}, {m['cpu_count']} CPUs, "
+        f"batch {summary['settings']['batch_size']}, "
+        f"median of {summary['settings']['repeats']} rounds"
+        + (" (--quick)" if summary["quick"] else "")
+        + f"; load avg {load['load_avg_1min_start']} -> {load['load_avg_1min_end']}"
+    )
+    table.lines.append(f"{'figure':<28}{'target':>8}" + "".join(f"{n:>{table.width}}" for n in table.names))
+    for figure in summary["targets"]:
+        op, thr = TARGETS[figure]
+        cells = []
+        for n in table.names:
+            v = res[n][figure]
+            ok = "" if v is None else (" ok" if (v <= thr if op == "<=" else v >= thr) else " MISS")
+            cells.append(table.fmt(v, ".2f") + ok)
+        table.row(figure, cells, f"{op}{thr:g}")
+    for fam in families:
+        fam.table_rows(table)
+    table.lines.append(
+        f"benchmark peak RSS {summary['peak_rss_mb']:.0f} MB; total {summary['wall_s']:.0f} s"
+    )
+    if summary.get("skipped"):
+        table.lines.append(f"figures skipped: {summary['skipped']}")
+    return "\n".join(table.lines)
+
+
+def speed_main(name, families):
+    """Runs the speed `families` (modules, see above) as `python benchmarks/<name>.py`.
+
+    Defines the flags every family shares, then runs under `cli.run` (one-line
+    errors): per model (`--models`), each family measures the figures of
+    `--figures` it owns, in the order of `families`; prints a table and writes
+    `--output_json`.
+    """
+    from absl import flags
+
+    from at2l_tf import cli
+
+    every = figure_order(families)
+    flags.DEFINE_bool(
+        "quick", False, "Short run (< 1 min): mnist_small, 3 rounds, PGD-3, epoch extrapolated."
+    )
+    flags.DEFINE_string("output_json", None, "Where to write the results JSON.")
+    flags.DEFINE_list(
+        "models", None, "Models (default mnist_small,madry_mnist; --quick: mnist_small)."
+    )
+    flags.DEFINE_integer("batch_size", 128, "Examples per batch, everywhere.")
+    flags.DEFINE_integer("repeats", None, "Timed rounds per figure (default 9; --quick: 3).")
+    flags.DEFINE_integer("warmup", None, "Untimed calls before timing (default 2; --quick: 1).")
+    flags.DEFINE_float("eps", 0.3, "L-inf radius of every attack.")
+    flags.DEFINE_bool(
+        "xla", None, "Also time attacks and train steps with jit_compile=True (default: not --quick)."
+    )
+    flags.DEFINE_enum(
+        "device", "cpu", ["cpu", "gpu"], "cpu hides every GPU; gpu uses TensorFlow's default."
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random starts.")
+    flags.DEFINE_list(
+        "figures", None, f"Figures to measure, comma-separated (default: all): {', '.join(every)}."
+    )
+    # `--help` lists the main module's key flags: the shared ones and the families' too.
+    for module in (__name__, *(fam.__name__ for fam in families)):
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    cli.run(lambda argv: _speed_run(name, families, every, flags.FLAGS), name)
+
+
+def _speed_run(name, families, every, FLAGS):
+    import gc
+
+    import tensorflow as tf
+
+    from at2l_tf.errors import ConfigError
+    from at2l_tf.fileio import atomic_write_json
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    quick = FLAGS.quick
+
+    def pick(value, full, short):
+        return value if value is not None else (short if quick else full)
+
+    cfg = {
+        "quick": quick,
+        "batch_size": FLAGS.batch_size,
+        "repeats": pick(FLAGS.repeats, 9, 3),
+        "warmup": pick(FLAGS.warmup, 2, 1),
+        "eps": FLAGS.eps,
+        "xla": pick(FLAGS.xla, True, False),
+        "seed": FLAGS.seed,
+    }
+    # Checked first: an unknown name stops the run before any work, nothing written.
+    figures = list(every) if FLAGS.figures is None else [f.strip() for f in FLAGS.figures]
+    unknown = [f for f in figures if f not in every]
+    if unknown or not figures:
+        what = f"unknown figure {unknown[0]!r}" if unknown else "--figures names no figure"
+        raise ConfigError(f"{what}; known figures: {', '.join(every)}")
+    positive = ["batch_size", "repeats"]
+    for fam in families:
+        positive += fam.configure(cfg, figures, pick)
+    figures = [f for f in every if f in figures]  # Canonical order, no duplicates.
+    families = [fam for fam in families if set(fam.FIGURES) & set(figures)]
+    # XLA variants exist only for some figures (train steps, our PGD against its floor).
+    cfg["xla"] = cfg["xla"] and any(f in fam.XLA_FIGURES for fam in families for f in figures)
+    model_names = pick(FLAGS.models, ["mnist_small", "madry_mnist"], ["mnist_small"])
+    check_mnist_models(model_names)
+    for key in positive:
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, received {key}={cfg[key]}")
+    if cfg["batch_size"] < 2:  # Triplets need two examples.
+        raise ConfigError(f"batch_size must be >= 2, received batch_size={cfg['batch_size']}")
+
+    if FLAGS.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    # Each model traces its own train function; TensorFlow's retracing heuristic
+    # counts those as retraces of one function and warns.
+    tf.get_logger().setLevel("ERROR")
+    # The peer libraries, imported only for the figures that use them (None: not installed).
+    peers = {
+        "art": import_art() if any(PEERS.get(f) == "art" for f in figures) else None,
+        "foolbox": import_foolbox() if "pgd_vs_foolbox" in figures else None,
+    }
+
+    results = {}
+    for model_name in model_names:
+        record = {"sections": {}, "xla": {}}
+        for fam in families:
+            fam.measure(model_name, cfg, record, figures, peers)
+        results[model_name] = record
+        gc.collect()
+
+    settings = {key: cfg[key] for key in ("batch_size", "repeats", "warmup", "eps", "seed", "xla")}
+    for fam in families:
+        settings.update(fam.settings(cfg))
+    summary = {
+        "benchmark": name,
+        "command": " ".join(["python", f"benchmarks/{name}.py"] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": quick,
+        "machine": {
+            **machine(),
+            "device": FLAGS.device,
+            "tf_threads": {  # 0: TensorFlow picks (one per core).
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            },
+        },
+        "git_commit": git_commit(),
+        "versions": versions(peers["art"], peers["foolbox"]),
+        "settings": {
+            **settings,
+            "figures": figures,
+            "timing": "median over rounds of wall time; contenders interleaved round-robin",
+            "data": "MNIST shipped with at2l_tf: train split for training, test split for attacks",
+            "models": model_names,
+        },
+        "models": results,
+    }
+    missing = [p for p in PEER_NOTES if any(PEERS.get(f) == p for f in figures) and not peers[p]]
+    if missing:
+        summary["skipped"] = "; ".join(PEER_NOTES[p] for p in missing)
+    summary["targets"] = targets(results, figures)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    try:
+        import psutil
+
+        summary["rss_end_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+    except ImportError:
+        pass
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    summary["load"] = {
+        "load_avg_1min_start": round(load_start[0], 2),
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
+        "load_avg_start": [round(v, 2) for v in load_start],
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+        "process_cpu_s": round(time.process_time(), 1),
+    }
+    print(_speed_table(name, summary, families))  # The families that measured something.
+    if FLAGS.output_json:
+        atomic_write_json(FLAGS.output_json, summary)

@@ -59,7 +59,7 @@ flags.DEFINE_integer("bpda_steps", 10, "PGD steps of BPDA.")
 flags.DEFINE_integer("seed", 0, "Seed of training and of the projection's starts.")
 flags.DEFINE_string("workdir", "runs/defense_gan_table", "Where the classifiers' runs go.")
 flags.DEFINE_string("output_json", None, "Where to write the table (atomically, after every structure).")
-flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
+flags.DEFINE_string("markdown_from", None, "Print the benchmarks/README.md table of this JSON and exit.")
 flags.DEFINE_bool("train_only", False, "Train (or reuse) the classifiers and stop (no generator needed).")
 
 def classifier_config(structure, objective):
@@ -82,7 +82,7 @@ def classifier_config(structure, objective):
 
 def evaluate_row(classifier, layer, n, with_bpda):
     """Errors of one row: the classifier alone (`layer=None`) or behind `layer`."""
-    from at2l_tf import data, defenses, evaluation
+    from at2l_tf import defenses, evaluation
     from at2l_tf.attacks import bpda
 
     net = classifier
@@ -106,9 +106,8 @@ def evaluate_row(classifier, layer, n, with_bpda):
                    "learning_rate": 0.1}, model_fn=net_fn, adaptive=behind,
         ),
     ]
-    test = data.make_pipeline(data.load("mnist", "test", max_examples=n), batch_size=100, cache=False)
     t0 = time.time()
-    report = evaluation.robustness_report(model_fn, test, specs, num_examples=n, verbose=0)
+    report = benchlib.evaluate_mnist(model_fn, specs, n, batch_size=100)
     row = {
         "num_examples": n,
         "clean_error": report["clean_error"],
@@ -123,9 +122,8 @@ def evaluate_row(classifier, layer, n, with_bpda):
             "pgd", {"eps": FLAGS.eps, "steps": FLAGS.bpda_steps}, label="bpda_pgd",
             model_fn=bpda.bpda_model_fn(net_fn, layer), adaptive="bpda",
         )
-        test = data.make_pipeline(data.load("mnist", "test", max_examples=m), batch_size=100, cache=False)
         t0 = time.time()
-        rep = evaluation.robustness_report(model_fn, test, [spec], num_examples=m, verbose=0)
+        rep = benchlib.evaluate_mnist(model_fn, [spec], m, batch_size=100)
         row.update(
             bpda_examples=m,
             bpda_clean_error=rep["clean_error"],
@@ -136,13 +134,9 @@ def evaluate_row(classifier, layer, n, with_bpda):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.markdown_from:
-        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
+    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     from at2l_tf import defenses, savedmodel
-    from at2l_tf import experiment
 
     for structure in FLAGS.models:
         if not structure.startswith("mnist_"):
@@ -152,7 +146,7 @@ def main(argv):
     trained = {}
     for (structure, objective), cfg in configs.items():
         print(f"=== {structure} / {objective} ===", file=sys.stderr, flush=True)
-        trained[(structure, objective)] = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
+        trained[(structure, objective)] = benchlib.train(cfg)
     if FLAGS.train_only:
         return
     layer = defenses.make_layer(
@@ -206,20 +200,19 @@ def _write(table, started, complete):
 
 
 def markdown(record):
-    """The README's table: error % per structure and row, BPDA where measured."""
-    lines = [
-        "| model | row | clean | FGSM (classifier) | C&W (classifier) | BPDA-PGD (whole) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    """The benchmarks/README.md table: error % per structure and row, BPDA where measured."""
+    out = []
     for structure, rows in record["table"].items():
         for name in ("Ori", "DG", "DG+TR"):  # The JSON's keys are sorted.
             r = rows[name]
             bpda = f"{100 * r['bpda_pgd_error']:.1f}" if "bpda_pgd_error" in r else "–"
-            lines.append(
-                f"| {structure[-1].upper()} | {name} | {100 * r['clean_error']:.1f} | "
-                f"{100 * r['fgsm_error']:.1f} | {100 * r['cw_error']:.1f} | {bpda} |"
-            )
-    return "\n".join(lines)
+            out.append([
+                structure[-1].upper(), name, f"{100 * r['clean_error']:.1f}",
+                f"{100 * r['fgsm_error']:.1f}", f"{100 * r['cw_error']:.1f}", bpda,
+            ])
+    header = ["model", "row", "clean", "FGSM (classifier)", "C&W (classifier)", "BPDA-PGD (whole)"]
+    align = ["---", "---", "---:", "---:", "---:", "---:"]
+    return "\n".join(benchlib.markdown_table(header, out, align))
 
 
 if __name__ == "__main__":

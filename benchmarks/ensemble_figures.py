@@ -75,7 +75,7 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("workdir", "runs/ensemble_figures", "Where the runs go.")
 flags.DEFINE_string("figures_dir", "benchmarks/results/figures", "Where the figure JSON/PNG go.")
 flags.DEFINE_string("output_json", None, "Where to write all numbers (atomically).")
-flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
+flags.DEFINE_string("markdown_from", None, "Print the benchmarks/README.md table of this JSON and exit.")
 
 MODELS = {
     "Adv.T": dict(defense="at", attack="fgsm"),
@@ -235,14 +235,10 @@ def figure_dicts(curves, strong, n):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.markdown_from:
-        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
+    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     from at2l_tf import attacks
     from at2l_tf.evaluation import plots
-    from at2l_tf import experiment
     from at2l_tf.training import ensemble
 
     names = FLAGS.models or list(MODELS)
@@ -254,7 +250,7 @@ def main(argv):
     for structure in (FLAGS.static_model, FLAGS.holdout_model):
         cfg = source_config(structure).validate()
         print(f"=== source model {structure} ===", file=sys.stderr, flush=True)
-        benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
+        benchlib.train(cfg)
         sources[structure] = os.path.join(cfg.workdir, "model.keras")
     configs = {n: model_config(n, sources[FLAGS.static_model]).validate() for n in names}
 
@@ -271,10 +267,9 @@ def main(argv):
     for i, name in enumerate(names, 1):
         cfg = configs[name]
         print(f"=== model {i}/{len(names)}: {name} ===", file=sys.stderr, flush=True)
-        res = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
+        res = benchlib.train(cfg)
         t0 = time.time()
         curve = curves_of(cfg, x, y, x_transfer, eval_attacks)
-        test = res["test"]
         record["models"][name] = {
             "config": cfg.to_dict(),
             "train_seconds": res["train_seconds"],
@@ -282,9 +277,7 @@ def main(argv):
             "regeneration_seconds": (res.get("ensemble") or {}).get("regeneration_seconds"),
             "curve": curve,
             "strongest": {
-                "clean_accuracy": test["clean_accuracy"],
-                "robust_accuracy": test["robust_accuracy"],
-                "accuracy": {k: v["accuracy"] for k, v in test["attacks"].items()},
+                **benchlib.accuracies(res["test"]),
                 "attacks": "FGSM, PGD-40 (step 0.01), AutoAttack fast (APGD-CE + APGD-T, 100 it.); "
                            "worst case per example",
                 "num_examples": FLAGS.eval_examples,
@@ -301,22 +294,22 @@ def main(argv):
 
 
 def markdown(record):
-    """The README table: last-epoch curve errors and the strong final check, per model."""
-    lines = [
-        "| model | FGSM error | C&W error (L2 ≤ 2) | transferred FGSM error | clean | FGSM | PGD-40 "
-        "| AutoAttack (fast) | **robust** | training |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    """The benchmarks/README.md table: last-epoch curve errors and the strong final check,
+    per model."""
+    rows = []
     for name in record.get("planned_models") or record["models"]:
         r = record["models"][name]
         c, s = r["curve"][-1], r["strongest"]
         acc = s["accuracy"]
-        lines.append(
-            f"| {name} | {c['fgsm']:.1%} | {c['cw']:.1%} | {c['transfer_fgsm']:.1%} | "
-            f"{s['clean_accuracy']:.1%} | {acc['fgsm']:.1%} | {acc['pgd']:.1%} | {acc['autoattack']:.1%} | "
-            f"**{s['robust_accuracy']:.1%}** | {r['train_seconds'] / 60:.1f} min |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            name, f"{c['fgsm']:.1%}", f"{c['cw']:.1%}", f"{c['transfer_fgsm']:.1%}",
+            f"{s['clean_accuracy']:.1%}", f"{acc['fgsm']:.1%}", f"{acc['pgd']:.1%}",
+            f"{acc['autoattack']:.1%}", f"**{s['robust_accuracy']:.1%}**",
+            f"{r['train_seconds'] / 60:.1f} min",
+        ])
+    header = ["model", "FGSM error", "C&W error (L2 ≤ 2)", "transferred FGSM error", "clean", "FGSM",
+              "PGD-40", "AutoAttack (fast)", "**robust**", "training"]
+    return "\n".join(benchlib.markdown_table(header, rows))
 
 
 def _write(record, names, started, complete):

@@ -56,9 +56,9 @@ flags.DEFINE_integer("eot_draws", 20, "EOT draws (Table 2).")
 flags.DEFINE_integer("seed", 0, "Seed of training and attacks.")
 flags.DEFINE_string("workdir", "runs/preprocessing_tables", "Where the rows' runs go.")
 flags.DEFINE_string("output_json", None, "Where to write the table (atomically).")
-flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
+flags.DEFINE_string("markdown_from", None, "Print the benchmarks/README.md table of this JSON and exit.")
 
-# README columns: (label in the report, header).
+# Table columns: (label in the report, header).
 COLUMNS = {
     "thermometer": [
         ("fgsm", "FGSM"), ("pgd", "PGD-40"), ("ls_pga", "LS-PGA-7"),
@@ -72,7 +72,7 @@ COLUMNS = {
     ],
 }
 
-# Paper's rows (its own numbers are CIFAR-10 / ImageNet: see the README).
+# Paper's rows (its own numbers are CIFAR-10 / ImageNet: see benchmarks/README.md).
 THERMOMETER_ROWS = {
     "Ori": dict(preprocessing="none", defense="none"),
     "Th.En.(0)": dict(preprocessing="thermometer", defense="none"),
@@ -141,24 +141,18 @@ def attack_specs(table, layer, net_fn, model_fn, f):
 
 
 def run_row(table, name, cfg, f):
-    from at2l_tf import data, evaluation, savedmodel
-    from at2l_tf import experiment
+    from at2l_tf import savedmodel
 
     model_path = os.path.join(cfg.workdir, "model.keras")
-    trained = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
+    trained = benchlib.train(cfg)
     clf = savedmodel.load_classifier(model_path)
-    test = data.make_pipeline(
-        data.load("mnist", "test", max_examples=f.num_examples), batch_size=250, cache=False
-    )
-    import keras
-
-    keras.utils.set_random_seed(f.seed)
-    report = evaluation.robustness_report(
+    report = benchlib.evaluate_mnist(
         clf.model_fn,
-        test,
         attack_specs(table, clf.preprocessing, clf.net_fn, clf.model_fn, f),
-        num_examples=f.num_examples,
+        f.num_examples,
+        batch_size=250,
         verbose=1,
+        seed=f.seed,
     )
     hist = trained["history"]
     return {
@@ -173,10 +167,7 @@ def run_row(table, name, cfg, f):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.markdown_from:
-        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
+    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     if FLAGS.table not in TABLES:
         raise ConfigError(f"--table must be one of {', '.join(TABLES)}, received {FLAGS.table!r}")
@@ -222,13 +213,10 @@ def _write(configs, names, out, started, complete):
 
 
 def markdown(record):
-    """The README table of a results JSON: accuracy (%) per row and attack."""
+    """The benchmarks/README.md table of a results JSON: accuracy (%) per row and attack."""
     table = record["benchmark"].split("/")[1]
     cols = COLUMNS[table]
-    lines = [
-        "| row | clean | " + " | ".join(h for _, h in cols) + " | **worst case** |",
-        "| --- " * (len(cols) + 3) + "|",
-    ]
+    rows = []
     for name, row in record["rows"].items():
         rep = row["report"]
         cells = [f"{rep['clean_accuracy']:.1%}"]
@@ -237,8 +225,9 @@ def markdown(record):
             cells.append("–" if entry is None else f"{entry['accuracy']:.1%}")
         worst = rep["robust_accuracy"]
         cells.append("–" if worst is None else f"**{worst:.1%}**")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([name, *cells])
+    header = ["row", "clean", *(h for _, h in cols), "**worst case**"]
+    return "\n".join(benchlib.markdown_table(header, rows))
 
 
 def _print_row(name, row):

@@ -1,4 +1,5 @@
-r"""Resume and multi-worker training, measured: the README's "Resume and multiple workers".
+r"""Resume and multi-worker training, measured (benchmarks/README.md, "Resume after a kill,
+and two workers").
 
     python benchmarks/resume_and_workers.py --output_json=benchmarks/results/resume_and_workers_cpu.json
 

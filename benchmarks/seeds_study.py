@@ -42,7 +42,7 @@ flags.DEFINE_list("training_attacks", ["pgd"], "Training attacks: pgd (PGD-5) an
 flags.DEFINE_list("objectives", ["at", "at2l", "tr"], "Objectives compared.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_string("output_json", None, "Where to write the study (atomically, after every run).")
-flags.DEFINE_string("markdown_from", None, "Print the README table of this JSON and exit.")
+flags.DEFINE_string("markdown_from", None, "Print the benchmarks/README.md table of this JSON and exit.")
 
 README_SETTING = {"lambda1": 1.0, "lambda2": 0.5, "margin": 0.5, "norm": "linf"}
 TUNED_KEYS = ("lambda1", "lambda2", "margin", "norm")
@@ -83,13 +83,8 @@ def run_config(setting, values, attack, objective, seed):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.markdown_from:
-        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
+    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
-    from at2l_tf import experiment
-
     settings = {}
     for name in FLAGS.settings:
         if name == "readme":
@@ -119,15 +114,12 @@ def main(argv):
     for i, key in enumerate(plan, 1):
         cfg = configs[key]
         print(f"=== run {i}/{len(plan)}: {'/'.join(map(str, key))} ===", file=sys.stderr, flush=True)
-        res = benchlib.finished_run(cfg) or experiment.run(cfg, verbose=2)
-        test = res["test"]
+        res = benchlib.train(cfg)
         runs.append({
             "setting": key[0], "training_attack": key[1], "objective": key[2], "seed": key[3],
             "lambda1": cfg.train.lambda1, "lambda2": cfg.train.lambda2,
             "margin": cfg.train.margin, "norm": cfg.train.norm,
-            "clean_accuracy": test["clean_accuracy"],
-            "robust_accuracy": test["robust_accuracy"],
-            "accuracy": {k: v["accuracy"] for k, v in test["attacks"].items()},
+            **benchlib.accuracies(res["test"]),
             "train_seconds": res["train_seconds"],
             "final_triplet": (res["history"].get("triplet") or [None])[-1],
         })
@@ -179,12 +171,9 @@ def _write(runs, settings, plan, started, complete):
 
 
 def markdown(record):
-    """The README table: per setting, training attack and objective, mean ± std over seeds."""
+    """The benchmarks/README.md table: per setting, training attack and objective, mean ± std over seeds."""
     names = {"readme": "README", "tuned": "tuned"}
-    lines = [
-        "| setting | training attack | objective | clean | FGSM | PGD-40 | **robust** |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    rows = []
     groups = {}
     for r in record["runs"]:
         groups.setdefault((r["setting"], r["training_attack"], r["objective"]), []).append(r)
@@ -198,12 +187,13 @@ def markdown(record):
     for (setting, attack, objective), rs in groups.items():
         shown = (names.get(setting, setting), attack.upper()) if (setting, attack) != last else ("", "")
         last = (setting, attack)
-        lines.append(
-            f"| {shown[0]} | {shown[1]} | {objective.upper() if objective != 'at2l' else 'AT²L'} | "
-            f"{fmt([r['clean_accuracy'] for r in rs])} | {fmt([r['accuracy']['fgsm'] for r in rs])} | "
-            f"{fmt([r['accuracy']['pgd'] for r in rs])} | **{fmt([r['robust_accuracy'] for r in rs])}** |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            *shown, objective.upper() if objective != "at2l" else "AT²L",
+            fmt([r["clean_accuracy"] for r in rs]), fmt([r["accuracy"]["fgsm"] for r in rs]),
+            fmt([r["accuracy"]["pgd"] for r in rs]), f"**{fmt([r['robust_accuracy'] for r in rs])}**",
+        ])
+    header = ["setting", "training attack", "objective", "clean", "FGSM", "PGD-40", "**robust**"]
+    return "\n".join(benchlib.markdown_table(header, rows))
 
 
 def _print_summary(summary):

@@ -1,7 +1,13 @@
-"""The README is the front door: its commands must be the ones CI runs."""
+"""The README is the front door: its commands must be the ones CI runs, it stays
+short, and its links resolve. The measured tables, in benchmarks/README.md, are
+the committed runs: printed by each benchmark's `--markdown_from`, or their
+figures compared with the JSON's."""
 
+import json
 import os
 import re
+
+import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -9,6 +15,10 @@ ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 def _read(*parts):
     with open(os.path.join(ROOT, *parts)) as f:
         return f.read()
+
+
+def _bench():
+    return _read("benchmarks", "README.md")
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -25,24 +35,105 @@ def test_readme_main_command_installs_and_trains():
     assert re.search(r"pip install -q -e \. && \.venv/bin/python -m at2l_tf\.train", readme)
 
 
-def _performance_rows(readme):
-    """`{figure name: [value per model]}` from the README's Performance table."""
-    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
-    section = section.split("**Against other evaluation libraries**", 1)[0]
+def test_readme_is_a_front_door_of_at_most_15000_bytes():
+    # The measured tables live in benchmarks/README.md, the long tour in docs/usage.md.
+    assert os.path.getsize(os.path.join(ROOT, "README.md")) <= 15000
+
+
+def _slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"[`*]", "", heading.strip().lstrip("#").strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+MARKDOWN = ("README.md", "benchmarks/README.md", "savedmodels/README.md", "docs/usage.md")
+
+
+@pytest.mark.parametrize("page", MARKDOWN)
+def test_every_relative_link_resolves_to_a_file_in_the_repo(page):
+    text = _read(page)
+    here = os.path.dirname(os.path.join(ROOT, page))
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if re.match(r"[a-z]+:", link):
+            continue  # A web address.
+        path, _, anchor = link.partition("#")
+        target = os.path.normpath(os.path.join(here, path)) if path else os.path.join(ROOT, page)
+        assert os.path.exists(target), f"{page}: {link}"
+        if anchor:  # A heading of the page it points at.
+            headings = [l for l in open(target).read().splitlines() if l.startswith("#")]
+            assert anchor in {_slug(h) for h in headings}, f"{page}: {link}"
+
+
+def _pct(value):
+    return f"{100 * value:.1f}%"
+
+
+def test_readme_headline_table_is_the_committed_runs():
+    readme = _read("README.md")
+    ref = json.loads(_read("benchmarks", "results", "evaluate_mnist_reference_10k.json"))
+    acc = {k: v["accuracy"] for k, v in ref["attacks"].items()}
+    assert ref["num_examples"] == 10000 and ref["attacks"]["autoattack"]["version"] == "standard"
+    rows = {"reference": [ref["clean_accuracy"], acc["pgd"], acc["autoattack"], ref["robust_accuracy"]]}
+    compared = json.loads(_read("benchmarks", "results", "compare_defenses_mnist_pgd5.json"))
+    assert compared["evaluation"]["num_examples"] == 1000
+    for name in ("at", "at2l"):
+        r = compared["results"][name]
+        rows[name] = [r["clean_accuracy"], r["pgd_accuracy"], r["autoattack_accuracy"], r["robust_accuracy"]]
+    labels = {"reference": "| reference, ", "at": "| AT, ", "at2l": "| AT²L, "}
+    for name, values in rows.items():
+        (line,) = [l for l in readme.splitlines() if l.startswith(labels[name])]
+        cells = " | ".join(_pct(v) for v in values[:-1]) + f" | **{_pct(values[-1])}** |"
+        assert line.endswith(cells), (line, cells)
+
+
+def _section(text, heading):
+    """The lines of `text` under the line `heading`, up to the next heading."""
+    lines = text.split("\n" + heading + "\n", 1)[1].splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            return lines[:i]
+    return lines
+
+
+def test_shipped_reference_model_table_is_the_committed_runs():
+    section = _section(_bench(), "### The reference robust model, `savedmodels/mnist_reference`")
+    for n, name in (("10,000", "evaluate_mnist_reference_10k.json"), ("1,000", "evaluate_mnist_reference_1k.json")):
+        r = json.loads(_read("benchmarks", "results", name))
+        acc = {k: _pct(v["accuracy"]) for k, v in r["attacks"].items()}
+        cells = [n, _pct(r["clean_accuracy"]), acc["pgd"]]
+        cells += [acc.get(k, "–") for k in ("apgd_ce", "apgd_t", "square", "autoattack")]
+        assert "| " + " | ".join(cells) + f" | **{_pct(r['robust_accuracy'])}** |" in section, name
+
+
+@pytest.mark.parametrize("name, heading", [
+    ("compare_defenses_mnist_pgd5.json", "### Defences compared: none, AT (Eq. 1), AT²L (Eq. 2)"),
+    ("compare_defenses_mnist_fgsm_rs.json", "### With a single-step training attack"),
+])
+def test_defences_compared_tables_are_the_committed_runs(name, heading):
+    section = _section(_bench(), heading)
+    labels = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, α = 0.5)"}
+    results = json.loads(_read("benchmarks", "results", name))["results"]
+    for defense, r in results.items():
+        cells = [labels[defense]] + [_pct(r[f"{k}_accuracy"]) for k in ("clean", "fgsm", "pgd", "autoattack")]
+        assert "| " + " | ".join(cells) + f" | **{_pct(r['robust_accuracy'])}** |" in section, defense
+
+
+def _performance_rows(lines):
+    """`{figure name: [value per model]}` of a performance table's lines."""
     rows = {}
-    for line in section.splitlines():
+    for line in lines:
         m = re.match(r"\| `(\w+)` \([^|]*\) \| ([\d.]+) \| ([\d.]+) \|", line)
         if m:
             rows[m.group(1)] = [float(m.group(2)), float(m.group(3))]
     return rows
 
 
-def test_readme_performance_figures_are_the_committed_speed_run():
-    import json
-
+def test_performance_figures_are_the_committed_speed_run():
     result = json.loads(_read("benchmarks", "results", "speed_cpu.json"))
     assert result["quick"] is False
-    rows = _performance_rows(_read("README.md"))
+    rows = _performance_rows(_section(_bench(), "## 4. Performance"))
     assert set(rows) == {
         "at2l_over_at", "pgd_efficiency", "fgsm_vs_art", "pgd_vs_art", "pgd_vs_cleverhans_eager"
     }
@@ -51,17 +142,10 @@ def test_readme_performance_figures_are_the_committed_speed_run():
         assert values == [round(v, 2) for v in measured], name
 
 
-def test_readme_library_comparison_is_the_committed_attack_speed_run():
-    import json
-
+def test_library_comparison_is_the_committed_attack_speed_run():
     result = json.loads(_read("benchmarks", "results", "speed_attacks_cpu.json"))
     assert result["quick"] is False
-    section = _read("README.md").split("**Against other evaluation libraries**", 1)[1]
-    rows = {}
-    for line in section.split("\n\n**", 1)[0].split("\n## ", 1)[0].splitlines():
-        m = re.match(r"\| `(\w+)` \([^|]*\) \| ([\d.]+) \| ([\d.]+) \|", line)
-        if m:
-            rows[m.group(1)] = [float(m.group(2)), float(m.group(3))]
+    rows = _performance_rows(_section(_bench(), "### Against other evaluation libraries"))
     assert set(rows) == {"apgd_vs_art", "pgd_vs_foolbox"}
     for name, values in rows.items():
         measured = [result["models"][m][name] for m in ("mnist_small", "madry_mnist")]
@@ -82,28 +166,28 @@ def _printed_table(script, *result):
     return run.stdout.strip().splitlines()
 
 
-def test_readme_tables_1_and_2_are_the_committed_runs():
-    # The README's thermometer and randomization tables are printed from the
-    # committed JSONs by the benchmark itself, line for line.
-    readme = _read("README.md")
+def test_tables_1_and_2_are_the_committed_runs():
+    # The thermometer and randomization tables are printed from the committed
+    # JSONs by the benchmark itself, line for line.
+    bench = _bench().splitlines()
     for name in ("table1_thermometer_mnist.json", "table2_randomization_mnist.json"):
         lines = _printed_table("preprocessing_tables.py", name)
-        assert len(lines) >= 4 and all(line in readme.splitlines() for line in lines), name
+        assert len(lines) >= 4 and all(line in bench for line in lines), name
 
 
-def test_readme_seeds_study_table_is_the_committed_run():
+def test_seeds_study_table_is_the_committed_run():
     lines = _printed_table("seeds_study.py", "seeds_study_mnist.json")
-    assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)
+    assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
 
 
-def test_readme_ensemble_figures_table_is_the_committed_run():
+def test_ensemble_figures_table_is_the_committed_run():
     lines = _printed_table("ensemble_figures.py", "figures", "ensemble_figures_mnist.json")
-    assert len(lines) == 9 and all(line in _read("README.md").splitlines() for line in lines)
+    assert len(lines) == 9 and all(line in _bench().splitlines() for line in lines)
     for name in ("fig1_whitebox", "fig2_transfer", "fig3_tr"):
         assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "figures", name + ".png"))
-        assert f"benchmarks/results/figures/{name}.png" in _read("README.md")
+        assert f"](results/figures/{name}.png)" in _bench()
 
 
-def test_readme_table3_is_the_committed_run():
+def test_table3_is_the_committed_run():
     lines = _printed_table("defense_gan_table.py", "table3_defense_gan_mnist.json")
-    assert len(lines) == 14 and all(line in _read("README.md").splitlines() for line in lines)
+    assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)

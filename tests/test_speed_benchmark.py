@@ -1,4 +1,5 @@
-"""benchmarks/speed.py --quick, run as users run it: valid JSON with the documented keys.
+"""benchmarks/speed.py --quick, run as users run it: valid JSON with the documented keys;
+its families (speed_training.py, speed_attacks.py) run alone on their own figures.
 
 The targets are not checked here (timings depend on the machine and its load),
 but the ratios timed side by side in one process get loose bounds that a
@@ -54,10 +55,13 @@ def _skipped(name):
     return None
 
 
-def _speed(*args):
+TRAINING_FIGURES = ("at2l_over_at", "train_epoch_s", "train_run")
+
+
+def _speed(*args, script="speed.py"):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, os.path.join("benchmarks", "speed.py"), *args],
+        [sys.executable, os.path.join("benchmarks", script), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -144,11 +148,15 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
 
 
 def test_figures_runs_only_the_figures_named(tmp_path):
+    # The attacks family alone, as speed_attacks.py.
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}")
+    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}",
+                  script="speed_attacks.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["benchmark"] == "speed_attacks" and "speed_attacks.py" in result["command"]
     assert result["settings"]["figures"] == ["pgd_vs_foolbox"]
+    assert "train_pgd_steps" not in result["settings"]  # The training family did not run.
     assert set(result["targets"]) == {"pgd_vs_foolbox"}
     (record,) = result["models"].values()
     for other in set(FIGURES) - {"pgd_vs_foolbox"}:
@@ -171,4 +179,17 @@ def test_an_unknown_figure_is_a_one_line_error(tmp_path):
         "speed: error: unknown figure 'no_such_figure'; known figures: " + ", ".join(FIGURES)
     ]
     assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_family_knows_only_its_own_figures(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--quick", "--figures=apgd_vs_art", f"--output_json={out}",
+                  script="speed_training.py")
+    assert proc.returncode == 1
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("speed_training: error:")]
+    assert errors == [
+        "speed_training: error: unknown figure 'apgd_vs_art'; known figures: "
+        + ", ".join(TRAINING_FIGURES)
+    ]
     assert not out.exists()

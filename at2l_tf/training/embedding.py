@@ -53,12 +53,14 @@ def _net_with_embedding(net):
         is_output = last.output is outputs[0]
     except (AttributeError, ValueError):  # A layer called more than once, or never.
         embedding, is_output = None, False
+    # One input tensor, not a list of one: called with a tensor, Keras would warn.
+    inputs = net.inputs[0] if len(net.inputs) == 1 else net.inputs
     trunk = None
     if is_output and not isinstance(embedding, (list, tuple, dict)):
-        trunk = keras.Model(net.inputs, embedding)
+        trunk = keras.Model(inputs, embedding)
     if trunk is None or not trunk.trainable_weights:
         raise ValueError(
             f"model {net.name!r} has no penultimate layer for triplet_features='embedding' "
             "(its logits layer must take features computed by trainable layers)"
         )
-    return keras.Model(net.inputs, [outputs[0], embedding], name=f"{net.name}_with_embedding")
+    return keras.Model(inputs, [outputs[0], embedding], name=f"{net.name}_with_embedding")

@@ -1,10 +1,12 @@
 """Experiment configuration: one small dataclass per concern, composed.
 
 Every default lives here (dataset-dependent ones, such as eps and the model,
-come from `at2l_tf.data.get_spec`). Entry points map flags onto these
-dataclasses; `ExperimentConfig.validate()` checks everything before any data is
-loaded or any model is built, and raises a `ConfigError` whose message names
-the bad value.
+come from `at2l_tf.data.get_spec`; per-objective ones, λ2 and β, from
+`at2l_tf.training.objectives`). Entry points map flags onto these dataclasses;
+`ExperimentConfig.validate()` checks everything before any data is loaded or
+any model is built, and raises a `ConfigError` whose message names the bad
+value. Each dataclass checks its own fields (`validate()`);
+`ExperimentConfig.validate` adds the rules that span several of them.
 """
 
 import dataclasses
@@ -13,7 +15,8 @@ from typing import Optional
 
 from at2l_tf import attacks, data, defenses, losses, models, precision
 from at2l_tf.errors import ConfigError
-from at2l_tf.training.at2l_model import DEFENSES
+from at2l_tf.training import objectives
+from at2l_tf.training.objectives import DEFENSES
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
@@ -39,6 +42,19 @@ class DataConfig:
     validation_size: int = data.DEFAULT_VALIDATION_SIZE
     image_size: int = data.DEFAULT_IMAGE_SIZE
 
+    def validate(self):
+        if self.dataset not in data.available_datasets():
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; known datasets: "
+                f"{', '.join(data.available_datasets())}"
+            )
+        _at_least("batch_size", self.batch_size, 2)  # A triplet needs two examples.
+        _at_least("image_size", self.image_size, 8)
+        _at_least("validation_size", self.validation_size, 0)
+        if self.max_train_examples is not None:
+            _at_least("max_train_examples", self.max_train_examples, self.batch_size)
+        return self
+
 
 @dataclasses.dataclass
 class AttackConfig:
@@ -63,6 +79,20 @@ class AttackConfig:
         accepted = attacks.get_entry(self.name).params
         values = {"eps": self.eps, "steps": self.steps, "step_size": self.step_size}
         return {k: v for k, v in values.items() if k in accepted}
+
+    def validate(self):
+        if self.name not in attacks.TRAINING_ATTACKS:
+            raise ConfigError(
+                f"unknown training attack {self.name!r}; known: {', '.join(attacks.TRAINING_ATTACKS)}"
+            )
+        if self.eps is not None:
+            _at_least("eps", self.eps, 0.0)
+            if self.eps > 1:
+                raise ConfigError(f"eps must be <= 1 for images in [0, 1], received eps={self.eps}")
+        _at_least("attack_steps", self.steps, 1)
+        if self.step_size is not None:
+            _at_least("attack_step_size", self.step_size, 0.0)
+        return self
 
 
 @dataclasses.dataclass
@@ -95,17 +125,51 @@ class PreprocessingConfig:
     dgan_steps: int = 50
     dgan_restarts: int = 4
 
+    def validate(self):
+        """Checks the layer's own fields (sizes against the image: `ExperimentConfig`)."""
+        if self.name not in defenses.PREPROCESSING:
+            raise ConfigError(
+                f"unknown preprocessing {self.name!r}; known: {', '.join(defenses.PREPROCESSING)}"
+            )
+        if self.name == "thermometer":
+            _at_least("thermometer_levels", self.thermometer_levels, 2)
+        if self.name == "defense_gan":
+            if not self.generator:
+                raise ConfigError("--preprocessing=defense_gan needs --generator=PATH (a trained generator)")
+            if not os.path.exists(self.generator):
+                raise ConfigError(f"generator does not exist: {self.generator}")
+            _at_least("dgan_steps", self.dgan_steps, 1)
+            _at_least("dgan_restarts", self.dgan_restarts, 1)
+        return self
+
 
 @dataclasses.dataclass
 class TrainConfig:
     """Loss and optimisation.
 
     Attributes:
-        defense: `none`, `at` (Eq. 1), `at2l` (Eq. 2) or `tr` (triplet regulariser).
+        defense: the recipe (`training.objectives`): `none`, `at` (Eq. 1),
+            `at2l` (Eq. 2: AT + the triplet term), `tr` (clean CE + the triplet
+            term), `trades` (TRADES) or `mart` (MART).
         lambda1: weight of the adversarial cross-entropy (Eq. 1, 2).
-        lambda2: weight of the triplet term (Eq. 2).
+        lambda2: weight λ2 of the triplet term (Eq. 2). `None` (default): 0.5,
+            the paper's, for `at2l` and `tr`; 0 (no triplet term) for `at`,
+            `trades`, `mart`. A value > 0 adds the term to `at`, `trades` or
+            `mart`; `none` ignores it (it crafts no adversarial examples).
         margin: triplet margin α.
-        norm: logit distance of the triplet term.
+        norm: the triplet distance d (flag `--norm`, alias `--triplet_distance`):
+            `linf` (the paper's), `l2`, `l1`, or `cosine` (1 − cos between
+            L2-normalized features, TLA). The historical name is kept so that
+            every flagfile and tuner search keeps working.
+        beta: β of `trades` / `mart`, the weight of the KL term (>= 0).
+            `None` (default): 1.0 for TRADES (its published MNIST value, MNIST
+            being the default dataset; CIFAR-10: 6), 6.0 for MART (its published
+            value, for CIFAR-10). Only `trades` and `mart` take it.
+        triplet_features: what the triplet compares: `logits` (the paper's) or
+            `embedding` (the penultimate layer's output, TLA; same forward pass).
+        triplet_negative: `random` (the paper's: a random in-batch example of
+            the class x' is pushed to) or `hardest` (TLA: the closest clean
+            example of another class under the distance).
         epochs: passes over the training split.
         learning_rate: Adam learning rate (the initial one under a schedule).
         lr_schedule: `constant`, or `cosine` (Keras' `CosineDecay` from
@@ -126,9 +190,12 @@ class TrainConfig:
 
     defense: str = "at2l"
     lambda1: float = 1.0
-    lambda2: float = 0.5
+    lambda2: Optional[float] = None
     margin: float = 0.5
     norm: str = "linf"
+    beta: Optional[float] = None
+    triplet_features: str = "logits"
+    triplet_negative: str = "random"
     epochs: int = 3
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
@@ -137,6 +204,67 @@ class TrainConfig:
     strategy: str = "auto"
     save_every_steps: int = 0
     mixed_precision: str = "off"
+
+    @property
+    def uses_triplet(self):
+        """Whether the run trains with the triplet term (`objectives.uses_triplet`)."""
+        return objectives.uses_triplet(self.defense, self.lambda2)
+
+    def describe(self):
+        """`{"defense", "objective", "triplet"}`: what the run trains with (for `results.json`)."""
+        return objectives.describe(
+            self.defense, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
+            margin=self.margin, norm=self.norm, features=self.triplet_features,
+            negative=self.triplet_negative,
+        )
+
+    def validate(self):
+        if self.defense not in DEFENSES:
+            raise ConfigError(
+                f"unknown defense {self.defense!r}; known defenses: {', '.join(DEFENSES)}"
+            )
+        _at_least("lambda1", self.lambda1, 0.0)
+        if self.lambda2 is not None:
+            _at_least("lambda2", self.lambda2, 0.0)
+        _at_least("margin", self.margin, 0.0)
+        if self.norm not in losses.NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; known norms: {', '.join(losses.NORMS)}")
+        if self.beta is not None:
+            _at_least("beta", self.beta, 0.0)
+            if not objectives.uses_beta(self.defense):
+                raise ConfigError(
+                    f"beta is the weight of the KL term of trades and mart: defense={self.defense!r} "
+                    f"takes no beta, received beta={self.beta}"
+                )
+        for name, known in (("triplet_features", objectives.TRIPLET_FEATURES),
+                            ("triplet_negative", objectives.TRIPLET_NEGATIVES)):
+            value = getattr(self, name)
+            if value not in known:
+                raise ConfigError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+            if value != known[0] and not self.uses_triplet:
+                raise ConfigError(
+                    f"{name}={value!r} needs the triplet term, which defense={self.defense!r} "
+                    + ("does not have (no adversarial examples; clean CE + triplet is --defense=tr)"
+                       if self.defense == "none" else "adds only with --lambda2 > 0")
+                )
+        _at_least("epochs", self.epochs, 1)
+        _at_least("pretrain_epochs", self.pretrain_epochs, 0)
+        _at_least("save_every_steps", self.save_every_steps, 0)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, received learning_rate={self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule {self.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}"
+            )
+        if self.mixed_precision not in precision.CHOICES:
+            raise ConfigError(
+                f"unknown mixed_precision {self.mixed_precision!r}; known: {', '.join(precision.CHOICES)}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {self.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
+            )
+        return self
 
 
 @dataclasses.dataclass
@@ -161,6 +289,24 @@ class EnsembleConfig:
     cw_steps: int = 10
     cw_const: float = 10.0
 
+    def validate(self):
+        """Checks the ensemble's own fields (its rules against the rest: `ExperimentConfig`)."""
+        from at2l_tf.training import ensemble  # Local: training imports the attacks.
+
+        if not self.attacks:
+            if self.static_models:
+                raise ConfigError("--static_models needs --ensemble_attacks (ensemble AT²L)")
+            return self
+        ensemble.parse_attack_set(self.attacks)
+        _at_least("regenerate_every", self.regenerate_every, 1)
+        _at_least("ensemble_cw_steps", self.cw_steps, 1)
+        if not self.cw_const > 0:
+            raise ConfigError(f"ensemble_cw_const must be > 0, received ensemble_cw_const={self.cw_const}")
+        for path in self.static_models:
+            if not os.path.exists(path):
+                raise ConfigError(f"static model does not exist: {path}")
+        return self
+
 
 @dataclasses.dataclass
 class EvalConfig:
@@ -181,6 +327,17 @@ class EvalConfig:
     pgd_steps: int = 40
     pgd_step_size: float = 0.01
     autoattack_version: str = "fast"
+
+    def validate(self):
+        for name in self.attacks:
+            attacks.get_entry(name)
+        _at_least("eval_examples", self.num_examples, 0)
+        _at_least("eval_pgd_steps", self.pgd_steps, 1)
+        _at_least("eval_pgd_step_size", self.pgd_step_size, 0.0)
+        attacks.get_entry("autoattack").user_params[0].check(
+            self.autoattack_version, "eval_autoattack_version"
+        )
+        return self
 
 
 @dataclasses.dataclass
@@ -215,92 +372,62 @@ class ExperimentConfig:
     def eps(self):
         return self.spec.default_eps if self.attack.eps is None else self.attack.eps
 
+    @property
+    def training_attack(self):
+        """The attack that crafts x' in the step: `attack.name`, or the objective's own
+        (TRADES' `trades_kl`); None when no adversarial example is crafted."""
+        t = self.train
+        objective = objectives.for_defense(t.defense, lambda1=t.lambda1, beta=t.beta)
+        if not (objective.needs_adversarial or t.uses_triplet):
+            return None
+        try:
+            return objective.inner_attack(self.attack.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     def validate(self):
-        """Checks every value; raises `ConfigError` naming the first bad one."""
-        d, a, t, e = self.data, self.attack, self.train, self.eval
-        if d.dataset not in data.available_datasets():
-            raise ConfigError(
-                f"unknown dataset {d.dataset!r}; known datasets: "
-                f"{', '.join(data.available_datasets())}"
-            )
-        _at_least("batch_size", d.batch_size, 2)  # A triplet needs two examples.
-        _at_least("image_size", d.image_size, 8)
-        _at_least("validation_size", d.validation_size, 0)
-        if d.max_train_examples is not None:
-            _at_least("max_train_examples", d.max_train_examples, d.batch_size)
+        """Checks every value; raises `ConfigError` naming the first bad one.
+
+        Each section checks its own fields; the rules here span several.
+        """
+        d, t = self.data, self.train
+        d.validate()
         entry = models.get_entry(self.model_name)
         if entry.dataset != d.dataset:
             raise ConfigError(
                 f"model {self.model_name!r} is built for {entry.dataset}, not {d.dataset}"
             )
-        if t.defense not in DEFENSES:
-            raise ConfigError(
-                f"unknown defense {t.defense!r}; known defenses: {', '.join(DEFENSES)}"
-            )
-        if a.name not in attacks.TRAINING_ATTACKS:
-            raise ConfigError(
-                f"unknown training attack {a.name!r}; known: {', '.join(attacks.TRAINING_ATTACKS)}"
-            )
-        if a.eps is not None:
-            _at_least("eps", a.eps, 0.0)
-            if a.eps > 1:
-                raise ConfigError(f"eps must be <= 1 for images in [0, 1], received eps={a.eps}")
-        _at_least("attack_steps", a.steps, 1)
-        if a.step_size is not None:
-            _at_least("attack_step_size", a.step_size, 0.0)
-        for name in ("lambda1", "lambda2", "margin"):
-            _at_least(name, getattr(t, name), 0.0)
-        if t.norm not in losses.NORMS:
-            raise ConfigError(f"unknown norm {t.norm!r}; known norms: {', '.join(losses.NORMS)}")
-        _at_least("epochs", t.epochs, 1)
-        _at_least("pretrain_epochs", t.pretrain_epochs, 0)
-        _at_least("save_every_steps", t.save_every_steps, 0)
-        if not t.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, received learning_rate={t.learning_rate}")
-        if t.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown lr_schedule {t.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}"
-            )
-        if t.mixed_precision not in precision.CHOICES:
-            raise ConfigError(
-                f"unknown mixed_precision {t.mixed_precision!r}; known: {', '.join(precision.CHOICES)}"
-            )
-        if t.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"unknown strategy {t.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
-            )
+        t.validate()
+        self.attack.validate()
+        self._validate_objective()
+        self.preprocessing.validate()
         self._validate_preprocessing()
         self._validate_ensemble()
-        for name in e.attacks:
-            attacks.get_entry(name)
-        _at_least("eval_examples", e.num_examples, 0)
-        _at_least("eval_pgd_steps", e.pgd_steps, 1)
-        _at_least("eval_pgd_step_size", e.pgd_step_size, 0.0)
-        attacks.get_entry("autoattack").user_params[0].check(
-            e.autoattack_version, "eval_autoattack_version"
-        )
+        self.eval.validate()
         return self
 
+    def _validate_objective(self):
+        """The objective against the attack and the model."""
+        # Resolving the training attack raises if --attack names another than TRADES' own.
+        _ = self.training_attack
+        t = self.train
+        if t.uses_triplet and t.triplet_features == "embedding":
+            from at2l_tf.training import embedding  # Local: builds a Keras model.
+
+            spec = self.spec
+            net = models.get_model(self.model_name, input_shape=spec.image_shape, num_classes=spec.num_classes)
+            try:
+                embedding.check_has_embedding(net)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
     def _validate_preprocessing(self):
-        p, t, a = self.preprocessing, self.train, self.attack
-        if p.name not in defenses.PREPROCESSING:
+        p, t = self.preprocessing, self.train
+        if p.name == "defense_gan" and t.defense not in ("none", "tr"):
             raise ConfigError(
-                f"unknown preprocessing {p.name!r}; known: {', '.join(defenses.PREPROCESSING)}"
+                f"defense_gan classifiers are trained on clean data (defense none) or with "
+                f"triplet regularization (defense tr), received defense={t.defense!r}"
             )
-        if p.name == "thermometer":
-            _at_least("thermometer_levels", p.thermometer_levels, 2)
-        if p.name == "defense_gan":
-            if not p.generator:
-                raise ConfigError("--preprocessing=defense_gan needs --generator=PATH (a trained generator)")
-            if not os.path.exists(p.generator):
-                raise ConfigError(f"generator does not exist: {p.generator}")
-            _at_least("dgan_steps", p.dgan_steps, 1)
-            _at_least("dgan_restarts", p.dgan_restarts, 1)
-            if t.defense not in ("none", "tr"):
-                raise ConfigError(
-                    f"defense_gan classifiers are trained on clean data (defense none) or with "
-                    f"triplet regularization (defense tr), received defense={t.defense!r}"
-                )
         if p.name == "random_resize_pad":
             size = self.spec.image_shape[0]
             low = size if p.resize_min is None else p.resize_min
@@ -310,27 +437,26 @@ class ExperimentConfig:
                     f"random_resize_pad sizes must satisfy image size <= resize_min < resize_output, "
                     f"received image size {size}, resize_min={low}, resize_output={high}"
                 )
-        thermometer_attack = attacks.get_entry(a.name).inputs == "thermometer"
-        if t.defense != "none" and thermometer_attack and p.name != "thermometer":
+        attack = self.training_attack
+        if attack is None:
+            return
+        thermometer_attack = attacks.get_entry(attack).inputs == "thermometer"
+        if thermometer_attack and p.name != "thermometer":
             raise ConfigError(
-                f"attack {a.name!r} attacks a thermometer encoding: it needs "
+                f"attack {attack!r} attacks a thermometer encoding: it needs "
                 f"--preprocessing=thermometer, received preprocessing={p.name!r}"
             )
-        if t.defense != "none" and p.name == "thermometer" and not thermometer_attack:
+        if p.name == "thermometer" and not thermometer_attack:
             raise ConfigError(
-                f"the thermometer code has zero input gradient, so attack {a.name!r} cannot "
+                f"the thermometer code has zero input gradient, so attack {attack!r} cannot "
                 "train against it: use --attack=ls_pga"
             )
 
     def _validate_ensemble(self):
-        from at2l_tf.training import ensemble  # Local: training imports the attacks.
-
         n = self.ensemble
+        n.validate()
         if not n.attacks:
-            if n.static_models:
-                raise ConfigError("--static_models needs --ensemble_attacks (ensemble AT²L)")
             return
-        ensemble.parse_attack_set(n.attacks)
         if self.train.defense not in ("at", "at2l", "tr"):
             raise ConfigError(
                 f"ensemble training needs defense at, at2l or tr, received defense={self.train.defense!r}"
@@ -341,13 +467,6 @@ class ExperimentConfig:
             )
         if self.attack.name not in attacks.TRAINING_ATTACKS or attacks.get_entry(self.attack.name).inputs != "images":
             raise ConfigError(f"the validation attack must attack images, received attack={self.attack.name!r}")
-        _at_least("regenerate_every", n.regenerate_every, 1)
-        _at_least("ensemble_cw_steps", n.cw_steps, 1)
-        if not n.cw_const > 0:
-            raise ConfigError(f"ensemble_cw_const must be > 0, received ensemble_cw_const={n.cw_const}")
-        for path in n.static_models:
-            if not os.path.exists(path):
-                raise ConfigError(f"static model does not exist: {path}")
 
     def to_dict(self):
         return dataclasses.asdict(self)

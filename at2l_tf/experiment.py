@@ -25,8 +25,10 @@ Outputs, all under `config.workdir` unless noted:
 * `logs/`: TensorBoard logs (losses, accuracies, triplet term per epoch);
 * `backup/<task>-<index>/state.npz`: the backup of an unfinished run;
 * `model.keras`: the trained classifier (images -> logits);
-* `results.json`: the configuration, the training history, the resumes and the
-  final test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
+* `results.json`: the configuration, what it trains with (`"training"`: the
+  objective with its λ1 / β, and the triplet term's features, distance,
+  negative, λ2, α, or null), the training history, the resumes and the final
+  test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
 * `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`).
 """
 
@@ -94,6 +96,9 @@ def build_model(config, strategy=None, steps_per_epoch=None, precision=None):
             lambda2=config.train.lambda2,
             margin=config.train.margin,
             norm=config.train.norm,
+            beta=config.train.beta,
+            triplet_features=config.train.triplet_features,
+            triplet_negative=config.train.triplet_negative,
             seed=config.train.seed,
         )
         optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
@@ -324,7 +329,8 @@ def run(config, *, verbose=None):
     model = build_model(config, strategy, steps_per_epoch=train_data.steps, precision=precision)
     _log(
         f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
-        f"attack={config.attack.name} eps={config.eps:.4g} steps={config.attack.steps} "
+        f"{_describe_training(config.train)}"
+        f"attack={config.training_attack or 'none'} eps={config.eps:.4g} steps={config.attack.steps} "
         f"preprocessing={config.preprocessing.name} "
         f"replicas={strategy.num_replicas_in_sync}"
         + (f" worker={worker.name} of {worker.num_workers}" if worker.num_workers > 1 else "")
@@ -468,6 +474,7 @@ def finish(model, config, record, backup, worker, started, verbose):
     history = record.pop("history")
     results = {
         "config": config.to_dict(),
+        "training": config.train.describe(),
         "model": config.model_name,
         "eps": config.eps,
         "train_seconds": record.pop("train_seconds"),
@@ -545,6 +552,19 @@ def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, 
         start_epoch=start_epoch,
         log=_log,
     )
+
+
+def _describe_training(train):
+    """`objective=at (λ1 1) triplet=logits/linf/random λ2 0.5 α 0.5 `: one phrase for the log."""
+    d = train.describe()
+    o = d["objective"]
+    params = " ".join(f"{'λ1' if k == 'lambda1' else 'β'} {v:g}" for k, v in o.items() if k in ("lambda1", "beta"))
+    text = f"objective={o['name']}{f' ({params})' if params else ''} "
+    t = d["triplet"]
+    if t:
+        text += (f"triplet={t['features']}/{t['distance']}/{t['negative']} "
+                 f"λ2 {t['lambda2']:g} α {t['margin']:g} ")
+    return text
 
 
 def _log(msg):

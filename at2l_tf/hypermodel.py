@@ -1,4 +1,5 @@
-"""KerasTuner hypermodel of AT²L: λ1, λ2, α and the logit norm as hyperparameters.
+"""KerasTuner hypermodel of AT²L: λ1, λ2, α and the logit norm as hyperparameters,
+and optionally the objective (`defense`), β, and the triplet's features and negatives.
 
 The loss being tuned (Eq. 1 and 2 of the paper):
 
@@ -10,6 +11,13 @@ trial is the base `ExperimentConfig` with λ1 (`lambda1`), λ2 (`lambda2`), α
 (`margin`) and the distance `d` (`norm`) substituted, trained on the base
 config's data and budget (`epochs`, `max_train_examples`) with the base seed,
 so that every trial sees the same initial weights and the same data order.
+
+The search may also cover the objective itself (`SearchSpace.defenses`, e.g.
+`at, at2l, trades, mart`), TRADES' / MART's β (`beta_range`), and the triplet
+term's features (`logits | embedding`) and negatives (`random | hardest`);
+by default it does not (the base config's values are kept). A trial only
+takes the values its objective uses (`used_by`): an `at` trial of a search
+that also covers `at2l` keeps the base λ2, so it stays plain AT.
 
 The objective is **not** the training attack's accuracy (`val_adv_acc`): a
 defence that masks gradients, or fits its own attack, scores well there and
@@ -35,6 +43,7 @@ import keras_tuner
 from at2l_tf import data, defenses, evaluation, experiment, precision
 from at2l_tf.errors import ConfigError
 from at2l_tf.losses import NORMS
+from at2l_tf.training import objectives
 
 OBJECTIVE_METRIC = "val_robust_acc"
 
@@ -42,12 +51,27 @@ OBJECTIVE_METRIC = "val_robust_acc"
 # with `steps` and `restarts`. APGD-T runs 9 targets (9× the cost of APGD-CE).
 OBJECTIVE_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "pgd")
 
-# The hyperparameters each training objective actually uses.
+# The triplet term's hyperparameters (names as the train flags).
+TRIPLET_HYPERPARAMETERS = ("lambda2", "margin", "norm", "triplet_features", "triplet_negative")
+# The hyperparameters each training objective uses (with its default λ2).
 TUNED_BY_DEFENSE = {
-    "at": ("lambda1",),  # Eq. 1: λ1 only.
-    "at2l": ("lambda1", "lambda2", "margin", "norm"),  # Eq. 2.
-    "tr": ("lambda2", "margin", "norm"),  # Clean CE + the triplet term.
+    "at": ("lambda1",),  # Eq. 1: λ1 only (λ2 > 0 in the base adds the triplet's).
+    "at2l": ("lambda1",) + TRIPLET_HYPERPARAMETERS,  # Eq. 2.
+    "tr": TRIPLET_HYPERPARAMETERS,  # Clean CE + the triplet term.
+    "trades": ("beta",),  # CE + β KL (+ the triplet's with λ2 > 0 in the base).
+    "mart": ("beta",),  # BCE + β KL (1 - p_y) (idem).
 }
+# Search order of all hyperparameters (the trial's objective first).
+ALL_HYPERPARAMETERS = ("defense", "lambda1", "lambda2", "margin", "norm", "beta",
+                       "triplet_features", "triplet_negative")
+
+
+def used_by(defense, lambda2=None):
+    """The hyperparameters `defense` uses, the triplet's too when the base λ2 turns it on."""
+    names = TUNED_BY_DEFENSE[defense]
+    if "lambda2" not in names and objectives.uses_triplet(defense, lambda2):
+        names = names + TRIPLET_HYPERPARAMETERS
+    return names
 
 
 def objective():
@@ -66,6 +90,11 @@ class SearchSpace:
     A range is `(min, max)`; `min == max` fixes the value; `None` (or, for
     `norms`, an empty tuple) keeps the base config's value untuned.
 
+    The objective, β and the triplet's features and negatives are not searched
+    unless given (`defenses`, `beta_range`, `triplet_features`,
+    `triplet_negatives`); with `defenses`, each trial draws its objective and
+    takes only the values that objective uses.
+
     Attributes:
         lambda1_range: λ1, weight of the adversarial CE (Eq. 1), sampled uniformly.
         lambda2_range: λ2, weight of the triplet term (Eq. 2), log-uniform (min > 0).
@@ -73,27 +102,44 @@ class SearchSpace:
             between logits of a trained MNIST model run to tens, so α = 0.5
             constrains little (DESIGN.md, "Known pitfalls"): the default
             reaches 20.
-        norms: logit distances `d` to choose from (`linf`, `l2`, `l1`).
+        norms: triplet distances `d` to choose from (`linf`, `l2`, `l1`, `cosine`).
+        defenses: objectives (train's `--defense` names) to choose from; empty
+            keeps the base config's.
+        beta_range: β of trades / mart, log-uniform (min > 0).
+        triplet_features: triplet features to choose from (`logits`, `embedding`).
+        triplet_negatives: triplet negatives to choose from (`random`, `hardest`).
     """
 
     lambda1_range: Optional[tuple] = (0.5, 2.0)
     lambda2_range: Optional[tuple] = (1e-3, 2.0)
     margin_range: Optional[tuple] = (0.05, 20.0)
     norms: tuple = ("linf", "l2")
+    defenses: tuple = ()
+    beta_range: Optional[tuple] = None
+    triplet_features: tuple = ()
+    triplet_negatives: tuple = ()
 
-    def validate(self, defense):
+    def validate(self, defense, lambda2=None):
         """Checks the ranges; raises `ConfigError` naming the first bad one.
 
         Args:
             defense: the base config's training objective; `none` has nothing
                 to tune.
+            lambda2: the base config's λ2 (`None`: the objective's default).
         """
-        if defense not in TUNED_BY_DEFENSE:
+        for d in self.defenses:
+            if d not in TUNED_BY_DEFENSE:
+                raise ConfigError(
+                    f"defense {d!r} in defense_choices has nothing to tune; choose among "
+                    f"{', '.join(TUNED_BY_DEFENSE)}"
+                )
+        if not self.defenses and defense not in TUNED_BY_DEFENSE:
             raise ConfigError(
                 f"defense={defense!r} has no λ1, λ2 or α to tune: use --defense="
                 f"{' | '.join(TUNED_BY_DEFENSE)}"
             )
-        for name, log in (("lambda1_range", False), ("lambda2_range", True), ("margin_range", True)):
+        for name, log in (("lambda1_range", False), ("lambda2_range", True), ("margin_range", True),
+                          ("beta_range", True)):
             r = getattr(self, name)
             if r is None:
                 continue
@@ -109,22 +155,51 @@ class SearchSpace:
         for norm in self.norms:
             if norm not in NORMS:
                 raise ConfigError(f"unknown norm {norm!r} in norms; known norms: {', '.join(NORMS)}")
-        if not self.tuned(defense):
+        for name, values, known in (
+            ("triplet_features_choices", self.triplet_features, objectives.TRIPLET_FEATURES),
+            ("triplet_negative_choices", self.triplet_negatives, objectives.TRIPLET_NEGATIVES),
+        ):
+            for v in values:
+                if v not in known:
+                    raise ConfigError(f"unknown {name[:-8]} {v!r} in {name}; known: {', '.join(known)}")
+        if not self.tuned(defense, lambda2):
+            uses = sorted({n for d in (self.defenses or (defense,)) for n in used_by(d, lambda2)},
+                          key=ALL_HYPERPARAMETERS.index)
             raise ConfigError(
-                f"nothing to tune: defense={defense!r} uses {', '.join(TUNED_BY_DEFENSE[defense])}, "
+                f"nothing to tune: defense={defense!r} uses {', '.join(uses)}, "
                 "and every one of their ranges is empty"
             )
         return self
 
-    def tuned(self, defense):
-        """Names of the hyperparameters searched for `defense` (a range or norms given)."""
+    def tuned(self, defense, lambda2=None):
+        """Names of the hyperparameters searched for `defense` (a range or choices given).
+
+        With `defenses`, the objective is one of them (`defense` first) and the
+        others are those any of them uses.
+        """
         given = {
+            "defense": bool(self.defenses),
             "lambda1": self.lambda1_range is not None,
             "lambda2": self.lambda2_range is not None,
             "margin": self.margin_range is not None,
             "norm": bool(self.norms),
+            "beta": self.beta_range is not None,
+            "triplet_features": bool(self.triplet_features),
+            "triplet_negative": bool(self.triplet_negatives),
         }
-        return tuple(n for n in TUNED_BY_DEFENSE.get(defense, ()) if given[n])
+        used = {"defense"}
+        for d in self.defenses or (defense,):
+            used.update(used_by(d, lambda2) if d in TUNED_BY_DEFENSE else ())
+        return tuple(n for n in ALL_HYPERPARAMETERS if n in used and given[n])
+
+    def record(self):
+        """The space as JSON-ready dict; axes added since a search was recorded are
+        left out while unused, so that older searches still resume."""
+        out = dataclasses.asdict(self)
+        for name in ("defenses", "beta_range", "triplet_features", "triplet_negatives"):
+            if not out[name]:
+                out.pop(name)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,10 +345,11 @@ class RobustAccuracy(keras.callbacks.Callback):
 class AT2LHyperModel(keras_tuner.HyperModel):
     """Builds and trains one AT²L configuration per trial.
 
-    Hyperparameters (names as the train flags): `lambda1` (λ1, uniform),
-    `lambda2` (λ2, log-uniform), `margin` (α, log-uniform), `norm` (choice),
-    each only if the base config's defence uses it (`TUNED_BY_DEFENSE`) and
-    its range is given; a range with min == max is a fixed value.
+    Hyperparameters (names as the train flags): `defense` (choice), `lambda1`
+    (λ1, uniform), `lambda2` (λ2, log-uniform), `margin` (α, log-uniform),
+    `norm` (choice), `beta` (β, log-uniform), `triplet_features` and
+    `triplet_negative` (choices), each only if an objective of the search uses
+    it (`used_by`) and its range is given; a range with min == max is a fixed value.
 
     Execution j of a trial (`executions_per_trial`) uses seed `base seed + j`:
     every trial sees the same initial weights, data order and negatives as
@@ -295,7 +371,7 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         self.space = space
         self.objective_attack = objective_attack
         self.verbose = verbose
-        self.tuned = space.tuned(base_config.train.defense)
+        self.tuned = space.tuned(base_config.train.defense, base_config.train.lambda2)
         self._last_hp = None
         self._execution = 0
         self._config = None
@@ -308,25 +384,41 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         """Declares the tuned hyperparameters in `hp`; returns `{name: value}`."""
         s = self.space
         values = {}
-        for name, log in (("lambda1", False), ("lambda2", True), ("margin", True)):
-            if name not in self.tuned:
+        choices = {"defense": s.defenses, "norm": s.norms, "triplet_features": s.triplet_features,
+                   "triplet_negative": s.triplet_negatives}
+        for name in self.tuned:
+            if name in choices:
+                options = tuple(dict.fromkeys(choices[name]))
+                values[name] = (
+                    hp.Fixed(name, options[0]) if len(options) == 1 else hp.Choice(name, options)
+                )
                 continue
             low, high = getattr(s, f"{name}_range")
             if low == high:
                 values[name] = hp.Fixed(name, float(low))
             else:
-                sampling = "log" if log else "linear"
+                sampling = "linear" if name == "lambda1" else "log"
                 values[name] = hp.Float(name, float(low), float(high), sampling=sampling)
-        if "norm" in self.tuned:
-            norms = tuple(dict.fromkeys(s.norms))
-            values["norm"] = hp.Fixed("norm", norms[0]) if len(norms) == 1 else hp.Choice("norm", norms)
         return values
 
     def config_for(self, values, execution=0):
-        """The base config with `values` (λ1, λ2, α, norm) and seed `base + execution`."""
-        own = {k: v for k, v in values.items() if k in ("lambda1", "lambda2", "margin", "norm")}
+        """The base config with `values` and seed `base + execution`.
+
+        Only the values the trial's objective uses are taken (`used_by`); β and
+        the triplet's features and negatives go back to their defaults for an
+        objective that does not use them.
+        """
+        base = self.base_config.train
+        defense = values.get("defense", base.defense)
+        used = used_by(defense, base.lambda2)
+        own = {k: v for k, v in values.items() if k in used}
+        reset = {}
+        if defense != base.defense:
+            defaults = type(base)()
+            reset = {n: getattr(defaults, n) for n in ("beta", "triplet_features", "triplet_negative")
+                     if n not in used}
         train = dataclasses.replace(
-            self.base_config.train, **own, seed=self.base_config.train.seed + execution
+            base, defense=defense, **reset, **own, seed=base.seed + execution
         )
         return dataclasses.replace(self.base_config, train=train)
 
@@ -401,12 +493,15 @@ def _fmt_range(r):
 
 
 __all__ = [
+    "ALL_HYPERPARAMETERS",
     "AT2LHyperModel",
     "OBJECTIVE_ATTACKS",
     "OBJECTIVE_METRIC",
     "ObjectiveAttack",
     "RobustAccuracy",
     "SearchSpace",
+    "TRIPLET_HYPERPARAMETERS",
     "TUNED_BY_DEFENSE",
     "objective",
+    "used_by",
 ]

@@ -1,4 +1,5 @@
-"""The triplet loss of AT²L and its in-batch negative selection, as pure functions.
+"""The losses of the training objectives, as pure functions: the triplet loss of
+AT²L with its in-batch negative selection, and the KL and boosted CE of TRADES / MART.
 
 With `f(.)` the logits and `d(a, b) = ||a - b||` (L-inf by default), the
 triplet `(anchor, positive, negative) = (f(x_adv_i), f(x_i), f(x_n_i))` gives the
@@ -21,24 +22,39 @@ clean forward pass that Eq. 1 needs anyway (no extra forward pass):
 Among the candidates one is drawn uniformly at random (seeded). An example
 with no candidate at all (every label in the batch equal to its own) gets
 `h_i = 0` and is flagged invalid; it still counts in the `1/k` of the mean.
+
+The design space beyond the paper (`triplet_term`'s arguments; the paper's
+choices are the defaults):
+
+* features: the logits (paper) or any other per-example features, e.g. the
+  penultimate layer's output (TLA, Mao et al. 2019), passed in by the caller;
+* distance (`NORMS`): `linf` (paper), `l2`, `l1`, or `cosine`: `1 - cos(a, b)`,
+  i.e. a distance between L2-normalized features (TLA), blind to their scale;
+* negative (`NEGATIVES`): `random` (paper, above) or `hardest` (TLA): the clean
+  example of another label that is *closest* to the anchor under the distance.
 """
 
 import keras
 import tensorflow as tf
 
-NORMS = ("linf", "l2", "l1")
+# Distances of the triplet term (the flag keeps its historical name, `--norm`).
+NORMS = ("linf", "l2", "l1", "cosine")
+NEGATIVES = ("random", "hardest")
 
 
 def logit_distance(a, b, norm="linf"):
-    """Row-wise distance `||a - b||` over the last axis.
+    """Row-wise distance `d(a, b)` over the last axis.
 
     Args:
-        a, b: tensors `(k, C)`.
-        norm: `"linf"` (the paper's choice), `"l2"` or `"l1"`.
+        a, b: tensors `(k, D)` (logits or other features).
+        norm: `"linf"` (the paper's choice), `"l2"`, `"l1"`, or `"cosine"`
+            (`1 - <a/||a||, b/||b||>`, in [0, 2]; unchanged when a row is scaled).
 
     Returns:
         A `(k,)` tensor.
     """
+    if norm == "cosine":
+        return 1.0 - tf.reduce_sum(_unit(a) * _unit(b), axis=-1)
     diff = a - b
     if norm == "linf":
         return tf.reduce_max(tf.abs(diff), axis=-1)
@@ -50,13 +66,38 @@ def logit_distance(a, b, norm="linf"):
     raise ValueError(f"norm must be one of {NORMS}, received norm={norm!r}")
 
 
+def pairwise_distance(a, b, norm="linf"):
+    """All distances `d(a_i, b_j)`: a `(k, m)` tensor for `a` `(k, D)` and `b` `(m, D)`.
+
+    Used to find the hardest negatives; L∞ and L1 broadcast to `(k, m, D)` (a
+    few MB for a batch of 128 and D = 128), L2 and cosine go through a matmul.
+    """
+    if norm == "cosine":
+        return 1.0 - tf.matmul(_unit(a), _unit(b), transpose_b=True)
+    if norm == "l2":
+        sq = (
+            tf.reduce_sum(tf.square(a), -1)[:, None]
+            + tf.reduce_sum(tf.square(b), -1)[None, :]
+            - 2.0 * tf.matmul(a, b, transpose_b=True)
+        )
+        return tf.sqrt(tf.maximum(sq, 0.0) + 1e-12)
+    if norm in ("linf", "l1"):
+        diff = tf.abs(a[:, None, :] - b[None, :, :])
+        return tf.reduce_max(diff, -1) if norm == "linf" else tf.reduce_sum(diff, -1)
+    raise ValueError(f"norm must be one of {NORMS}, received norm={norm!r}")
+
+
+def _unit(v):
+    return tf.math.l2_normalize(v, axis=-1, epsilon=1e-12)
+
+
 def triplet_hinge(anchor, positive, negative, *, margin, norm="linf"):
     """Per-triplet hinge `max(d(anchor, positive) - d(anchor, negative) + margin, 0)`.
 
     Args:
-        anchor: logits of the adversarial examples, `(k, C)`.
-        positive: logits of their clean examples, `(k, C)`.
-        negative: logits of the selected negatives, `(k, C)`.
+        anchor: features (logits) of the adversarial examples, `(k, D)`.
+        positive: features of their clean examples, `(k, D)`.
+        negative: features of the selected negatives, `(k, D)`.
         margin: the margin α (>= 0).
         norm: distance, see `logit_distance`.
 
@@ -104,22 +145,104 @@ def select_negatives(labels, adv_logits, *, num_classes, seed=None):
     return index, valid
 
 
-def triplet_term(labels, clean_logits, adv_logits, *, margin, num_classes, norm="linf", seed=None):
-    """Per-example triplet hinge `h_i` of Eq. 2 with in-batch negatives.
-
-    The negative logits are gathered from `clean_logits`: no extra forward pass.
+def hardest_negatives(labels, anchors, clean, *, norm="linf"):
+    """For each anchor, the in-batch index of the closest clean example of another label (TLA).
 
     Args:
         labels: int labels `(k,)`.
-        clean_logits: `f(x)`, `(k, C)`: positives, and the pool of negatives.
-        adv_logits: `f(x_adv)`, `(k, C)`: anchors.
+        anchors: features of the adversarial examples `(k, D)`.
+        clean: features of the clean examples `(k, D)`, the pool of negatives.
+        norm: the distance (`NORMS`) under which "closest" is meant.
+
+    Returns:
+        `(index, valid)` as `select_negatives`. The choice is not differentiated
+        (an argmin); the hinge is, through the gathered features.
+    """
+    labels = tf.cast(labels, tf.int32)
+    different = tf.not_equal(labels[:, None], labels[None, :])
+    dist = pairwise_distance(tf.stop_gradient(anchors), tf.stop_gradient(clean), norm)
+    dist = tf.where(different, dist, tf.fill(tf.shape(dist), tf.constant(float("inf"), dist.dtype)))
+    index = tf.argmin(dist, axis=1, output_type=tf.int32)
+    return index, tf.reduce_any(different, axis=1)
+
+
+def triplet_term(
+    labels,
+    clean_logits,
+    adv_logits,
+    *,
+    margin,
+    num_classes,
+    norm="linf",
+    seed=None,
+    negative="random",
+    clean_features=None,
+    adv_features=None,
+):
+    """Per-example triplet hinge `h_i` of Eq. 2 with in-batch negatives.
+
+    The negatives' features are gathered from the clean ones: no extra forward pass.
+
+    Args:
+        labels: int labels `(k,)`.
+        clean_logits: `f(x)`, `(k, C)`.
+        adv_logits: `f(x_adv)`, `(k, C)`: they decide the class each example is
+            pushed to (`random` negatives).
         margin, norm: see `triplet_hinge`.
         num_classes, seed: see `select_negatives`.
+        negative: `random` (the paper's, `select_negatives`) or `hardest`
+            (`hardest_negatives`).
+        clean_features, adv_features: `(k, D)` features of the triplet when not
+            the logits (e.g. the penultimate layer's output); default the logits.
 
     Returns:
         A `(k,)` tensor, zero for examples without a valid negative.
     """
-    index, valid = select_negatives(labels, adv_logits, num_classes=num_classes, seed=seed)
-    negative = tf.gather(clean_logits, index)
-    hinge = triplet_hinge(adv_logits, clean_logits, negative, margin=margin, norm=norm)
+    clean = clean_logits if clean_features is None else clean_features
+    anchors = adv_logits if adv_features is None else adv_features
+    if negative == "random":
+        index, valid = select_negatives(labels, adv_logits, num_classes=num_classes, seed=seed)
+    elif negative == "hardest":
+        index, valid = hardest_negatives(labels, anchors, clean, norm=norm)
+    else:
+        raise ValueError(f"negative must be one of {NEGATIVES}, received negative={negative!r}")
+    hinge = triplet_hinge(anchors, clean, tf.gather(clean, index), margin=margin, norm=norm)
     return tf.where(valid, hinge, tf.zeros_like(hinge))
+
+
+# ---------------------------------------------------------------- TRADES / MART
+
+
+def cross_entropy(labels, logits):
+    """Per-example `CE(f(x), y) = -log softmax(f(x))_y`, `(k,)`, in float32."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def kl_divergence(p_logits, q_logits):
+    """Per-example `KL(softmax(p) || softmax(q)) = Σ_c p_c (log p_c - log q_c)`, `(k,)`.
+
+    TRADES' and MART's robust term with `p = f(x)` (clean) and `q = f(x')`
+    (adversarial). Computed from log-softmaxes (no log(0)), in float32.
+    """
+    log_p = tf.nn.log_softmax(tf.cast(p_logits, tf.float32), axis=-1)
+    log_q = tf.nn.log_softmax(tf.cast(q_logits, tf.float32), axis=-1)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def boosted_cross_entropy(labels, logits):
+    """MART's BCE, `-log p_y - log(1 - max_{k≠y} p_k)` with `p = softmax(f(x'))`, `(k,)`.
+
+    `log(1 - p_m)` is computed exactly as `logsumexp_{c≠m} z_c - logsumexp_c z_c`
+    (the authors' code uses `log(1.0001 - p_m + 1e-12)`).
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    num_classes = tf.shape(logits)[-1]
+    lowest = tf.fill(tf.shape(logits), tf.constant(-float("inf"), logits.dtype))
+    true_mask = tf.cast(tf.one_hot(labels, num_classes), tf.bool)
+    other = tf.argmax(tf.where(true_mask, lowest, logits), axis=-1, output_type=tf.int32)
+    without_other = tf.where(tf.cast(tf.one_hot(other, num_classes), tf.bool), lowest, logits)
+    log_one_minus = tf.reduce_logsumexp(without_other, -1) - tf.reduce_logsumexp(logits, -1)
+    return cross_entropy(labels, logits) - log_one_minus

@@ -1,8 +1,26 @@
-r"""Train a classifier with AT²L (or AT, triplet regularisation, or clean training).
+r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, or clean training).
 
     python -m at2l_tf.train                                  # AT²L on the shipped MNIST
     python -m at2l_tf.train --flagfile=flags/mnist_at2l.flags
+    python -m at2l_tf.train --defense=trades --beta=1 --attack_steps=10   # TRADES
+    python -m at2l_tf.train --defense=mart --lambda2=0.5                  # MART + the paper's triplet
+    python -m at2l_tf.train --defense=at --lambda2=0.5 --triplet_features=embedding \
+        --triplet_distance=cosine --triplet_negative=hardest --margin=0.05  # AT + a TLA-style triplet
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
+
+**Objectives** (`--defense`; equations in `at2l_tf.training.objectives`):
+`none` (clean CE), `at` (Eq. 1), `at2l` (Eq. 1 + the triplet term, Eq. 2),
+`tr` (clean CE + the triplet term), `trades` (CE + β·KL, x' from TRADES' own
+KL attack), `mart` (boosted CE + β·KL·(1 − p_y)). `--attack*` set the inner
+attack's eps, steps and step size (TRADES uses them for its KL attack).
+**The triplet term** goes on top of any of them: `--lambda2` > 0 adds it to
+`at`, `trades`, `mart`; unset, λ2 is 0.5 for `at2l`/`tr` and 0 for the others,
+so every older flagfile keeps its meaning. Its design space, defaults the
+paper's: `--triplet_features=logits|embedding` (penultimate layer, same
+forward pass), `--triplet_distance=linf|l2|l1|cosine` (an alias of the older
+`--norm`), `--triplet_negative=random|hardest` (the closest clean example of
+another class, TLA), `--margin` (α). `results.json` records the objective and
+the triplet under `"training"`.
 
 Every flag maps onto `at2l_tf.config.ExperimentConfig`, which is validated
 before any data is loaded: a bad value exits with status 1 and one line naming
@@ -28,15 +46,19 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
-flags.DEFINE_string("defense", _D.train.defense, "none | at (Eq. 1) | at2l (Eq. 2) | tr.")
+flags.DEFINE_string("defense", _D.train.defense, "Training objective: none | at (Eq. 1) | at2l (Eq. 2: at + triplet) | tr (clean CE + triplet) | trades | mart.")
 flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill | ls_pga (thermometer models).")
 flags.DEFINE_float("eps", None, "L-inf radius of the training attack; default per dataset (MNIST 0.3, else 8/255).")
 flags.DEFINE_integer("attack_steps", _D.attack.steps, "Iterations of iterative training attacks.")
 flags.DEFINE_float("attack_step_size", None, "Step size; default 2.5*eps/steps (iterative), 1.25*eps (fgsm_rs).")
 flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial cross-entropy.")
-flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term.")
+flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term; > 0 adds it to at, trades, mart. Default 0.5 for at2l and tr, else 0.")
 flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
-flags.DEFINE_string("norm", _D.train.norm, "Logit distance of the triplet term: linf | l2 | l1.")
+flags.DEFINE_string("norm", _D.train.norm, "Distance of the triplet term: linf | l2 | l1 | cosine (1 - cos of L2-normalized features). Alias: --triplet_distance.")
+flags.DEFINE_alias("triplet_distance", "norm")
+flags.DEFINE_string("triplet_features", _D.train.triplet_features, "Features of the triplet term: logits (paper) | embedding (the penultimate layer's output, TLA).")
+flags.DEFINE_string("triplet_negative", _D.train.triplet_negative, "Negative of the triplet term: random (paper: an in-batch example of the class x' is pushed to) | hardest (TLA: the closest clean example of another class).")
+flags.DEFINE_float("beta", _D.train.beta, "β of trades and mart (weight of the KL term, >= 0); default 1.0 for trades (its MNIST value), 6.0 for mart.")
 flags.DEFINE_string("preprocessing", _D.preprocessing.name, "Defence layer in front of the classifier: none | thermometer | random_resize_pad | defense_gan.")
 flags.DEFINE_integer("thermometer_levels", _D.preprocessing.thermometer_levels, "Levels of the thermometer encoding (>= 2).")
 flags.DEFINE_integer("resize_min", None, "random_resize_pad: smallest random size; default the image size.")
@@ -94,6 +116,9 @@ def config_from_flags(f=FLAGS):
             lambda2=f.lambda2,
             margin=f.margin,
             norm=f.norm,
+            beta=f.beta,
+            triplet_features=f.triplet_features,
+            triplet_negative=f.triplet_negative,
             epochs=f.epochs,
             learning_rate=f.learning_rate,
             lr_schedule=f.lr_schedule,

@@ -1,4 +1,5 @@
-r"""Search AT²L's λ1, λ2, α and logit norm with KerasTuner.
+r"""Search AT²L's λ1, λ2, α and logit norm with KerasTuner (and the objective, β and
+the triplet's features and negatives, on request).
 
     python -m at2l_tf.tune --flagfile=flags/mnist_at2l.flags --max_train_examples=10000 \
         --epochs=2 --max_trials=12 --tune_dir=runs/tune_mnist      # random search (default)
@@ -13,8 +14,19 @@ configuration; each trial is the base with λ1 (`--lambda1`), λ2
 (log-uniform) and `--norms`. A trial trains for the base's `--epochs` on its
 `--max_train_examples`, with the base `--seed` (same initial weights and
 data order in every trial). Only the hyperparameters the `--defense` uses
-are searched (`at`: λ1; `at2l`: all four; `tr`: λ2, α, norm). An empty range
-(`--lambda1_range=`) keeps the base value; `min,min` fixes it.
+are searched (`at`: λ1; `at2l`: all four; `tr`: λ2, α, norm; `trades`,
+`mart`: β; with a base `--lambda2` > 0, `at`, `trades` and `mart` add the
+triplet's). An empty range (`--lambda1_range=`) keeps the base value;
+`min,min` fixes it.
+
+**More axes, off by default** (so a search keeps the meaning it had):
+`--defense_choices=at,at2l,trades,mart` draws each trial's objective (a trial
+takes only the values its objective uses: an `at` trial stays plain AT),
+`--beta_range=0.5,8` searches β of trades / mart (log-uniform),
+`--triplet_features_choices=logits,embedding` and
+`--triplet_negative_choices=random,hardest` the triplet term's design, and
+`cosine` joins `--norms`. E.g. AT vs TRADES vs MART, with and without the
+paper's triplet: `--defense_choices=at,at2l,trades,mart --beta_range=1,6`.
 
 **Objective.** `val_robust_acc`, maximised: the accuracy under a stronger
 attack than the training one — APGD-CE, 20 iterations, 1 restart, at the
@@ -46,8 +58,8 @@ finished trials are kept (not retrained), a trial interrupted half-way is
 run again, and `--max_trials` may be raised to extend it. The other
 settings must be the same (compared with `search.json`); `--overwrite`
 deletes the search and starts again. Bad input — an unknown tuner, a range
-with min > max, a non-positive log range, an unknown norm — exits with
-status 1 and one line, before anything is written.
+with min > max, a non-positive log range, an unknown norm, objective, features
+or negative — exits with status 1 and one line, before anything is written.
 """
 
 import contextlib
@@ -79,9 +91,11 @@ SEARCH_FILE = "search.json"
 SUMMARY_FILE = "summary.json"
 BEST_FLAGS_FILE = "best.flags"
 # Train flags that are not part of the recipe (display only).
-_NOT_RECIPE = ("verbose",)
+_NOT_RECIPE = ("verbose", "triplet_distance")  # The alias would repeat --norm.
+# Reported for every search; the other axes of `hm.ALL_HYPERPARAMETERS` when searched.
 HYPERPARAMETERS = ("lambda1", "lambda2", "margin", "norm")
-_SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "norm"}
+_SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "norm", "defense": "defense",
+            "beta": "β", "triplet_features": "features", "triplet_negative": "negative"}
 
 
 def _range_default(r):
@@ -97,7 +111,11 @@ flags.DEFINE_bool("overwrite", False, "Delete the search in --tune_dir and start
 flags.DEFINE_list("lambda1_range", _range_default(_S.lambda1_range), "λ1 range 'min,max', uniform; empty keeps --lambda1.")
 flags.DEFINE_list("lambda2_range", _range_default(_S.lambda2_range), "λ2 range 'min,max', log-uniform; empty keeps --lambda2.")
 flags.DEFINE_list("margin_range", _range_default(_S.margin_range), "α range 'min,max', log-uniform; empty keeps --margin.")
-flags.DEFINE_list("norms", list(_S.norms), "Logit distances to choose from (linf, l2, l1); empty keeps --norm.")
+flags.DEFINE_list("norms", list(_S.norms), "Triplet distances to choose from (linf, l2, l1, cosine); empty keeps --norm.")
+flags.DEFINE_list("defense_choices", list(_S.defenses), "Objectives to choose from (at, at2l, tr, trades, mart); empty keeps --defense.")
+flags.DEFINE_list("beta_range", [], "β range 'min,max' of trades / mart, log-uniform; empty keeps --beta.")
+flags.DEFINE_list("triplet_features_choices", list(_S.triplet_features), "Triplet features to choose from (logits, embedding); empty keeps --triplet_features.")
+flags.DEFINE_list("triplet_negative_choices", list(_S.triplet_negatives), "Triplet negatives to choose from (random, hardest); empty keeps --triplet_negative.")
 flags.DEFINE_string("objective_attack", _O.name, f"Attack of val_robust_acc: {' | '.join(hm.OBJECTIVE_ATTACKS)}.")
 flags.DEFINE_integer("objective_steps", _O.steps, "Iterations of the objective attack.")
 flags.DEFINE_integer("objective_restarts", _O.restarts, "Random restarts of the objective attack.")
@@ -144,7 +162,11 @@ def settings_from_flags(f=FLAGS):
         lambda1_range=_parse_range("lambda1_range", f.lambda1_range),
         lambda2_range=_parse_range("lambda2_range", f.lambda2_range),
         margin_range=_parse_range("margin_range", f.margin_range),
-        norms=tuple(dict.fromkeys(n.strip() for n in f.norms if n.strip())),
+        norms=_choices(f.norms),
+        defenses=_choices(f.defense_choices),
+        beta_range=_parse_range("beta_range", f.beta_range),
+        triplet_features=_choices(f.triplet_features_choices),
+        triplet_negatives=_choices(f.triplet_negative_choices),
     )
     objective_attack = hm.ObjectiveAttack(
         name=f.objective_attack,
@@ -168,6 +190,10 @@ def default_tune_dir(config):
     if config.preprocessing.name != "none":
         parts.insert(1, config.preprocessing.name)
     return os.path.join("runs", "tune_" + "_".join(parts))
+
+
+def _choices(values):
+    return tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
 
 
 def _parse_range(name, values):
@@ -210,8 +236,8 @@ def search_record(base, space, objective_attack, settings):
         cfg.pop(key)
     record = {
         "base_config": cfg,
-        "search_space": dataclasses.asdict(space),
-        "tuned": list(space.tuned(base.train.defense)),
+        "search_space": space.record(),
+        "tuned": list(space.tuned(base.train.defense, base.train.lambda2)),
         "objective": {
             "metric": hm.OBJECTIVE_METRIC,
             "direction": "max",
@@ -245,10 +271,26 @@ def validate(base, space, objective_attack, settings):
         )
     if base.train.strategy == "multi_worker":
         raise ConfigError("the tune command runs on one machine: use --strategy=auto, default or mirrored")
-    space.validate(base.train.defense)
+    space.validate(base.train.defense, base.train.lambda2)
+    check_trial_configs(base, space)
     objective_attack.validate(base)
     return check_tune_dir(settings.tune_dir, search_record(base, space, objective_attack, settings),
                           settings.overwrite)
+
+
+def check_trial_configs(base, space):
+    """Validates the base config under each objective, features and negative choice of
+    `space` (e.g. `embedding` on a model without a penultimate layer), before any trial."""
+    hypermodel = hm.AT2LHyperModel(base, space, hm.ObjectiveAttack())
+    for defense in space.defenses or (base.train.defense,):
+        for features in space.triplet_features or (None,):
+            for negative in space.triplet_negatives or (None,):
+                values = {"defense": defense, "triplet_features": features, "triplet_negative": negative}
+                cfg = hypermodel.config_for({k: v for k, v in values.items() if v is not None})
+                try:
+                    cfg.validate()
+                except ConfigError as e:
+                    raise ConfigError(f"a trial with defense={defense!r} is invalid: {e}") from None
 
 
 def check_tune_dir(path, record, overwrite):
@@ -322,7 +364,7 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
     _log(hypermodel.precision.describe())
     if hypermodel.precision.warning:
         _log(f"warning: {hypermodel.precision.warning}")
-    reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags))
+    reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags), hypermodel)
     tune_dir = os.path.abspath(settings.tune_dir)
     common = dict(
         hypermodel=hypermodel,
@@ -352,18 +394,20 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
     reporter.load_durations()
     done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
     tuned = ", ".join(_SYMBOLS[n] for n in hypermodel.tuned)
+    uses = {n for d in space.defenses or (base.train.defense,) for n in hm.used_by(d, base.train.lambda2)}
     _log(
         f"{'resuming' if mode == 'resume' else 'starting'} a {settings.tuner} search of {tuned} in "
         f"{settings.tune_dir}: {done} of {settings.max_trials} trials done; objective "
         f"{hm.OBJECTIVE_METRIC} under {objective_attack.describe(base.eps)} on the first "
         f"{objective_attack.num_examples} validation images"
     )
-    untuned = [n for n in hm.TUNED_BY_DEFENSE[base.train.defense] if n not in hypermodel.tuned]
-    unused = [n for n in HYPERPARAMETERS if n not in hm.TUNED_BY_DEFENSE[base.train.defense]]
+    untuned = [n for n in hm.ALL_HYPERPARAMETERS if n in uses and n not in hypermodel.tuned and n != "defense"]
+    unused = [n for n in HYPERPARAMETERS if n not in uses]
     if untuned:
         _log(f"kept from the base flags: {', '.join(f'{_SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
     if unused:
-        _log(f"defense={base.train.defense} does not use {', '.join(_SYMBOLS[n] for n in unused)}: not tuned")
+        which = ", ".join(space.defenses) if space.defenses else base.train.defense
+        _log(f"defense={which} does not use {', '.join(_SYMBOLS[n] for n in unused)}: not tuned")
     retracing = _RetracingFilter()
     tf.get_logger().addFilter(retracing)
     try:
@@ -423,10 +467,12 @@ def _tuner_class(name):
 class _Reporter:
     """Progress lines, `summary.json` and `best.flags` of one search."""
 
-    def __init__(self, settings, base, objective_attack, record, base_flags):
+    def __init__(self, settings, base, objective_attack, record, base_flags, hypermodel):
         self.settings, self.base, self.objective_attack = settings, base, objective_attack
-        self.record, self.base_flags = record, base_flags
+        self.record, self.base_flags, self.hypermodel = record, base_flags, hypermodel
         self.started, self.seconds = {}, {}
+        # λ1, λ2, α, norm always; the objective, β, features, negative when searched.
+        self.names = reported_names(record["tuned"])
 
     def load_durations(self):
         # Seconds of the trials of earlier invocations, kept across resumes.
@@ -446,8 +492,7 @@ class _Reporter:
             first = hp_values.get("tuner/initial_epoch", 0) + 1
             budget = f" (epochs {first}-{hp_values['tuner/epochs']}"
             budget += f", from trial {hp_values['tuner/trial_id']})" if "tuner/trial_id" in hp_values else ")"
-        used = hm.TUNED_BY_DEFENSE[self.base.train.defense]
-        _log(f"trial {trial.trial_id} start{budget}: {_format_values(values, used)}")
+        _log(f"trial {trial.trial_id} start{budget}: {_format_values(values, self.used(values))}")
 
     def end(self, tuner, trial):
         trial = tuner.oracle.get_trial(trial.trial_id)
@@ -467,8 +512,14 @@ class _Reporter:
         self.write(tuner)
 
     def effective(self, values):
-        """λ1, λ2, α, norm of a trial: its tuned values, else the base config's."""
-        return {n: values.get(n, getattr(self.base.train, n)) for n in HYPERPARAMETERS}
+        """λ1, λ2, α, norm (and the searched axes) a trial trains with: its tuned
+        values where its objective uses them, else the base config's."""
+        train = self.hypermodel.config_for(values).train
+        return {n: getattr(train, n) for n in self.names}
+
+    def used(self, values):
+        """The reported names the trial's objective uses (the objective first)."""
+        return used_names(values, self.base.train.defense, self.base.train.lambda2)
 
     def summarize(self, tuner):
         oracle = tuner.oracle
@@ -482,7 +533,7 @@ class _Reporter:
                 "trial_id": tid,
                 "status": str(trial.status),
                 "hyperparameters": self.effective(hp_values),
-                "tuned": {n: hp_values[n] for n in HYPERPARAMETERS if n in hp_values},
+                "tuned": {n: hp_values[n] for n in hm.ALL_HYPERPARAMETERS if n in hp_values},
                 hm.OBJECTIVE_METRIC: trial.score,
                 "best_epoch": _best_epoch(trial) if trial.score is not None else None,
                 "metrics": {
@@ -540,37 +591,49 @@ class _Reporter:
             f"# {hm.OBJECTIVE_METRIC} = {best[hm.OBJECTIVE_METRIC]:.4f} at epoch {best['best_epoch']} under "
             f"{o.describe(self.base.eps)} on the first {o.num_examples} validation images",
             f"# (seed {self.base.train.seed}; not measured on the test split yet).",
-            f"# {_format_values(best['hyperparameters'], hm.TUNED_BY_DEFENSE[self.base.train.defense])}; "
+            f"# {_format_values(best['hyperparameters'], self.used(best['hyperparameters']))}; "
             "the other flags are the search's base flags.",
         ]
         values = best["hyperparameters"]
         lines = []
         for name, text in self.base_flags.items():
             if name in values:
-                v = values[name]
-                text = f"--{name}={v!r}" if isinstance(v, float) else f"--{name}={v}"
-            lines.append(text)
-        for name in HYPERPARAMETERS:  # In case the base flags did not carry one.
-            if name not in self.base_flags:
-                v = values[name]
-                lines.append(f"--{name}={v!r}" if isinstance(v, float) else f"--{name}={v}")
+                text = _flag_line(name, values[name], text)
+            if text:
+                lines.append(text)
+        for name in self.names:  # In case the base flags did not carry one.
+            if name not in self.base_flags and values[name] is not None:
+                lines.append(_flag_line(name, values[name]))
         return "\n".join(header + lines) + "\n"
+
+
+def reported_names(tuned):
+    """The hyperparameters a search reports: λ1, λ2, α, norm, and the other searched axes."""
+    return tuple(n for n in hm.ALL_HYPERPARAMETERS if n in HYPERPARAMETERS or n in tuned)
+
+
+def used_names(values, base_defense, base_lambda2):
+    """The names of `values` that the trial's objective (`values["defense"]`, else the base's) uses."""
+    used = ("defense",) + hm.used_by(values.get("defense", base_defense), base_lambda2)
+    return tuple(n for n in values if n in used)
 
 
 def format_table(summary):
     """The trials as a fixed-width table, the best one marked with `*`."""
     best = (summary.get("best") or {}).get("trial_id")
-    used = hm.TUNED_BY_DEFENSE[summary["base_config"]["train"]["defense"]]  # "-": unused by the loss.
-    header = ["", "trial", "status", "λ1", "λ2", "α", "norm", hm.OBJECTIVE_METRIC, "val_adv_acc",
+    train = summary["base_config"]["train"]
+    names = reported_names(summary["tuned"])
+    header = ["", "trial", "status", *(_SYMBOLS[n] for n in names), hm.OBJECTIVE_METRIC, "val_adv_acc",
               "val_acc", "epoch", "seconds"]
     rows = []
     for t in summary["trials"]:
         hp, m = t["hyperparameters"], t["metrics"]
+        used = hm.used_by(hp.get("defense", train["defense"]), train.get("lambda2"))  # "-": unused.
         rows.append([
             "*" if t["trial_id"] == best else "",
             t["trial_id"],
             t["status"],
-            *(_cell(hp[n], n in used) for n in HYPERPARAMETERS),
+            *(_cell(hp[n], n in used or n == "defense") for n in names),
             _pct(t[hm.OBJECTIVE_METRIC]),
             _pct(m.get("val_adv_acc")),
             _pct(m.get("val_acc")),
@@ -578,7 +641,8 @@ def format_table(summary):
             "-" if t["seconds"] is None else f"{t['seconds']:.0f}",
         ])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = [" ".join(c.ljust(w) if i < 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    left = 3 + len(names)  # Marker, trial, status and the hyperparameters; numbers to the right.
+    lines = [" ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in [header] + rows]
     o = summary["objective"]
     lines.append(
@@ -610,8 +674,15 @@ def _format_values(values, names=HYPERPARAMETERS):
     return " ".join(f"{_SYMBOLS[n]}={_cell(values[n])}" for n in names)
 
 
+def _flag_line(name, value, default=""):
+    """`--name=value` (floats by repr, to round-trip); `default` when value is None."""
+    if value is None:
+        return default
+    return f"--{name}={value!r}" if isinstance(value, float) else f"--{name}={value}"
+
+
 def _cell(value, used=True):
-    if not used:
+    if not used or value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

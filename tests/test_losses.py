@@ -80,3 +80,91 @@ def test_triplet_term_uses_clean_logits_of_the_negative():
     h = losses.triplet_term(labels, clean, adv, margin=1.0, num_classes=2, seed=0)
     # ex0: d(adv0, clean0) = 1, d(adv0, clean1) = 1 -> 1; ex1: d = .5, d(adv1, clean0) = 1.5 -> 0.
     np.testing.assert_allclose(h.numpy(), [1.0, 0.0], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the triplet's design space
+
+
+def test_cosine_distance_is_one_minus_cos_and_blind_to_feature_scale():
+    a = tf.constant([[1.0, 0.0, 1.0], [3.0, 4.0, 0.0]])
+    b = tf.constant([[0.0, 2.0, 2.0], [-3.0, -4.0, 0.0]])
+    d = losses.logit_distance(a, b, norm="cosine").numpy()
+    np.testing.assert_allclose(d, [1 - 2 / (np.sqrt(2) * np.sqrt(8)), 2.0], atol=1e-6)
+    scale = tf.constant([[7.0], [0.01]])
+    np.testing.assert_allclose(losses.logit_distance(a * scale, b, norm="cosine").numpy(), d, atol=1e-6)
+    np.testing.assert_allclose(losses.logit_distance(a, b * 3.0, norm="cosine").numpy(), d, atol=1e-6)
+    # The other distances are not (which is why the test can tell them apart).
+    assert abs(float(losses.logit_distance(a * scale, b, "l2")[0]) - float(losses.logit_distance(a, b, "l2")[0])) > 1
+    h = losses.triplet_hinge(a * 5.0, b, -b * 2.0, margin=0.1, norm="cosine").numpy()
+    np.testing.assert_allclose(h, losses.triplet_hinge(a, b, -b, margin=0.1, norm="cosine").numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", losses.NORMS)
+def test_pairwise_distances_agree_with_the_row_wise_ones(norm):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 7)).astype("float32"), rng.normal(size=(4, 7)).astype("float32")
+    pair = losses.pairwise_distance(tf.constant(a), tf.constant(b), norm).numpy()
+    for i in range(5):
+        rows = losses.logit_distance(tf.constant(np.repeat(a[i:i + 1], 4, 0)), tf.constant(b), norm)
+        np.testing.assert_allclose(pair[i], rows.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_hardest_negative_is_the_nearest_clean_example_of_another_class():
+    # Anchors (adversarial features) and a clean batch built by hand, labels 0, 0, 1, 2.
+    labels = tf.constant([0, 0, 1, 2])
+    clean = tf.constant([[0.0, 0.0], [0.1, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    anchors = tf.constant([[0.2, 0.0], [2.0, 1.9], [0.1, 0.1], [2.6, 0.1]])
+    idx, valid = losses.hardest_negatives(labels, anchors, clean, norm="linf")
+    assert valid.numpy().all()
+    # L-inf distances to the other-class candidates (same-class ones never count):
+    # ex0 (y 0): c2 2.8, c3 2.0 -> 3 (the same-class c1 at 0.1 is nearer still);
+    # ex1 (y 0): c2 1.9, c3 2.0 -> 2; ex2 (y 1): c0 0.1, c1 0.1, c3 1.9 -> 0 or 1;
+    # ex3 (y 2): c0 2.6, c1 2.5, c2 0.4 -> 2.
+    got = idx.numpy()
+    assert got[0] == 3 and got[1] == 2 and got[2] in (0, 1) and got[3] == 2
+    # The random rule (the paper's) picks by the class the adversarial is pushed to instead.
+    adv_logits = tf.one_hot([1, 1, 0, 0], 3) * 5.0
+    rnd, _ = losses.select_negatives(labels, adv_logits, num_classes=3, seed=0)
+    assert rnd.numpy()[0] == 2  # Class 1, though example 3 is the nearest.
+    # Under L2 the nearest differs from L-inf's: for ex1, c3 (2.00) beats c2 (2.15).
+    idx_l2, _ = losses.hardest_negatives(labels, anchors, clean, norm="l2")
+    assert idx_l2.numpy()[1] == 3
+
+
+def test_hardest_negatives_in_the_triplet_term_and_no_candidate_gives_zero():
+    labels = tf.constant([0, 1, 1])
+    clean = tf.constant([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    adv = tf.constant([[0.5, 0.0], [0.0, 0.0], [4.0, 0.0]])
+    h = losses.triplet_term(labels, clean, adv, margin=1.0, num_classes=2, negative="hardest", norm="l1")
+    # ex0: neg 1 (d .5): .5 - .5 + 1 = 1; ex1: neg 0 (d 0): 1 - 0 + 1 = 2; ex2: neg 0 (d 4): 1 - 4 + 1 < 0.
+    np.testing.assert_allclose(h.numpy(), [1.0, 2.0, 0.0], atol=1e-6)
+    same = tf.constant([2, 2, 2])
+    h = losses.triplet_term(same, clean, adv, margin=1.0, num_classes=3, negative="hardest")
+    np.testing.assert_array_equal(h.numpy(), np.zeros(3))
+    with pytest.raises(ValueError, match="negative='semi'"):
+        losses.triplet_term(labels, clean, adv, margin=1.0, num_classes=2, negative="semi")
+
+
+# ---------------------------------------------------------------- TRADES / MART pieces
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_kl_and_boosted_cross_entropy_by_hand():
+    rng = np.random.default_rng(1)
+    p_logits, q_logits = rng.normal(size=(6, 4)) * 3, rng.normal(size=(6, 4)) * 3
+    y = np.array([0, 1, 2, 3, 0, 1])
+    p, q = _softmax(p_logits), _softmax(q_logits)
+    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+    np.testing.assert_allclose(losses.kl_divergence(p_logits, q_logits).numpy(), kl, rtol=1e-4)
+    assert np.abs(kl - (q * (np.log(q) - np.log(p))).sum(-1)).max() > 0.1  # Direction matters here.
+    q_other = np.where(np.eye(4)[y] > 0, -np.inf, q).max(-1)
+    bce = -np.log(q[np.arange(6), y]) - np.log(1 - q_other)
+    np.testing.assert_allclose(losses.boosted_cross_entropy(y, q_logits).numpy(), bce, rtol=1e-4)
+    # Exact where 1 - p is tiny: no log(0) and no 1e-4 floor (the authors' 1.0001 - p).
+    sure = np.array([[0.0, 30.0, 0.0]])
+    assert np.isfinite(losses.boosted_cross_entropy(np.array([0]), sure).numpy()).all()
+    assert float(losses.boosted_cross_entropy(np.array([0]), sure)[0]) > 55

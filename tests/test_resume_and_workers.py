@@ -265,5 +265,6 @@ def test_ctrl_c_writes_a_backup_and_the_same_call_resumes(tmp_path, mock_cats, m
 
     other = _cats_config(tmp_path, "interrupted", save_every_steps=1)
     other.train.lambda2 = 0.25
-    with pytest.raises(ConfigError, match=r"holds a finished run .*train.lambda2: 0.5 -> 0.25"):
+    # λ2 unset (None) is the at2l default, 0.5.
+    with pytest.raises(ConfigError, match=r"holds a finished run .*train.lambda2: None -> 0.25"):
         experiment.run(other, verbose=0)

@@ -29,6 +29,11 @@ def test_reference_is_the_flagfile_recipe(reference):
     recorded = dict(reference.metadata["config"])
     # Settings added after the export (ensemble training, backups) had their defaults then.
     _fill_defaults(recorded, config_lib.ExperimentConfig().to_dict())
+    # λ2 was recorded as its old default, 0.5, which --defense=at ignored; unset (None)
+    # now means the same for at (no triplet term): the objective is unchanged.
+    assert recorded["train"]["defense"] == "at" and recorded["train"]["lambda2"] == 0.5
+    recorded["train"]["lambda2"] = None
+    assert config_lib.TrainConfig(**recorded["train"]).describe()["triplet"] is None
     # The shipped version was exported to runs/ and copied (savedmodels/README.md),
     # by a run whose final check predates AutoAttack in it: the training recipe
     # (data, attack, objective, schedule, seed) is what must match.

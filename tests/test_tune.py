@@ -194,6 +194,13 @@ def test_resuming_with_other_settings_is_refused(search):
         ("--defense=at --lambda1_range=", "nothing to tune: defense='at' uses lambda1"),
         ("--tuner=hyperband", "tuner=hyperband trains trials for 1 to --epochs epochs: it needs epochs >= 2"),
         ("--eps=-1", "eps must be >= 0.0, received eps=-1.0"),
+        ("--defense_choices=at,none", "defense 'none' in defense_choices has nothing to tune"),
+        ("--triplet_negative_choices=semi",
+         "unknown triplet_negative 'semi' in triplet_negative_choices; known: random, hardest"),
+        ("--triplet_features_choices=pen", "unknown triplet_features 'pen' in triplet_features_choices"),
+        ("--defense=trades --beta_range=0,6", "beta_range is sampled on a log scale: min must be > 0"),
+        ("--defense=trades", "nothing to tune: defense='trades' uses beta"),
+        ("--norms=linf,l3", "known norms: linf, l2, l1, cosine"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, args, match):
@@ -269,3 +276,58 @@ def test_the_robust_accuracy_callback_survives_kerastuners_deepcopy():
     cb = hm.RobustAccuracy(ds.batch(4), evaluation.AttackSpec("apgd_ce", {"eps": 0.3}), num_examples=4)
     twin = copy.deepcopy(cb)
     assert twin is not cb and twin.dataset is cb.dataset and twin.name == "val_robust_acc"
+
+
+FULL = hm.SearchSpace(defenses=("at", "at2l", "trades"), beta_range=(1.0, 6.0),
+                      triplet_features=("logits", "embedding"), triplet_negatives=("random", "hardest"))
+
+
+def test_the_space_can_cover_the_objective_beta_and_the_triplet_design():
+    model = _hypermodel(space=FULL)
+    hp = keras_tuner.HyperParameters()
+    values = model.declare(hp)
+    assert list(values) == list(hm.ALL_HYPERPARAMETERS)
+    assert hp.get("defense") in ("at", "at2l", "trades") and 1.0 <= hp.get("beta") <= 6.0
+    drawn = {"lambda1": 0.7, "lambda2": 0.3, "margin": 2.0, "norm": "l2", "beta": 2.0,
+             "triplet_features": "embedding", "triplet_negative": "hardest"}
+    # Each trial takes only what its objective uses: an `at` trial stays plain AT.
+    at = model.config_for({**drawn, "defense": "at"}).validate().train
+    assert (at.defense, at.lambda1, at.lambda2, at.beta, at.triplet_features) == ("at", 0.7, None, None, "logits")
+    assert at.describe()["triplet"] is None
+    trades = model.config_for({**drawn, "defense": "trades"}).validate().train
+    assert (trades.beta, trades.lambda1, trades.lambda2, trades.uses_triplet) == (2.0, 0.25, None, False)
+    at2l = model.config_for({**drawn, "defense": "at2l"}).validate().train
+    assert at2l.describe()["triplet"] == {"features": "embedding", "distance": "l2", "negative": "hardest",
+                                          "lambda2": 0.3, "margin": 2.0}
+    # Unsearched axes are not recorded, so that older searches still resume.
+    assert set(hm.SearchSpace().record()) == {"lambda1_range", "lambda2_range", "margin_range", "norms"}
+    assert FULL.record()["defenses"] == ("at", "at2l", "trades")
+
+
+def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path):
+    model = _hypermodel(space=FULL)
+    record = {"tuned": list(FULL.tuned("at2l")), "objective": {}}
+    settings = tune.SearchSettings(tune_dir=str(tmp_path))
+    base_flags = {"defense": "--defense=at2l", "lambda1": "--lambda1=0.25", "margin": "--margin=7.0"}
+    reporter = tune._Reporter(settings, model.base_config, hm.ObjectiveAttack(), record, base_flags, model)
+    values = reporter.effective({"defense": "at", "lambda1": 0.7, "lambda2": 0.3, "beta": 2.0,
+                                 "triplet_features": "embedding", "triplet_negative": "hardest"})
+    assert values == {"defense": "at", "lambda1": 0.7, "lambda2": None, "margin": 7.0, "norm": "linf",
+                      "beta": None, "triplet_features": "logits", "triplet_negative": "random"}
+    assert reporter.used(values) == ("defense", "lambda1")
+    summary = {"best": {"trial_id": "3", "val_robust_acc": 0.5, "best_epoch": 1, "hyperparameters": values},
+               "trials": []}
+    text = reporter.best_flags_text(summary)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert "--defense=at" in lines and "--lambda1=0.7" in lines
+    assert not any(line.startswith(("--lambda2", "--beta")) for line in lines)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train", *lines])
+    cfg = train.config_from_flags().validate()
+    assert (cfg.train.defense, cfg.train.lambda1, cfg.train.describe()["triplet"]) == ("at", 0.7, None)
+    table = tune.format_table({"best": None, "tuned": record["tuned"], "trials": [],
+                               "base_config": model.base_config.to_dict(),
+                               "objective": {"name": "apgd_ce", "steps": 1, "restarts": 1, "eps": 0.3,
+                                             "num_examples": 1}})
+    assert table.splitlines()[0].split()[:9] == ["trial", "status", "defense", "λ1", "λ2", "α", "norm", "β",
+                                                  "features"]

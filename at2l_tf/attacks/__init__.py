@@ -25,6 +25,7 @@ from at2l_tf.attacks.registry import (
     make_attack,
 )
 from at2l_tf.attacks.square import square
+from at2l_tf.attacks.trades import trades_kl
 
 __all__ = [
     "TRAINING_ATTACKS",
@@ -47,4 +48,5 @@ __all__ = [
     "make_attack",
     "pgd",
     "square",
+    "trades_kl",
 ]

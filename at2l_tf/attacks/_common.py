@@ -70,3 +70,12 @@ def run_graph_attack(attack_body, model_fn, x, y, params):
 @tf.function(reduce_retracing=True)
 def _run_compiled(attack_body, model_fn, x, y, params):
     return attack_body(model_fn, x, y, **params)
+
+
+def gaussian_start(x, sigma, seed=None):
+    """`x + sigma·N(0, 1)`: the start of TRADES' KL attack (sigma = 0.001).
+
+    Not clipped: the first step's projection brings it back into the ball and
+    the box, as in the authors' code.
+    """
+    return x + sigma * tf.random.normal(tf.shape(x), dtype=x.dtype, seed=seed)

@@ -16,7 +16,7 @@ default"; a name the attack does not take is an error) and returns
 import dataclasses
 import inspect
 
-from at2l_tf.attacks import apgd, fast_gradient, iterative
+from at2l_tf.attacks import apgd, fast_gradient, iterative, trades
 # Functions, not modules: the package re-exports each under its module's name.
 from at2l_tf.attacks.autoattack import VERSIONS as AUTOATTACK_VERSIONS
 from at2l_tf.attacks.autoattack import autoattack
@@ -174,6 +174,10 @@ register("ls_pga", ls_pga, "linf",
              Param("step_size", float, "signed step in logit space ξ (0.01)", low=0.0,
                    low_exclusive=True),
          ], training=True, inputs="thermometer")
+# TRADES' inner attack; `--defense=trades` picks it whatever `--attack` says.
+register("trades_kl", trades.trades_kl, "linf",
+         "TRADES' KL attack: label-free PGD on KL(f(x) || f(x')) from x + 0.001 N(0, 1) (Zhang et al., 2019)",
+         [_STEPS, _STEP], training=True)
 register("apgd_ce", apgd.apgd_ce, "linf", "APGD on cross-entropy (Croce & Hein, 2020)", _APGD,
          compile=False)
 register("apgd_dlr", apgd.apgd_dlr, "linf", "APGD on the DLR loss (Croce & Hein, 2020)", _APGD,

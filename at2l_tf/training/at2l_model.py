@@ -4,16 +4,26 @@ Algorithm 1 of the paper, one mini-batch `(x, y)` of size k at a time:
 
 1. craft `x_adv` against the *current* weights, inside the compiled step, with
    the classifier called with `training=False` (dropout and batch norm must
-   not change under attack), and stop gradients through it;
-2. forward `x` and `x_adv` (`training=True`) to logits `f(x)`, `f(x_adv)`;
-3. build triplets in-batch and add the hinge through `add_loss`
-   (`TripletRegularizer`); the negatives' logits come from `f(x)`;
-4. minimise, by defence:
+   not change under attack), and stop gradients through it; the objective
+   picks the attack (`Objective.inner_attack`: TRADES' KL attack for
+   `trades`, the configured one otherwise);
+2. forward `x` and `x_adv` (`training=True`) to logits `f(x)`, `f(x_adv)`
+   (and, for `triplet_features="embedding"`, the penultimate features, from
+   the same passes);
+3. minimise the objective's batch mean plus, when on, the triplet term
+   (`TripletRegularizer`, through `add_loss`; the negatives come from the
+   clean pass), plus the classifier's weight regularizers.
 
-   * `none`: `1/k Σ CE(x_i, y_i)` (clean training; no attack is run);
-   * `at`:   `1/((1+λ1) k) Σ [CE(x_i, y_i) + λ1 CE(x_adv_i, y_i)]`          (Eq. 1)
-   * `at2l`: Eq. 1 `+ λ2/k Σ max(d(f(x_adv_i), f(x_i)) - d(f(x_adv_i), f(x_n_i)) + α, 0)`  (Eq. 2)
-   * `tr`:   `1/k Σ CE(x_i, y_i) + λ2/k Σ h_i` (triplet regularisation alone).
+The objectives (`training.objectives`, equations there) by `defense`:
+
+   * `none`:   `1/k Σ CE(x_i, y_i)` (clean training; no attack is run);
+   * `at`:     `1/((1+λ1) k) Σ [CE(x_i, y_i) + λ1 CE(x_adv_i, y_i)]`          (Eq. 1)
+   * `at2l`:   Eq. 1 `+ λ2/k Σ max(d(f(x_adv_i), f(x_i)) - d(f(x_adv_i), f(x_n_i)) + α, 0)`  (Eq. 2)
+   * `tr`:     `1/k Σ CE(x_i, y_i) + λ2/k Σ h_i` (triplet regularisation alone);
+   * `trades`: `1/k Σ [CE(x_i, y_i) + β KL(f(x_i) ‖ f(x_adv_i))]`           (TRADES)
+   * `mart`:   `1/k Σ [BCE(f(x_adv_i), y_i) + β KL(f(x_i) ‖ f(x_adv_i)) (1 − p_yi(x_i))]` (MART)
+
+and λ2 > 0 adds the triplet term to `at`, `trades` and `mart` as well.
 
 `k` is the global batch size: under `tf.distribute.MirroredStrategy` every
 replica builds triplets within its own share of the batch and divides by the
@@ -32,40 +42,51 @@ for a `LossScaleOptimizer` (float16).
 
 `fit()`, `evaluate()`, callbacks and progress bars work unchanged; `test_step`
 shares `_compute_losses` with `train_step` (it attacks the validation batch too,
-so `adv_acc` is robust accuracy under the training attack).
+so `adv_acc` is robust accuracy under the training attack). Logits and
+features are cast to float32 before every loss, and attacks see float32
+logits, whatever the classifier's dtype policy.
 """
 
 import keras
 import tensorflow as tf
 
-from at2l_tf import attacks, defenses
+from at2l_tf import attacks, defenses, losses
+from at2l_tf.training import embedding, objectives
+from at2l_tf.training.objectives import DEFENSES
 from at2l_tf.training.triplet_regularizer import TripletRegularizer
-
-DEFENSES = ("none", "at", "at2l", "tr")
 
 
 @keras.saving.register_keras_serializable(package="at2l_tf")
 class AT2LModel(keras.Model):
-    """Wraps a logits classifier and trains it with AT / AT²L / triplet regularisation.
+    """Wraps a logits classifier and trains it with one objective, plus the triplet term.
 
     Args:
         classifier: a `keras.Model` mapping images to logits.
-        defense: `none`, `at` (Eq. 1), `at2l` (Eq. 2) or `tr` (clean CE + triplet term).
-        attack: training attack name, one of `at2l_tf.attacks.TRAINING_ATTACKS`.
+        defense: the recipe, one of `training.objectives.DEFENSES`: `none`,
+            `at` (Eq. 1), `at2l` (Eq. 2), `tr` (clean CE + triplet term),
+            `trades` or `mart`.
+        attack: training attack name, one of `at2l_tf.attacks.TRAINING_ATTACKS`
+            (`trades` replaces `pgd` by its KL attack, `trades_kl`).
         attack_params: keyword parameters of the attack (`eps`, `steps`,
             `step_size`, ...); `None` values mean the attack's defaults.
-        lambda1: λ1, weight of the adversarial cross-entropy (>= 0).
-        lambda2: λ2, weight of the triplet term (>= 0; ignored by `none`/`at`).
+        lambda1: λ1, weight of the adversarial cross-entropy of Eq. 1 (>= 0).
+        lambda2: λ2, weight of the triplet term (>= 0); `None`: 0.5 for
+            `at2l` / `tr`, 0 (no triplet term) for the others
+            (`objectives.resolve_lambda2`).
         margin: α, triplet margin (>= 0).
-        norm: logit distance of the triplet term (`linf`, `l2`, `l1`).
+        norm: the triplet distance (`linf`, `l2`, `l1`, `cosine`).
+        beta: β of `trades` / `mart` (>= 0); `None`: 1.0 for TRADES, 6.0 for MART.
+        triplet_features: `logits` (the paper's) or `embedding` (the input of
+            the classifier's final layer, from the same forward pass).
+        triplet_negative: `random` (the paper's) or `hardest` (TLA).
         seed: seed of the negative selection.
 
     Calling the model returns the classifier's logits.
 
     Example:
         >>> clf = at2l_tf.models.get_model("mnist_small")
-        >>> model = AT2LModel(clf, defense="at2l", attack="pgd",
-        ...                   attack_params={"eps": 0.3, "steps": 5})
+        >>> model = AT2LModel(clf, defense="trades", attack="pgd", lambda2=0.5,
+        ...                   attack_params={"eps": 0.3, "steps": 10})
         >>> model.compile(optimizer="adam")
         >>> model.fit(train_ds, epochs=3, validation_data=val_ds)
     """
@@ -78,42 +99,63 @@ class AT2LModel(keras.Model):
         attack="pgd",
         attack_params=None,
         lambda1=1.0,
-        lambda2=0.5,
+        lambda2=None,
         margin=0.5,
         norm="linf",
+        beta=None,
+        triplet_features="logits",
+        triplet_negative="random",
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if defense not in DEFENSES:
             raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
-        if defense != "none" and attack not in attacks.TRAINING_ATTACKS:
-            raise ValueError(
-                f"attack must be one of {attacks.TRAINING_ATTACKS} for training, "
-                f"received attack={attack!r}"
-            )
-        if lambda1 < 0:
-            raise ValueError(f"lambda1 must be >= 0, received lambda1={lambda1}")
+        if lambda2 is not None and lambda2 < 0:
+            raise ValueError(f"lambda2 must be >= 0, received lambda2={lambda2}")
+        self.objective = objectives.for_defense(defense, lambda1=lambda1, beta=beta)
+        self.uses_triplet = objectives.uses_triplet(defense, lambda2)
+        self.crafts_adversarial = self.objective.needs_adversarial or self.uses_triplet
+        if self.crafts_adversarial:
+            attack = self.objective.inner_attack(attack)
+            if attack not in attacks.TRAINING_ATTACKS:
+                raise ValueError(
+                    f"attack must be one of {attacks.TRAINING_ATTACKS} for training, "
+                    f"received attack={attack!r}"
+                )
         self.classifier = classifier
         self.defense = defense
         self.attack = attack
         self.attack_params = dict(attack_params or {})
         self.lambda1 = float(lambda1)
+        self.beta = getattr(self.objective, "beta", None)
         self.seed = seed
         self._attack_fn, self._attack_target = None, classifier
-        if defense != "none":
+        if self.crafts_adversarial:
             self._attack_fn, self._attack_target = _bind_attack(
                 classifier, attack, self.attack_params
             )
         self.num_classes = int(classifier.output_shape[-1])
-        self.uses_triplet = defense in ("at2l", "tr")
         self.triplet = TripletRegularizer(
-            lambda2, margin, self.num_classes, norm=norm, seed=seed, name="triplet"
+            objectives.resolve_lambda2(defense, lambda2),
+            margin,
+            self.num_classes,
+            norm=norm,
+            features=triplet_features,
+            negative=triplet_negative,
+            seed=seed,
+            name="triplet",
         )
+        # Logits and penultimate features from one forward pass: a two-output
+        # view of the classifier's own layers, held outside Keras' tracking so
+        # that checkpoints list each weight once.
+        self._forward_fn = None
+        if self.uses_triplet and triplet_features == "embedding":
+            self._forward_fn = _untracked_call(embedding.with_embedding(classifier))
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_clean_tracker = keras.metrics.Mean(name="ce_clean")
         self.acc_metric = keras.metrics.SparseCategoricalAccuracy(name="acc")
-        if defense != "none":
+        if self.crafts_adversarial:
             self.ce_adv_tracker = keras.metrics.Mean(name="ce_adv")
             self.adv_acc_metric = keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         if self.uses_triplet:
@@ -139,12 +181,12 @@ class AT2LModel(keras.Model):
     @property
     def metrics(self):
         tracked = [self.loss_tracker, self.ce_clean_tracker]
-        if self.defense != "none":
+        if self.crafts_adversarial:
             tracked.append(self.ce_adv_tracker)
         if self.uses_triplet:
             tracked.append(self.triplet_tracker)
         tracked.append(self.acc_metric)
-        if self.defense != "none":
+        if self.crafts_adversarial:
             tracked.append(self.adv_acc_metric)
         return tracked
 
@@ -156,46 +198,42 @@ class AT2LModel(keras.Model):
 
         return tf.stop_gradient(self._attack_fn(model_fn, x, y))
 
+    def _forward(self, x, training):
+        """`(logits, triplet features)` of one forward pass, both float32."""
+        if self._forward_fn is None:
+            logits = tf.cast(self.classifier(x, training=training), tf.float32)
+            return logits, logits
+        logits, features = self._forward_fn(x, training=training)
+        return tf.cast(logits, tf.float32), tf.cast(features, tf.float32)
+
     def _compute_losses(self, data, training):
-        """Returns the replica's share of the loss (Eq. 1 / Eq. 2) and metric inputs."""
+        """Returns the replica's share of the loss (objective + triplet term) and metric inputs."""
         x, y = tf.cast(data[0], tf.float32), tf.cast(data[1], tf.int32)
         local_k = tf.cast(tf.shape(y)[0], tf.float32)
         replica_ctx = tf.distribute.get_replica_context()
         global_k = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_k)
         num_replicas = tf.cast(replica_ctx.num_replicas_in_sync, tf.float32)
 
-        # Logits in float32 before any loss, whatever the classifier computes in.
-        logits = tf.cast(self.classifier(x, training=training), tf.float32)
-        ce_clean = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        out = {"y": y, "logits": logits, "ce_clean": ce_clean, "local_k": local_k}
-
-        if self.defense == "none":
-            ce_sum = tf.reduce_sum(ce_clean)
-        else:
+        logits, features = self._forward(x, training)
+        out = {"y": y, "logits": logits, "local_k": local_k}
+        adv_logits = adv_features = None
+        if self.crafts_adversarial:
             if len(data) == 3:  # Precomputed x_adv (ensemble AT²L, Algorithm 2).
                 x_adv = tf.stop_gradient(tf.cast(data[2], x.dtype))
             else:
                 x_adv = self.generate_adversarial(x, y)
-            adv_logits = tf.cast(self.classifier(x_adv, training=training), tf.float32)
-            ce_adv = keras.losses.sparse_categorical_crossentropy(y, adv_logits, from_logits=True)
-            out.update(adv_logits=adv_logits, ce_adv=ce_adv)
-            if self.defense in ("at", "at2l"):
-                ce_sum = (tf.reduce_sum(ce_clean) + self.lambda1 * tf.reduce_sum(ce_adv)) / (
-                    1.0 + self.lambda1
-                )
-            else:  # tr
-                ce_sum = tf.reduce_sum(ce_clean)
-        total = ce_sum / global_k
-
+            adv_logits, adv_features = self._forward(x_adv, training)
+            out["adv_logits"] = adv_logits
+        total = tf.reduce_sum(self.objective.per_example_loss(y, logits, adv_logits)) / global_k
         if self.uses_triplet:
             # The layer adds λ2/k Σ h_i to its `losses` via add_loss.
-            out["hinge"] = self.triplet(y, logits, out["adv_logits"], global_k)
+            out["hinge"] = self.triplet(y, features, adv_features, global_k, adv_logits=adv_logits)
             total += tf.add_n(self.triplet.losses)
         # Weight regularisers of the classifier are per model, not per example:
         # each replica contributes 1/num_replicas of them.
         reg = self.classifier.losses
         if reg:
-            total += tf.add_n(reg) / num_replicas
+            total += tf.add_n([tf.cast(r, tf.float32) for r in reg]) / num_replicas
         # Per-replica mean of the loss, for the tracker (weighted by local_k).
         out["loss_local_mean"] = total * global_k / local_k
         return total, out
@@ -203,10 +241,10 @@ class AT2LModel(keras.Model):
     def _update_metrics(self, out):
         k = out["local_k"]
         self.loss_tracker.update_state(out["loss_local_mean"], sample_weight=k)
-        self.ce_clean_tracker.update_state(out["ce_clean"])
+        self.ce_clean_tracker.update_state(losses.cross_entropy(out["y"], out["logits"]))
         self.acc_metric.update_state(out["y"], out["logits"])
-        if self.defense != "none":
-            self.ce_adv_tracker.update_state(out["ce_adv"])
+        if self.crafts_adversarial:
+            self.ce_adv_tracker.update_state(losses.cross_entropy(out["y"], out["adv_logits"]))
             self.adv_acc_metric.update_state(out["y"], out["adv_logits"])
         if self.uses_triplet:
             self.triplet_tracker.update_state(out["hinge"])
@@ -252,6 +290,9 @@ class AT2LModel(keras.Model):
             "margin": self.margin,
             "norm": self.triplet.norm,
             "seed": self.seed,
+            "beta": self.beta,
+            "triplet_features": self.triplet.features,
+            "triplet_negative": self.triplet.negative,
         }
 
     @classmethod
@@ -259,6 +300,15 @@ class AT2LModel(keras.Model):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
+
+
+def _untracked_call(model):
+    """`fn(x, training)` calling `model`, which Keras then does not track as a sub-layer."""
+
+    def call(x, training=False):
+        return model(x, training=training)
+
+    return call
 
 
 def _bind_attack(classifier, attack, params):

@@ -33,7 +33,7 @@ def test_l2_attacks_are_registered():
 
 
 def test_training_attacks_are_the_entries_that_say_so():
-    assert attacks.TRAINING_ATTACKS == ("fgsm", "fgsm_rs", "ll", "ifgsm", "pgd", "ill", "ls_pga")
+    assert attacks.TRAINING_ATTACKS == ("fgsm", "fgsm_rs", "ll", "ifgsm", "pgd", "ill", "ls_pga", "trades_kl")
     for name in ("apgd_ce", "apgd_t", "square", "autoattack", "cw", "deepfool"):
         assert not attacks.get_entry(name).training, name
     assert attacks.get_entry("square").black_box

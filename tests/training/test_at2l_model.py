@@ -13,7 +13,7 @@ def _batch(n=8, offset=0):
     return (x[offset : offset + n].astype("float32") / 255.0, y[offset : offset + n])
 
 
-def _model(defense, lambda2=0.5, lambda1=1.0, seed=0, weights=None, num_classes=10):
+def _model(defense, lambda2=None, lambda1=1.0, seed=0, weights=None, num_classes=10):
     keras.utils.set_random_seed(seed)
     clf = models.get_model("mnist_small", num_classes=num_classes)
     if weights is not None:

@@ -1,0 +1,270 @@
+"""The training objectives, one small class each; the triplet term is added on top.
+
+For a mini-batch `(x, y)` of k examples, `x'` (`x_adv`) its adversarial
+version crafted by the objective's inner attack against the current weights
+(model in inference mode), `f` the logits and `p = softmax(f)`, each objective
+is the batch mean of a per-example loss `ℓ_i` (`per_example_loss`):
+
+* `none`:   `ℓ = CE(f(x), y)`; clean training, no attack.
+* `at`:     `ℓ = [CE(f(x), y) + λ1 CE(f(x'), y)] / (1 + λ1)`                (the paper's Eq. 1)
+            with x' by the configured attack (`--attack`, PGD by default).
+* `trades`: `ℓ = CE(f(x), y) + β KL(p(x) ‖ p(x'))`                       (Zhang et al., 2019)
+            with x' by `attacks.trades_kl`: PGD on that KL from x + 0.001·N(0, 1).
+* `mart`:   `ℓ = BCE(p(x'), y) + β KL(p(x) ‖ p(x')) (1 − p_y(x))`,       (Wang et al., 2020)
+            `BCE(p, y) = −log p_y − log(1 − max_{k≠y} p_k)`, with x' by the
+            configured attack (PGD on CE).
+
+The triplet term of AT²L (the paper's Eq. 2) is a separate regularizer,
+`TripletRegularizer`, that adds `λ2/k Σ_i h_i` to any of them:
+
+    L = 1/k Σ_i ℓ_i + λ2/k Σ_i max( d(g(x'_i), g(x_i)) − d(g(x'_i), g(x_n_i)) + α, 0 )
+
+with `g` the logits (paper) or the penultimate features, `d` the distance
+and `x_n` the in-batch negative (`losses.triplet_term`). It needs x', so
+with `none` it is not available (clean CE + triplet is the `tr` recipe).
+
+**Recipes.** The `--defense` names (`DEFENSES`) are recipes: an objective and
+whether the paper's triplet term is on by default (`RECIPES`):
+
+    none -> none          at -> at          at2l -> at + triplet (Eq. 2)
+    tr   -> none + triplet (on x' from the configured attack; the paper's Fig. 3)
+    trades -> trades      mart -> mart
+
+λ2 (`resolve_lambda2`): unset (`None`) means 0.5, the paper's, for `at2l` and
+`tr`, and 0 (no triplet) for `at`, `trades` and `mart`; a λ2 > 0 adds the
+triplet term to `at`, `trades` or `mart` too. `none` ignores λ2 (it has no x').
+
+β (`resolve_beta`): unset means 1.0 for TRADES — its published MNIST value,
+MNIST being this package's default dataset (its CIFAR-10 value is 6) — and
+6.0 for MART, its published value (CIFAR-10, the only one published with it).
+
+**Where the authors' code and the papers differ, the papers are implemented:**
+TRADES' code sums the KL over the batch and divides by the batch size, which
+is the batch mean of the per-example KL sums used here (the same number). MART's
+code computes `log(1.0001 − p + 1e-12)` and `(1.0000001 − p_y)`; here
+`log(1 − p)` is exact (log-sum-exp) and the weight is `1 − p_y`. MART's code
+starts its PGD from x + 0.001·N(0, 1); here x' comes from the configured
+training attack (PGD starts uniformly in the ball). Gradients flow through
+every term, the clean probabilities in the KL and MART's weight included, as
+in both papers' losses. Every loss runs in float32 (logits are cast), whatever
+the model's dtype policy.
+"""
+
+import tensorflow as tf
+
+from at2l_tf import losses
+
+DEFENSES = ("none", "at", "at2l", "tr", "trades", "mart")
+OBJECTIVES = ("none", "at", "trades", "mart")
+TRIPLET_FEATURES = ("logits", "embedding")
+TRIPLET_DISTANCES = losses.NORMS
+TRIPLET_NEGATIVES = losses.NEGATIVES
+
+# --defense -> (objective, the paper's triplet term on by default).
+RECIPES = {
+    "none": ("none", False),
+    "at": ("at", False),
+    "at2l": ("at", True),
+    "tr": ("none", True),
+    "trades": ("trades", False),
+    "mart": ("mart", False),
+}
+PAPER_LAMBDA2 = 0.5
+DEFAULT_BETA = {"trades": 1.0, "mart": 6.0}
+
+
+def check_defense(defense):
+    if defense not in RECIPES:
+        raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
+
+
+def resolve_lambda2(defense, lambda2):
+    """λ2 of `defense`: `lambda2`, or when `None` 0.5 for `at2l` / `tr` and 0 otherwise."""
+    check_defense(defense)
+    if defense == "none":
+        return 0.0
+    if lambda2 is None:
+        return PAPER_LAMBDA2 if RECIPES[defense][1] else 0.0
+    return float(lambda2)
+
+
+def uses_triplet(defense, lambda2):
+    """Whether `defense` with `lambda2` (possibly `None`) trains with the triplet term.
+
+    `at2l` and `tr` always do (λ2 = 0 then only records the term); `at`,
+    `trades`, `mart` when λ2 > 0; `none` never.
+    """
+    check_defense(defense)
+    if defense == "none":
+        return False
+    return RECIPES[defense][1] or resolve_lambda2(defense, lambda2) > 0
+
+
+def uses_beta(defense):
+    return RECIPES.get(defense, (None,))[0] in DEFAULT_BETA
+
+
+def resolve_beta(defense, beta):
+    """β of `defense`: `beta`, or when `None` the objective's default (`DEFAULT_BETA`); None if unused."""
+    check_defense(defense)
+    objective = RECIPES[defense][0]
+    if objective not in DEFAULT_BETA:
+        return None
+    return DEFAULT_BETA[objective] if beta is None else float(beta)
+
+
+class Objective:
+    """A training objective: a per-example loss from clean and adversarial logits.
+
+    Attributes:
+        name: one of `OBJECTIVES`.
+        attack_loss: what its inner attack maximizes (`"ce"`, `"kl"`), or None
+            when it crafts no adversarial examples.
+        needs_adversarial: whether `per_example_loss` reads `adv_logits`.
+    """
+
+    name = None
+    attack_loss = "ce"
+    needs_adversarial = True
+
+    def inner_attack(self, configured):
+        """The training attack's registry name, given the configured `--attack`."""
+        return configured
+
+    def per_example_loss(self, y, clean_logits, adv_logits):
+        """`ℓ_i`, a float32 `(k,)` tensor; the model divides its sum by the global batch size."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name, "attack_loss": self.attack_loss}
+
+
+class Clean(Objective):
+    """`none`: `CE(f(x), y)`; no attack."""
+
+    name = "none"
+    attack_loss = None
+    needs_adversarial = False
+
+    def per_example_loss(self, y, clean_logits, adv_logits=None):
+        return losses.cross_entropy(y, clean_logits)
+
+
+class AdversarialTraining(Objective):
+    """`at`, the paper's Eq. 1: `[CE(f(x), y) + λ1 CE(f(x'), y)] / (1 + λ1)`.
+
+    Args:
+        lambda1: λ1 >= 0, the weight of the adversarial cross-entropy.
+    """
+
+    name = "at"
+
+    def __init__(self, lambda1=1.0):
+        if lambda1 < 0:
+            raise ValueError(f"lambda1 must be >= 0, received lambda1={lambda1}")
+        self.lambda1 = float(lambda1)
+
+    def per_example_loss(self, y, clean_logits, adv_logits):
+        ce_clean = losses.cross_entropy(y, clean_logits)
+        ce_adv = losses.cross_entropy(y, adv_logits)
+        return (ce_clean + self.lambda1 * ce_adv) / (1.0 + self.lambda1)
+
+    def get_config(self):
+        return {**super().get_config(), "lambda1": self.lambda1}
+
+
+class TRADES(Objective):
+    """TRADES: `CE(f(x), y) + β KL(softmax f(x) ‖ softmax f(x'))`, x' from the KL attack.
+
+    Args:
+        beta: β >= 0 (`None`: 1.0, TRADES' MNIST value; 6.0 is its CIFAR-10 one).
+    """
+
+    name = "trades"
+    attack_loss = "kl"
+
+    def __init__(self, beta=None):
+        self.beta = _check_beta(DEFAULT_BETA["trades"] if beta is None else beta)
+
+    def inner_attack(self, configured):
+        # The KL attack is part of the method: it replaces the CE attack `--attack` names.
+        if configured not in ("pgd", "trades_kl"):
+            raise ValueError(
+                "defense 'trades' crafts x' with its own KL attack (trades_kl): leave --attack "
+                f"at pgd or set it to trades_kl, received attack={configured!r}"
+            )
+        return "trades_kl"
+
+    def per_example_loss(self, y, clean_logits, adv_logits):
+        return losses.cross_entropy(y, clean_logits) + self.beta * losses.kl_divergence(
+            clean_logits, adv_logits
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+class MART(Objective):
+    """MART: `BCE(p(x'), y) + β KL(p(x) ‖ p(x')) (1 − p_y(x))`, x' by the configured CE attack.
+
+    Args:
+        beta: β >= 0 (`None`: 6.0, the published value).
+    """
+
+    name = "mart"
+
+    def __init__(self, beta=None):
+        self.beta = _check_beta(DEFAULT_BETA["mart"] if beta is None else beta)
+
+    def per_example_loss(self, y, clean_logits, adv_logits):
+        # p_y(x) = exp(-CE(f(x), y)).
+        p_true = tf.exp(-losses.cross_entropy(y, clean_logits))
+        kl = losses.kl_divergence(clean_logits, adv_logits)
+        return losses.boosted_cross_entropy(y, adv_logits) + self.beta * kl * (1.0 - p_true)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+def _check_beta(beta):
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, received beta={beta}")
+    return float(beta)
+
+
+def make_objective(name, *, lambda1=1.0, beta=None):
+    """The `Objective` named `name` (one of `OBJECTIVES`)."""
+    if name == "none":
+        return Clean()
+    if name == "at":
+        return AdversarialTraining(lambda1)
+    if name == "trades":
+        return TRADES(beta)
+    if name == "mart":
+        return MART(beta)
+    raise ValueError(f"objective must be one of {OBJECTIVES}, received objective={name!r}")
+
+
+def for_defense(defense, *, lambda1=1.0, beta=None):
+    """The `Objective` of the recipe `defense` (`RECIPES`)."""
+    check_defense(defense)
+    return make_objective(RECIPES[defense][0], lambda1=lambda1, beta=beta)
+
+
+def describe(defense, *, lambda1, lambda2, beta, margin, norm, features, negative):
+    """What a run trains with, for `results.json`: `{"defense", "objective", "triplet"}`.
+
+    `triplet` is None when the term is off, else its features, distance,
+    negative, λ2 and α.
+    """
+    objective = for_defense(defense, lambda1=lambda1, beta=beta).get_config()
+    triplet = None
+    if uses_triplet(defense, lambda2):
+        triplet = {
+            "features": features,
+            "distance": norm,
+            "negative": negative,
+            "lambda2": resolve_lambda2(defense, lambda2),
+            "margin": float(margin),
+        }
+    return {"defense": defense, "objective": objective, "triplet": triplet}

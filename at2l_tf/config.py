@@ -183,9 +183,9 @@ class TrainConfig:
             epoch end (0: epoch ends only); a killed run resumes from its backup.
         mixed_precision: the training precision, `auto` | `off` | `bfloat16` |
             `float16` (`at2l_tf.precision`: resolved once per run; evaluation,
-            `model.keras` and the export are float32 whatever it is). `off` by
-            default: see the README, "Mixed precision", for the measurement
-            that decides it.
+            `model.keras` and the export are float32 whatever it is). `auto` by
+            default: trained in bfloat16, the main recipe lost no robustness
+            beyond the seeds' spread (benchmarks/precision_study.py; README).
     """
 
     defense: str = "at2l"
@@ -203,7 +203,7 @@ class TrainConfig:
     pretrain_epochs: int = 0
     strategy: str = "auto"
     save_every_steps: int = 0
-    mixed_precision: str = "off"
+    mixed_precision: str = "auto"
 
     @property
     def uses_triplet(self):

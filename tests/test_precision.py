@@ -81,9 +81,11 @@ def test_a_bf16_classifier_gives_float32_logits_losses_and_attacks(tmp_path):
     assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 0.3 + 1e-6
     assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
     total, out = model._compute_losses((x, y), training=True)
-    for name in ("logits", "adv_logits", "ce_clean", "ce_adv", "hinge"):
+    for name in ("logits", "adv_logits", "hinge", "loss_local_mean"):
         assert out[name].dtype == tf.float32, name
     assert total.dtype == tf.float32
+    per_example = model.objective.per_example_loss(y, out["logits"], out["adv_logits"])
+    assert per_example.dtype == tf.float32
 
 
 def test_the_flag_reaches_the_built_model():

@@ -101,7 +101,8 @@ def markdown(record):
         std = f" ± {scale * m['std']:.1f}" if m["std"] is not None else ""
         return f"{scale * m['mean']:.1f}{unit}{std}"
 
-    for p, row in s["per_precision"].items():
+    for p in record["precisions"]:  # In the study's order (the JSON's keys are sorted).
+        row = s["per_precision"][p]
         lines.append(
             f"| {row['policy']} (`--mixed_precision={p}`) | {', '.join(map(str, row['seeds']))} | "
             f"{fmt(row['clean_accuracy'])} | {fmt(row['autoattack_accuracy'])} | "

@@ -191,3 +191,11 @@ def test_ensemble_figures_table_is_the_committed_run():
 def test_table3_is_the_committed_run():
     lines = _printed_table("defense_gan_table.py", "table3_defense_gan_mnist.json")
     assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
+
+
+def test_mixed_precision_tables_are_the_committed_runs():
+    bench = _bench().splitlines()
+    speed = _printed_table("speed_precision.py", "speed_precision_cpu.json")
+    study = _printed_table("precision_study.py", "precision_study_mnist.json")
+    assert len(speed) == 6 and len(study) == 5
+    assert all(line in bench for line in speed + study)

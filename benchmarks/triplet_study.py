@@ -26,7 +26,7 @@ run directories under `--study_dir` are scratch):
    training images, the recipe of `flags/mnist_triplet_study.flags` (PGD-10 as
    training attack; TRADES / MART their own 10-step inner attacks), judged in
    float32 by AutoAttack `fast` (APGD-CE + APGD-T, 100 iterations) on the first
-   `--eval_examples` test images, per-example correctness kept. For the first
+   `--test_examples` test images, per-example correctness kept. For the first
    seed, AutoAttack `standard` (+ Square, 5,000 queries) on the same images too:
    the masking check.
 4. **report**: per objective mean ± std over seeds (clean, robust); per objective
@@ -66,10 +66,10 @@ flags.DEFINE_integer("tune_train_examples", 10000, "Training images of a tuning 
 flags.DEFINE_integer("tune_epochs", 2, "Epochs of a tuning trial.")
 flags.DEFINE_integer("pilot_epochs", 12, "Epochs of the AT pilot run.")
 flags.DEFINE_float("pilot_tolerance", 0.01, "The study's epochs: the first pilot epoch within this of the best.")
-flags.DEFINE_integer("epochs", None, "Override the pilot's choice of epochs.")
-flags.DEFINE_integer("eval_examples", 1000, "First N test images of every evaluation.")
+flags.DEFINE_integer("run_epochs", None, "Override the pilot's choice of epochs.")
+flags.DEFINE_integer("test_examples", 1000, "First N test images of every evaluation.")
 flags.DEFINE_integer("standard_seeds", 1, "Seeds (the first ones) also judged by AutoAttack standard.")
-flags.DEFINE_string("mixed_precision", "auto", "--mixed_precision of every training (issue 21's check decides).")
+flags.DEFINE_string("precision", "auto", "--mixed_precision of every training (issue 21's check found bfloat16 harmless).")
 flags.DEFINE_float("max_hours", None, "Stop before a step that would not finish within this many hours.")
 flags.DEFINE_integer("bootstrap_replicates", 2000, "Bootstrap replicates of the intervals.")
 flags.DEFINE_string("markdown_from", None, "Print the table of this JSON and exit.")
@@ -178,7 +178,7 @@ def phase_tune(study, names, budget):
         tune_dir = os.path.join(FLAGS.study_dir, "tune", name)
         cmd = [sys.executable, "-m", "at2l_tf.tune", f"--flagfile={FLAGS.recipe}",
                *(tuned_train_flags(study, name) if source else spec["train"]), *spec["tune"],
-               f"--mixed_precision={FLAGS.mixed_precision}",
+               f"--mixed_precision={FLAGS.precision}",
                f"--max_train_examples={FLAGS.tune_train_examples}", f"--epochs={FLAGS.tune_epochs}",
                f"--max_trials={FLAGS.trials}", f"--tune_dir={tune_dir}", "--eval_examples=0",
                "--tuner=random"]
@@ -210,7 +210,7 @@ def phase_pilot(study, budget):
     workdir = os.path.join(FLAGS.study_dir, "pilot")
     cmd = [sys.executable, "-m", "at2l_tf.train", f"--flagfile={FLAGS.recipe}",
            *tuned_train_flags(study, REFERENCE), f"--epochs={FLAGS.pilot_epochs}",
-           f"--mixed_precision={FLAGS.mixed_precision}", f"--workdir={workdir}",
+           f"--mixed_precision={FLAGS.precision}", f"--workdir={workdir}",
            "--export_dir=", "--eval_examples=0", "--seed=0"]
     seconds, _ = _run(cmd, "pilot")
     curve = []
@@ -263,9 +263,9 @@ def evaluate(model_path, version, n):
 
 
 def phase_runs(study, names, seeds, budget):
-    epochs = FLAGS.epochs or (study.state["pilot"] or {}).get("chosen_epochs")
+    epochs = FLAGS.run_epochs or (study.state["pilot"] or {}).get("chosen_epochs")
     if not epochs:
-        _log("the runs wait for the pilot's choice of epochs (or --epochs)")
+        _log("the runs wait for the pilot's choice of epochs (or --run_epochs)")
         return False
     study.state["epochs"] = epochs
     for seed in seeds:  # Seeds outermost: a study stopped early pairs what it finished.
@@ -283,7 +283,7 @@ def phase_runs(study, names, seeds, budget):
             workdir = os.path.join(FLAGS.study_dir, "runs", name, f"s{seed}")
             train_flags = tuned_train_flags(study, name)
             cmd = [sys.executable, "-m", "at2l_tf.train", f"--flagfile={FLAGS.recipe}", *train_flags,
-                   f"--epochs={epochs}", f"--seed={seed}", f"--mixed_precision={FLAGS.mixed_precision}",
+                   f"--epochs={epochs}", f"--seed={seed}", f"--mixed_precision={FLAGS.precision}",
                    f"--workdir={workdir}", "--export_dir=", "--eval_examples=0"]
             started = time.time()
             train_seconds, _ = _run(cmd, f"run {key}")
@@ -292,9 +292,9 @@ def phase_runs(study, names, seeds, budget):
             model_path = os.path.join(workdir, "model.keras")
             run = {"objective": name, "seed": seed, "train_flags": train_flags, "epochs": epochs,
                    "train_seconds": results["train_seconds"], "precision": results.get("precision", {}).get("policy"),
-                   "fast": evaluate(model_path, "fast", FLAGS.eval_examples)}
+                   "fast": evaluate(model_path, "fast", FLAGS.test_examples)}
             if seed in seeds[: FLAGS.standard_seeds]:
-                run["standard"] = evaluate(model_path, "standard", FLAGS.eval_examples)
+                run["standard"] = evaluate(model_path, "standard", FLAGS.test_examples)
             run["run_seconds"] = round(time.time() - started, 1)
             _log(f"{key}: clean {run['fast']['clean_accuracy']:.1%}, AutoAttack fast "
                  f"{run['fast']['robust_accuracy']:.1%}"
@@ -422,7 +422,7 @@ def main(argv):
         if not s.isdigit():
             raise ConfigError(f"seeds must be non-negative integers, received {s!r}")
         seeds.append(int(s))
-    for name in ("trials", "tune_train_examples", "tune_epochs", "pilot_epochs", "eval_examples"):
+    for name in ("trials", "tune_train_examples", "tune_epochs", "pilot_epochs", "test_examples"):
         if getattr(FLAGS, name) < 1:
             raise ConfigError(f"{name} must be >= 1, received {name}={getattr(FLAGS, name)}")
     if not os.path.isfile(FLAGS.recipe):
@@ -431,8 +431,8 @@ def main(argv):
     study.state["settings"] = {
         "objectives": {n: OBJECTIVES[n] for n in names}, "seeds": seeds, "trials": FLAGS.trials,
         "tune_budget": {"train_examples": FLAGS.tune_train_examples, "epochs": FLAGS.tune_epochs},
-        "recipe": os.path.relpath(FLAGS.recipe, ROOT), "eval_examples": FLAGS.eval_examples,
-        "mixed_precision": FLAGS.mixed_precision, "pilot_epochs": FLAGS.pilot_epochs,
+        "recipe": os.path.relpath(FLAGS.recipe, ROOT), "eval_examples": FLAGS.test_examples,
+        "mixed_precision": FLAGS.precision, "pilot_epochs": FLAGS.pilot_epochs,
     }
     budget = Budget(FLAGS.max_hours)
     ok = True

@@ -81,24 +81,25 @@ flags.DEFINE_string("plot_png", None, "The forest plot PNG; default beside --out
 # [0.05, 10] (logit gaps run to tens; cosine distances are < 2); β uniform [0.5, 8].
 L1, L2, ALPHA, BETA = "--lambda1_range=0.5,2", "--lambda2_range=0.01,2", "--margin_range=0.05,10", "--beta_range=0.5,8"
 NO_L1, NO_L2, NO_ALPHA, NO_BETA = "--lambda1_range=", "--lambda2_range=", "--margin_range=", "--beta_range="
+NO_NORMS = "--norms="  # Keep --norm (the tune command searches linf and l2 by default).
 PAPER = ["--triplet_features=logits", "--triplet_distance=linf", "--triplet_negative=random"]
 TLA = ["--triplet_features=embedding", "--triplet_distance=cosine", "--triplet_negative=hardest"]
-DESIGN_SPACE = ["--triplet_features_choices=logits,embedding", "--triplet_distance_choices=linf,l2,cosine",
+DESIGN_SPACE = ["--triplet_features_choices=logits,embedding", "--norms=linf,l2,cosine",
                 "--triplet_negative_choices=random,hardest"]
 OBJECTIVES = {
-    "at": {"label": "AT", "train": ["--defense=at"], "tune": [L1, NO_L2, NO_ALPHA, NO_BETA]},
-    "at2l": {"label": "AT²L (paper)", "train": ["--defense=at2l", *PAPER], "tune": [L1, L2, ALPHA, NO_BETA]},
+    "at": {"label": "AT", "train": ["--defense=at"], "tune": [L1, NO_L2, NO_ALPHA, NO_BETA, NO_NORMS]},
+    "at2l": {"label": "AT²L (paper)", "train": ["--defense=at2l", *PAPER], "tune": [L1, L2, ALPHA, NO_BETA, NO_NORMS]},
     "at_triplet": {"label": "AT + best triplet", "train": ["--defense=at", "--lambda2=0.5"],
                    "tune": [L1, L2, ALPHA, NO_BETA, *DESIGN_SPACE], "variant_search": True},
     "tla_at": {"label": "AT + TLA-style triplet", "train": ["--defense=at", "--lambda2=0.5", *TLA],
-               "tune": [NO_L1, L2, ALPHA, NO_BETA]},
-    "trades": {"label": "TRADES", "train": ["--defense=trades"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA]},
+               "tune": [NO_L1, L2, ALPHA, NO_BETA, NO_NORMS]},
+    "trades": {"label": "TRADES", "train": ["--defense=trades"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]},
     "trades_best": {"label": "TRADES + best triplet", "train": ["--defense=trades", "--lambda2=0.5"],
-                    "tune": [NO_L1, L2, ALPHA, BETA], "variant_from": "at_triplet"},
-    "mart": {"label": "MART", "train": ["--defense=mart"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA]},
+                    "tune": [NO_L1, L2, ALPHA, BETA, NO_NORMS], "variant_from": "at_triplet"},
+    "mart": {"label": "MART", "train": ["--defense=mart"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]},
 }
 REFERENCE = "at"
-TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "triplet_distance", "triplet_negative")
+TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
 def _log(msg):
@@ -157,7 +158,7 @@ def tuned_train_flags(study, name):
     source = spec.get("variant_from")
     if source:
         best = study.state["tuning"][source]["best"]
-        out += [f"--{k}={best[k]}" for k in ("triplet_features", "triplet_distance", "triplet_negative")]
+        out += [f"--{k}={best[k]}" for k in ("triplet_features", "norm", "triplet_negative")]
     tuned = study.state["tuning"].get(name, {}).get("best") or {}
     out += [f"--{k}={v}" for k, v in tuned.items() if k in TUNED_FLAGS and v is not None]
     return out

@@ -60,6 +60,37 @@ settings must be the same (compared with `search.json`); `--overwrite`
 deletes the search and starts again. Bad input — an unknown tuner, a range
 with min > max, a non-positive log range, an unknown norm, objective, features
 or negative — exits with status 1 and one line, before anything is written.
+
+**Distributed** (KerasTuner's own mode: one chief runs the oracle, workers run
+the trials). Each process runs the same command, with the same flags and
+`--tune_dir`, and three environment variables: `KERASTUNER_TUNER_ID` (an ID
+containing `chief` makes the chief, every worker needs its own ID),
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` (where the chief listens).
+E.g. a chief and two workers on one machine:
+
+    export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000
+    KERASTUNER_TUNER_ID=chief   python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags &
+    KERASTUNER_TUNER_ID=worker0 python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags &
+    KERASTUNER_TUNER_ID=worker1 python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags
+
+The **chief** validates the flags and `--tune_dir` as above (resume,
+`--overwrite`), writes `search.json`, and serves trials to the workers until
+they are all done, logging each trial's start and end with the worker that
+ran it; it alone writes `summary.json` (after every trial; `seconds` is the
+time from handing a trial out to its result coming back) and `best.flags`, and
+prints the table. It trains nothing itself. A chief whose search is already
+finished writes its outputs and exits without waiting for workers. A
+**worker** validates the same flags, waits for the chief (up to
+`--wait_for_chief` seconds), refuses to start if the chief's `search.json`
+records other settings, then runs trials until the chief has no more: it
+logs one line per trial start and end and writes the trials' checkpoints
+into `--tune_dir`, but no `summary.json`, `best.flags` or table. Workers read
+and write the chief's `--tune_dir`: run them on the chief's machine or give
+them the directory on a shared filesystem. A worker killed mid-trial and
+restarted with the same ID runs its trial again; the chief waits for it
+(KerasTuner's chief exits only when every trial it handed out has ended).
+A half-set environment (an IP without a port or an ID, a port that is not a
+number) is a one-line error.
 """
 
 import contextlib
@@ -68,6 +99,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 
@@ -120,6 +152,7 @@ flags.DEFINE_string("objective_attack", _O.name, f"Attack of val_robust_acc: {' 
 flags.DEFINE_integer("objective_steps", _O.steps, "Iterations of the objective attack.")
 flags.DEFINE_integer("objective_restarts", _O.restarts, "Random restarts of the objective attack.")
 flags.DEFINE_integer("objective_examples", _O.num_examples, "First N validation images of the objective.")
+flags.DEFINE_integer("wait_for_chief", 600, "Distributed workers: seconds to wait for the chief's oracle to answer.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +183,124 @@ class SearchSettings:
         if not self.tune_dir:
             raise ConfigError("tune_dir must not be empty")
         return self
+
+
+# ------------------------------------------------------------------ distributed roles
+
+TUNER_ID_VAR = "KERASTUNER_TUNER_ID"
+ORACLE_IP_VAR = "KERASTUNER_ORACLE_IP"
+ORACLE_PORT_VAR = "KERASTUNER_ORACLE_PORT"
+_ROLE_VARS = (TUNER_ID_VAR, ORACLE_IP_VAR, ORACLE_PORT_VAR)
+# The tuner state file of the chief and of a search on one machine. KerasTuner
+# names it after the tuner ID and reloads the oracle only when it finds it
+# (keras-team/keras-tuner#976): without one shared name, a chief would restart a
+# search made on one machine (or by a chief of another ID) from trial 0, over
+# the old trials.
+_TUNER_STATE_FILE = "tuner0.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerRole:
+    """This process's part in a distributed search (KerasTuner's environment variables).
+
+    Attributes:
+        tuner_id: `KERASTUNER_TUNER_ID`; KerasTuner makes the tuner whose ID
+            contains "chief" the chief.
+        ip: `KERASTUNER_ORACLE_IP`, where the chief's oracle listens.
+        port: `KERASTUNER_ORACLE_PORT`.
+    """
+
+    tuner_id: str
+    ip: str
+    port: int
+
+    @property
+    def chief(self):
+        return "chief" in self.tuner_id
+
+    @property
+    def address(self):
+        return f"{self.ip}:{self.port}"
+
+    def describe(self):
+        return f"{'chief' if self.chief else 'worker'} {self.tuner_id!r} (oracle at {self.address})"
+
+
+def tuner_role(environ=None):
+    """The `TunerRole` the environment sets, or None for a search on one machine.
+
+    KerasTuner runs distributed when `KERASTUNER_ORACLE_IP` is set, and then
+    needs the other two; it would fail later, with a traceback, or (an ID
+    alone) run a search of its own under that ID. All three or none.
+
+    Raises:
+        ConfigError: a half-set environment, an empty value, or a port that is
+            not an integer in 1-65535.
+    """
+    environ = os.environ if environ is None else environ
+    present = [v for v in _ROLE_VARS if v in environ]
+    if not present:
+        return None
+    missing = [v for v in _ROLE_VARS if v not in environ]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} set but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: a distributed search "
+            f"needs all of {', '.join(_ROLE_VARS)} (or none of them, to search on one machine)"
+        )
+    empty = [v for v in _ROLE_VARS if not environ[v].strip()]
+    if empty:
+        raise ConfigError(f"{empty[0]} is empty: a distributed search needs a value for each of {', '.join(_ROLE_VARS)}")
+    # KerasTuner uses the values as they are ("<ip>:<port>"): digits only, no spaces.
+    text = environ[ORACLE_PORT_VAR]
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ConfigError(f"{ORACLE_PORT_VAR} must be an integer in 1-65535, received {ORACLE_PORT_VAR}={text!r}")
+    return TunerRole(tuner_id=environ[TUNER_ID_VAR], ip=environ[ORACLE_IP_VAR], port=int(text))
+
+
+def check_chief_port(role):
+    """Fails early, with one line, if the chief cannot listen on its address
+    (gRPC would raise "Failed to bind" from inside KerasTuner)."""
+    try:
+        infos = socket.getaddrinfo(role.ip, role.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ConfigError(f"the chief cannot resolve {ORACLE_IP_VAR}={role.ip} ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # Not blocked by the closing connections of an earlier chief, only by a listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise ConfigError(
+                f"the chief cannot listen on {role.address} ({e.strerror or e}): is another chief running "
+                f"there, or is {ORACLE_IP_VAR} not an address of this machine?"
+            ) from None
+
+
+def wait_for_chief(role, timeout):
+    """Blocks until the chief's oracle answers at `role.address`.
+
+    The chief writes `search.json` before it starts serving, so a worker that
+    got through here reads the chief's settings, not those of an earlier search.
+
+    Raises:
+        ConfigError: no answer within `timeout` seconds.
+    """
+    # KerasTuner's own dependency for its distributed mode, imported when used, as
+    # KerasTuner does (it pulls in protobuf).
+    import grpc
+
+    channel = grpc.insecure_channel(role.address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ConfigError(
+            f"no chief answered at {role.address} within {timeout:g} s (--wait_for_chief): start the chief "
+            f"(KERASTUNER_TUNER_ID=chief), or see its summary.json if it has already finished the search"
+        ) from None
+    finally:
+        channel.close()
 
 
 # ------------------------------------------------------------------ flags -> settings
@@ -262,6 +413,13 @@ def validate(base, space, objective_attack, settings):
         ConfigError: naming the first bad value, or a `tune_dir` that holds
             something other than this search.
     """
+    validate_flags(base, space, objective_attack, settings)
+    return check_tune_dir(settings.tune_dir, search_record(base, space, objective_attack, settings),
+                          settings.overwrite)
+
+
+def validate_flags(base, space, objective_attack, settings):
+    """The checks of `validate` that do not look at `tune_dir` (a worker's too)."""
     settings.validate()
     base.validate()
     if settings.tuner == "hyperband" and base.train.epochs < 2:
@@ -274,8 +432,6 @@ def validate(base, space, objective_attack, settings):
     space.validate(base.train.defense, base.train.lambda2)
     check_trial_configs(base, space)
     objective_attack.validate(base)
-    return check_tune_dir(settings.tune_dir, search_record(base, space, objective_attack, settings),
-                          settings.overwrite)
 
 
 def check_trial_configs(base, space):
@@ -315,16 +471,44 @@ def check_tune_dir(path, record, overwrite):
             previous = json.load(fh)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {marker} ({e}); pass --overwrite to start again") from None
-    old, new = _flatten(previous), _flatten(record)
-    diff = sorted(k for k in old.keys() | new.keys() if k != "max_trials" and old.get(k) != new.get(k))
+    diff = _differences(previous, record)
     if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise ConfigError(
-            f"tune_dir {path} holds a search with other settings ({shown}{more}); "
+            f"tune_dir {path} holds a search with other settings ({diff}); "
             "use the same flags to resume it, --overwrite to restart it, or another --tune_dir"
         )
     return "resume"
+
+
+def check_worker_dir(path, record, role):
+    """Checks that `path` holds the chief's search with `record`'s settings
+    (`max_trials` aside: the chief's counts); reads, never writes."""
+    marker = os.path.join(path, SEARCH_FILE)
+    try:
+        with open(marker) as fh:
+            previous = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the chief at {role.address} answered but {marker} does not exist: a worker needs the chief's "
+            "--tune_dir (on the chief's machine or a shared filesystem)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the chief's {marker} ({e})") from None
+    diff = _differences(previous, record)
+    if diff:
+        raise ConfigError(
+            f"this worker's flags differ from the chief's search in {path} ({diff}): start every worker "
+            "with the chief's flags"
+        )
+
+
+def _differences(previous, record):
+    """The settings (`max_trials` aside) that differ, as text; empty if none."""
+    old, new = _flatten(previous), _flatten(record)
+    diff = sorted(k for k in old.keys() | new.keys() if k != "max_trials" and old.get(k) != new.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    return shown + more
 
 
 def _flatten(d, prefix=""):
@@ -340,8 +524,13 @@ def _flatten(d, prefix=""):
 # ------------------------------------------------------------------ the search
 
 
-def run_search(base, space, objective_attack, settings, *, base_flags=(), verbose=2):
+def run_search(base, space, objective_attack, settings, *, base_flags=(), verbose=2, wait_for_chief_s=600):
     """Validates, then runs (or resumes) the search and writes its outputs.
+
+    On one machine, or as the chief or a worker of a distributed search when
+    KerasTuner's environment variables are set (`tuner_role`; see the module
+    docstring): the chief serves the trials and writes the outputs, a worker
+    runs trials and writes none.
 
     Args:
         base: the base `ExperimentConfig`.
@@ -352,19 +541,36 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
             from which `best.flags` is written (`base_flag_lines()`); empty
             skips `best.flags`.
         verbose: Keras verbosity of each trial's `fit`.
+        wait_for_chief_s: a worker's wait for the chief's oracle, in seconds.
 
     Returns:
         `(tuner, summary)`: the KerasTuner tuner (e.g. `tuner.get_best_models()`)
-        and the dict written to `summary.json`.
+        and the dict written to `summary.json` (None on a worker).
     """
-    mode = validate(base, space, objective_attack, settings)
+    role = tuner_role()
+    worker = role is not None and not role.chief
     record = search_record(base, space, objective_attack, settings)
+    if worker:
+        validate_flags(base, space, objective_attack, settings)
+        if settings.overwrite:
+            raise ConfigError("--overwrite is the chief's: a worker runs the chief's search as it is")
+        if wait_for_chief_s is None or wait_for_chief_s < 0:
+            raise ConfigError(f"wait_for_chief must be >= 0 seconds, received wait_for_chief={wait_for_chief_s}")
+        _log(f"{role.describe()}: waiting for the chief (up to {wait_for_chief_s:g} s)")
+        wait_for_chief(role, wait_for_chief_s)
+        check_worker_dir(settings.tune_dir, record, role)
+        mode = "worker"
+    else:
+        mode = validate(base, space, objective_attack, settings)
+        if role is not None:
+            check_chief_port(role)
     strategy = distribute.make_strategy(base.train.strategy)
     hypermodel = hm.AT2LHyperModel(base, space, objective_attack, verbose=verbose)
     _log(hypermodel.precision.describe())
     if hypermodel.precision.warning:
         _log(f"warning: {hypermodel.precision.warning}")
     reporter = _Reporter(settings, base, objective_attack, record, dict(base_flags), hypermodel)
+    reporter.writes = not worker
     tune_dir = os.path.abspath(settings.tune_dir)
     common = dict(
         hypermodel=hypermodel,
@@ -378,8 +584,10 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
     )
     if mode == "overwrite":  # check_tune_dir made sure it holds a search of ours.
         shutil.rmtree(settings.tune_dir)
-    # Written first, so that the directory is recognised as a search from the start.
-    fileio.atomic_write_json(os.path.join(settings.tune_dir, SEARCH_FILE), record)
+    if not worker:
+        # Written first, so that the directory is recognised as a search from the start
+        # (and, on a chief, before the workers can reach it: they compare their flags with it).
+        fileio.atomic_write_json(os.path.join(settings.tune_dir, SEARCH_FILE), record)
     cls = _tuner_class(settings.tuner)
     # KerasTuner prints "Reloading Tuner from ..." on stdout: keep stdout for the table.
     with contextlib.redirect_stdout(sys.stderr):
@@ -387,35 +595,103 @@ def run_search(base, space, objective_attack, settings, *, base_flags=(), verbos
             tuner = cls(max_epochs=base.train.epochs, factor=3, **common)
         else:
             tuner = cls(max_trials=settings.max_trials, **common)
-    # The constructor's value, not the saved state's, counts: a resumed search may be
-    # extended; Hyperband has no cap of its own (its budget comes from max_epochs).
-    tuner.oracle.max_trials = settings.max_trials
     tuner.at2l_reporter = reporter
-    reporter.load_durations()
-    done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
     tuned = ", ".join(_SYMBOLS[n] for n in hypermodel.tuned)
-    uses = {n for d in space.defenses or (base.train.defense,) for n in hm.used_by(d, base.train.lambda2)}
-    _log(
-        f"{'resuming' if mode == 'resume' else 'starting'} a {settings.tuner} search of {tuned} in "
-        f"{settings.tune_dir}: {done} of {settings.max_trials} trials done; objective "
-        f"{hm.OBJECTIVE_METRIC} under {objective_attack.describe(base.eps)} on the first "
-        f"{objective_attack.num_examples} validation images"
-    )
-    untuned = [n for n in hm.ALL_HYPERPARAMETERS if n in uses and n not in hypermodel.tuned and n != "defense"]
-    unused = [n for n in HYPERPARAMETERS if n not in uses]
-    if untuned:
-        _log(f"kept from the base flags: {', '.join(f'{_SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
-    if unused:
-        which = ", ".join(space.defenses) if space.defenses else base.train.defense
-        _log(f"defense={which} does not use {', '.join(_SYMBOLS[n] for n in unused)}: not tuned")
+    if worker:
+        # The oracle is the chief's (a proxy without `trials`); so are max_trials and the outputs.
+        _log(
+            f"{role.describe()}: running trials of the chief's {settings.tuner} search of {tuned} in "
+            f"{settings.tune_dir}; the chief writes summary.json and best.flags"
+        )
+    else:
+        # The constructor's value, not the saved state's, counts: a resumed search may be
+        # extended; Hyperband has no cap of its own (its budget comes from max_epochs).
+        tuner.oracle.max_trials = settings.max_trials
+        reporter.load_durations()
+        done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
+        uses = {n for d in space.defenses or (base.train.defense,) for n in hm.used_by(d, base.train.lambda2)}
+        who = f"{role.describe()}: " if role else ""
+        _log(
+            f"{who}{'resuming' if mode == 'resume' else 'starting'} a {settings.tuner} search of {tuned} in "
+            f"{settings.tune_dir}: {done} of {settings.max_trials} trials done; objective "
+            f"{hm.OBJECTIVE_METRIC} under {objective_attack.describe(base.eps)} on the first "
+            f"{objective_attack.num_examples} validation images"
+        )
+        untuned = [n for n in hm.ALL_HYPERPARAMETERS if n in uses and n not in hypermodel.tuned and n != "defense"]
+        unused = [n for n in HYPERPARAMETERS if n not in uses]
+        if untuned:
+            _log(f"kept from the base flags: {', '.join(f'{_SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
+        if unused:
+            which = ", ".join(space.defenses) if space.defenses else base.train.defense
+            _log(f"defense={which} does not use {', '.join(_SYMBOLS[n] for n in unused)}: not tuned")
     retracing = _RetracingFilter()
     tf.get_logger().addFilter(retracing)
     try:
-        tuner.search(verbose=0)
+        if role is not None and role.chief:
+            _serve(tuner, reporter, role)
+        else:
+            tuner.search(verbose=0)
     finally:
         tf.get_logger().removeFilter(retracing)
+    if worker:
+        ran = ", ".join(reporter.ran) or "none"
+        _log(f"{role.describe()}: the chief has no more trials; this worker ran trials: {ran}")
+        return tuner, None
     summary = reporter.write(tuner)
     return tuner, summary
+
+
+def _serve(tuner, reporter, role):
+    """The chief's search: KerasTuner's oracle server, until every trial has ended.
+
+    The chief runs no trial: it sees them through its oracle, whose
+    `create_trial` and `end_trial` the workers call (over gRPC, one call at a
+    time); the two are wrapped to log each trial's start and end and to
+    rewrite `summary.json` after each.
+    """
+    oracle = tuner.oracle
+    if _finished(oracle):
+        # KerasTuner's chief would serve until a worker asked for a trial (forever without one).
+        _log(f"{role.describe()}: the search is finished; no trial to serve")
+        return
+    create_trial, end_trial = oracle.create_trial, oracle.end_trial
+
+    def watched_create_trial(tuner_id):
+        trial = create_trial(tuner_id)
+        if trial.status == "RUNNING":
+            _report(reporter.begin, trial, on=tuner_id)
+        return trial
+
+    def watched_end_trial(trial):
+        on = next((t for t, ongoing in oracle.ongoing_trials.items() if ongoing.trial_id == trial.trial_id), None)
+        end_trial(trial)
+        # KerasTuner's end_trial saves the oracle before it drops the trial from the
+        # ongoing ones, and a chief never saves again: a resumed search would run its
+        # last trial a second time. (A tuner that runs trials saves after each.)
+        oracle.save()
+        _report(reporter.end, tuner, trial, on=on)
+
+    oracle.create_trial, oracle.end_trial = watched_create_trial, watched_end_trial
+    _log(f"{role.describe()}: serving trials; start the workers (each its own {TUNER_ID_VAR})")
+    # KerasTuner prints retries on stdout, from the server's threads: keep stdout for the table.
+    with contextlib.redirect_stdout(sys.stderr):
+        tuner.search(verbose=0)  # Returns when every trial handed out has ended.
+
+
+def _report(fn, *args, **kwargs):
+    # Runs in the gRPC server's thread, after the oracle has recorded the call: a
+    # failure to log or to write summary.json must not fail the worker's call.
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        _log(f"warning: could not report a trial ({type(e).__name__}: {e}); the oracle has it")
+
+
+def _finished(oracle):
+    """Whether the chief's oracle has every trial of `max_trials` and none to run or retry."""
+    remaining = oracle.remaining_trials()
+    ended = ("COMPLETED", "FAILED")
+    return remaining is not None and remaining <= 0 and all(t.status in ended for t in oracle.trials.values())
 
 
 class _RetracingFilter(logging.Filter):
@@ -460,6 +736,13 @@ def _tuner_class(name):
             if self.at2l_reporter is not None:
                 self.at2l_reporter.end(self, trial)
 
+        def _get_tuner_fname(self):
+            # One name for the chief and a search on one machine (see _TUNER_STATE_FILE);
+            # a worker keeps KerasTuner's own, after its ID (it holds no oracle state).
+            if self._is_worker():
+                return super()._get_tuner_fname()
+            return os.path.join(str(self.project_dir), _TUNER_STATE_FILE)
+
     Tuner.__name__ = Tuner.__qualname__ = f"Logged{base.__name__}"
     return Tuner
 
@@ -471,6 +754,8 @@ class _Reporter:
         self.settings, self.base, self.objective_attack = settings, base, objective_attack
         self.record, self.base_flags, self.hypermodel = record, base_flags, hypermodel
         self.started, self.seconds = {}, {}
+        self.ran = []  # Trials this process ran (a worker's log).
+        self.writes = True  # summary.json and best.flags (False on a worker).
         # λ1, λ2, α, norm always; the objective, β, features, negative when searched.
         self.names = reported_names(record["tuned"])
 
@@ -483,7 +768,8 @@ class _Reporter:
         except (OSError, ValueError, KeyError, TypeError):
             pass
 
-    def begin(self, trial):
+    def begin(self, trial, on=None):
+        """Logs a trial's start (`on`: the worker it was handed to, on a chief)."""
         self.started[trial.trial_id] = time.time()
         hp_values = trial.hyperparameters.values
         values = self.effective(hp_values)
@@ -492,14 +778,18 @@ class _Reporter:
             first = hp_values.get("tuner/initial_epoch", 0) + 1
             budget = f" (epochs {first}-{hp_values['tuner/epochs']}"
             budget += f", from trial {hp_values['tuner/trial_id']})" if "tuner/trial_id" in hp_values else ")"
-        _log(f"trial {trial.trial_id} start{budget}: {_format_values(values, self.used(values))}")
+        where = f" on {on}" if on else ""
+        _log(f"trial {trial.trial_id} start{budget}{where}: {_format_values(values, self.used(values))}")
 
-    def end(self, tuner, trial):
+    def end(self, tuner, trial, on=None):
+        """Logs a trial's end and (unless on a worker) rewrites the outputs."""
         trial = tuner.oracle.get_trial(trial.trial_id)
         if trial.trial_id in self.started:
             self.seconds[trial.trial_id] = round(time.time() - self.started.pop(trial.trial_id), 1)
+        self.ran.append(trial.trial_id)
         secs = self.seconds.get(trial.trial_id)
         took = f" in {secs:.0f} s" if secs is not None else ""
+        took += f" on {on}" if on else ""
         if trial.status == "COMPLETED" and trial.score is not None:
             adv = _metric(trial, "val_adv_acc")
             extra = f", val_adv_acc={adv:.4f} (training attack)" if adv is not None else ""
@@ -509,7 +799,8 @@ class _Reporter:
             )
         else:
             _log(f"trial {trial.trial_id} {str(trial.status).lower()}{took}: {_last_line(trial.message)}")
-        self.write(tuner)
+        if self.writes:
+            self.write(tuner)
 
     def effective(self, values):
         """λ1, λ2, α, norm (and the searched axes) a trial trains with: its tuned
@@ -700,10 +991,11 @@ def _log(msg):
 
 
 def tune_from_flags(f=FLAGS):
-    """Runs the search the parsed flags describe; returns `(tuner, summary)`."""
+    """Runs the search the parsed flags describe; returns `(tuner, summary)` (summary None on a worker)."""
     base, space, objective_attack, settings = settings_from_flags(f)
     return run_search(
-        base, space, objective_attack, settings, base_flags=base_flag_lines(f), verbose=f.verbose
+        base, space, objective_attack, settings, base_flags=base_flag_lines(f), verbose=f.verbose,
+        wait_for_chief_s=f.wait_for_chief,
     )
 
 
@@ -711,6 +1003,8 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     _, summary = tune_from_flags()
+    if summary is None:  # A worker of a distributed search: the chief reports.
+        return
     print(format_table(summary))
     if summary["best"] is not None and summary["best"]["flagfile"]:
         _log(f"best: trial {summary['best']['trial_id']}; wrote {summary['best']['flagfile']}")

@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import types
@@ -169,6 +170,26 @@ def test_resuming_with_other_settings_is_refused(search):
     with pytest.raises(ConfigError, match=r"holds a search with other settings \(search_space.lambda2_range"):
         tune.tune_from_flags()
     assert sorted(os.listdir(search.dir)) == before
+
+
+def test_a_distributed_chief_resumes_a_search_made_on_one_machine(search, monkeypatch):
+    # KerasTuner names its state file after KERASTUNER_TUNER_ID and reloads the oracle only
+    # when it finds it: the chief must find the one-machine search's, or it starts at trial 0.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+    # Finished: the chief writes its outputs without serving (KerasTuner's would wait for a worker).
+    monkeypatch.setattr(keras_tuner.RandomSearch, "search", lambda *a, **k: pytest.fail("the chief served"))
+    _, summary, err = _run(*TINY, f"--tune_dir={search.dir}", "--max_trials=2")
+    assert f"chief 'chief' (oracle at 127.0.0.1:{port}): resuming a random search" in err
+    assert "2 of 2 trials done" in err and "the search is finished; no trial to serve" in err
+    _, before, _ = search.runs[2]
+    assert summary["trials"] == before["trials"] and summary["best"] == before["best"]  # Seconds too.
+    checkpoint = os.path.join(search.dir, "trial_0", "checkpoint.weights.h5")
+    assert os.stat(checkpoint).st_mtime_ns == search.mtimes[0]
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,30 @@ def square(
         ValueError: on a bad argument.
         TypeError: on a non-numeric `eps` or `p_init`.
     """
+    return run_square(model_fn, x, y, eps=eps, queries=queries, p_init=p_init,
+                      clip_min=clip_min, clip_max=clip_max, seed=seed)[0]
+
+
+def run_square(
+    model_fn,
+    x,
+    y=None,
+    *,
+    eps,
+    queries=5000,
+    p_init=0.8,
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
+    """`square`'s `x_adv`, and beside it `fooled`: per example, misclassified by
+    the attack's own queries (its margin went below 0, or the clean input was
+    already misclassified), so that a caller (AutoAttack) needs no forward pass
+    of its own to know what is left. Arguments as `square`.
+
+    Returns:
+        `(x_adv, fooled)`.
+    """
     _common.check_nonnegative("eps", eps)
     _common.check_positive_int("queries", queries)
     _check_p_init(p_init)
@@ -111,7 +135,10 @@ def square(
     if x.shape.rank != 4 or None in x.shape[1:]:
         raise ValueError(f"x must have a known shape (batch, H, W, C), received shape {x.shape}")
     if eps == 0:
-        return x
+        y_pred = _common.predicted_labels(model_fn, x)
+        fooled = tf.zeros_like(y_pred, tf.bool) if y is None else tf.not_equal(
+            y_pred, tf.cast(y, y_pred.dtype))
+        return x, fooled
 
     if seed is None:
         seed_pair = tf.random.uniform([2], maxval=_SEED_RANGE, dtype=tf.int64)
@@ -241,5 +268,5 @@ def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
         margin_best = tf.tensor_scatter_nd_update(margin_best, idx, margin_a)
         return it + 1, x_best, margin_best
 
-    _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
-    return x_best
+    _, x_best, margin_best = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
+    return x_best, margin_best < 0

@@ -479,9 +479,11 @@ def finish(model, config, record, backup, worker, started, verbose):
                 "config": config.to_dict(),
                 "test": results.get("test"),
             },
+            input_check=config.serving_input_check,
         )
         results["export_path"] = path
         _log(f"exported SavedModel to {path}")
+
     fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
     backup.remove()
     _log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")

@@ -52,7 +52,7 @@ from at2l_tf import fileio
 from at2l_tf.errors import ConfigError, Interrupted
 
 # Settings that may change between a run and its resume: they do not change the weights.
-IGNORED = ("workdir", "export_dir", "eval", "train.save_every_steps")
+IGNORED = ("workdir", "export_dir", "serving_input_check", "eval", "train.save_every_steps")
 STATE_FILE = "state.npz"
 
 

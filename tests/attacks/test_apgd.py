@@ -329,3 +329,17 @@ def test_autoattack_standard_runs_square_on_what_apgd_left(model_fn, clean_batch
     x_adv = np.asarray(autoattack(model_fn, x, y, eps=0.02, steps=2, queries=30))
     assert np.max(np.abs(x_adv - x)) <= 0.02 + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_fooled_is_what_the_target_says_of_the_returned_points(model_fn, clean_batch):
+    # What AutoAttack relies on instead of a forward pass of its own per stage.
+    from at2l_tf.attacks.square import run_square
+
+    x, y = clean_batch[0][:32], clean_batch[1][:32]
+    for x_adv, fooled in (
+        apgd.run_apgd(model_fn, x, y, loss="ce", eps=EPS, steps=5),
+        apgd.run_apgd(model_fn, x, y, loss="dlr-targeted", eps=EPS, steps=3, target_classes=2),
+        run_square(model_fn, x, y, eps=EPS, queries=30, seed=0),
+    ):
+        np.testing.assert_array_equal(np.asarray(fooled), ~_correct(model_fn, x_adv, y))
+        assert 0 < np.sum(fooled) < len(y)

@@ -8,7 +8,8 @@ r"""Evaluate a trained classifier: clean error, error under attacks, and the wor
     python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l \
         --source_model_dir=savedmodels/mnist_none          # transfer (black-box)
     python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l --num_examples=10000 \
-        --output_json=aa.json     # resumable (aa.work/)
+        --output_json=aa.json --record      # resumable (aa.work/), recorded in the version
+    python -m at2l_tf.evaluate --show=savedmodels/mnist_at2l   # what was recorded
 
 `--model_dir` is a SavedModel export of `python -m at2l_tf.train` (the export
 root, whose newest version is used, or one version directory) or a `.keras`
@@ -61,9 +62,10 @@ top, per attack, and per AutoAttack stage); Ctrl-C stops at once, keeps what is
 finished and exits with status 130. A workdir is continued only by the same
 evaluation: another model (version or weights), other images, another eps,
 seed or attack parameter is refused with one line naming every difference,
-and nothing in it is touched; `--output_json`, `--verbose` and `--strategy`
-may change. A finished workdir stays: the same command rebuilds the JSON from
-it without attacking again; delete it to start over. What it costs: `benchmarks/results/` (persistence overhead).
+and nothing in it is touched; `--output_json`, `--verbose`, `--strategy` and
+`--record` may change. A finished workdir stays: the same command rebuilds the
+JSON from it without attacking again (e.g. to add `--record`); delete it to
+start over. What it costs: `benchmarks/results/` (persistence overhead).
 
 **Progress** goes to stderr: a Keras progress bar on a terminal, else one line
 per batch and attack (and AutoAttack stage): examples reached, still robust,
@@ -77,6 +79,12 @@ collectives (no shared files) and alone prints the table and writes the JSON,
 the same numbers as one process on the same images and seed. Each worker keeps
 its own batches in its workdir and resumes them; a worker that dies leaves the
 others waiting in the collective: start it again.
+
+**Robustness record.** `--record` appends the summary (attacks and their
+parameters, eps, images, clean and worst-case accuracy, masking flags, date,
+package version, git commit) to the SavedModel version's
+`assets/robustness.json` (`evaluation.record`); `--show=MODEL_DIR` prints the
+records of a model (export root or version) and exits.
 
 Bad input (an unknown attack, eps outside [0, 1], a missing model, a model
 whose input shape is not the dataset's image shape, ...) ends with one line on
@@ -164,6 +172,10 @@ def define_flags(flag_values=flags.FLAGS):
          "none. Another evaluation's workdir is refused."),
         (string, "strategy", "default", "default (one process) | multi_worker (the workers of "
          "TF_CONFIG share the batches; the chief gathers the results and writes the JSON)."),
+        (flags.DEFINE_bool, "record", False, "Also write the summary into the SavedModel "
+         "version's assets/robustness.json (white-box only)."),
+        (string, "show", None, "Print the robustness record of this SavedModel (export root or "
+         "version) and exit."),
         (integer, "verbose", 1, "0 silent; 1 progress on stderr: a bar on a terminal, else one "
          "line per batch and attack stage; 2 lines even on a terminal."),
     ]
@@ -227,10 +239,16 @@ def validate_flags(f):
         FileNotFoundError: if `--model_dir` or a `--source_model_dir` does not exist.
     """
     if not f.model_dir:
-        raise ConfigError("--model_dir is required")
+        raise ConfigError("--model_dir is required (or --show=MODEL_DIR to print a record)")
     if f.strategy not in STRATEGIES:
         raise ConfigError(
             f"unknown strategy {f.strategy!r} for evaluate; known: {', '.join(STRATEGIES)}"
+        )
+    if f.record and f.source_model_dir:
+        raise ConfigError("--record records a white-box evaluation: drop --source_model_dir")
+    if f.record and os.path.isfile(f.model_dir):
+        raise ConfigError(
+            f"--record writes into a SavedModel version directory; {f.model_dir} is a file"
         )
     for name in f.attacks:
         attacks.get_entry(name)  # Lists the known attacks.
@@ -331,8 +349,8 @@ def evaluation_identity(f, target, dataset, image_size, eps):
     """The settings that decide an evaluation's figures, as a flat dict keyed by flag name.
 
     A workdir holding results of another identity is refused. Left out: where
-    the outputs go (`--output_json`, `--workdir`, `--curve_output`) and how the
-    work is run or shown (`--strategy`, `--verbose`); each
+    the outputs go (`--output_json`, `--workdir`, `--curve_output`), how the
+    work is run or shown (`--strategy`, `--verbose`) and `--record`; each
     attack's parameters are in as they resolve (unset flags: the attack's
     defaults); the model is in by its resolved path and digest
     (`savedmodel.model_digest`), so a new version under the same export root
@@ -408,12 +426,16 @@ def evaluate_from_flags(f):
         f: parsed flag values (see `define_flags`).
 
     Returns:
-        The report dict (also written to `--output_json` when given).
+        The report dict (also written to `--output_json` when given); with
+        `--show`, the records printed.
 
     Raises:
         errors.Interrupted: Ctrl-C; the results so far are in the workdir, and
             the same command continues from them.
     """
+    if f.show:
+        print(evaluation.record.format_records(f.show))
+        return evaluation.record.read_records(f.show)
     validate_flags(f)
     # MultiWorkerMirroredStrategy first: it must exist before any other TensorFlow op.
     worker = distribute.worker_from_env(f.strategy)
@@ -542,6 +564,12 @@ def evaluate_from_flags(f):
     if f.output_json:
         fileio.atomic_write_json(f.output_json, report)
         _log(f"wrote {f.output_json}")
+    if f.record:
+        record = evaluation.record.make_record(
+            report, evaluated_by="evaluate", dataset=dataset, split=f.split, eps=eps, seed=f.seed,
+            preprocessing=target.preprocessing_name, adaptive=f.adaptive,
+        )
+        _log(f"recorded the robustness in {evaluation.record.write_record(target.path, record)}")
     return report
 
 

@@ -24,7 +24,8 @@ Outputs, all under `config.workdir` unless noted:
 * `model.keras`: the trained classifier (images -> logits);
 * `results.json`: the configuration, the training history, the resumes and the
   final test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
-* `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`).
+* `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`), with
+  the final check's robustness record in `assets/robustness.json`.
 """
 
 import dataclasses
@@ -483,7 +484,12 @@ def finish(model, config, record, backup, worker, started, verbose):
         )
         results["export_path"] = path
         _log(f"exported SavedModel to {path}")
-
+        if results.get("test"):  # The final check, recorded in the version it measured.
+            evaluation.record.write_record(path, evaluation.record.make_record(
+                results["test"], evaluated_by="train", dataset=config.data.dataset, split="test",
+                eps=config.eps, seed=config.train.seed, preprocessing=config.preprocessing.name,
+                adaptive="auto",
+            ))
     fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
     backup.remove()
     _log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")

@@ -1,5 +1,5 @@
 """The evaluate command survives a kill, refuses another evaluation's workdir, splits
-and splits its batches over two localhost workers.
+its batches over two localhost workers, and records what it measured in the SavedModel.
 
 The shipped reference model (a copy, where the test writes into it), 80 MNIST
 test images in 3 batches (32, 32, 16) and small budgets: the properties under
@@ -9,6 +9,7 @@ test do not need strong attacks. Kills and workers are real processes
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 import pytest
 from absl import flags
 
-from at2l_tf import errors, evaluate, evaluation
+from at2l_tf import errors, evaluate, evaluation, savedmodel
 from at2l_tf.errors import ConfigError
 from at2l_tf.training import distribute
 
@@ -175,3 +176,32 @@ def test_two_localhost_workers_give_the_numbers_of_one(tmp_path, uninterrupted):
     batches = lambda w: sorted({p.name[:6] for p in (tmp_path / w).glob("b*.npz")})  # noqa: E731
     assert batches("w0") == ["b00000", "b00002"] and batches("w1") == ["b00001"]
     assert "worker-1: batch 2/3 autoattack" in err1
+
+
+def test_record_is_written_into_the_version_and_shown(tmp_path, capsys):
+    model = tmp_path / "reference"
+    shutil.copytree(REFERENCE, model)  # The shipped model stays as it is.
+    digest = savedmodel.model_digest(str(model))
+    report = evaluate.evaluate_from_flags(_parse(*SMALL, f"--model_dir={model}", "--record"))
+    path = model / "1" / "assets" / "robustness.json"
+    (record,) = json.loads(path.read_text())["records"]
+    assert record["evaluated_by"] == "evaluate" and record["package_version"]
+    for key in ("clean_accuracy", "robust_accuracy", "num_examples", "eps", "robust_accuracy_attacks"):
+        assert record[key] == report[key], key
+    assert record["attacks"]["pgd"]["params"] == {"eps": 0.3, "seed": 0, "steps": 2,
+                                                  "step_size": 0.375, "restarts": 1}
+    assert record["dataset"] == "mnist" and record["split"] == "test" and record["date"]
+    assert record["gradient_masking_flags"] == [f["check"] for f in report["flags"]]
+    assert "git_commit" in record
+    assert savedmodel.model_digest(str(model)) == digest  # Graph and weights untouched.
+    assert savedmodel.load_classifier(str(model)).num_classes == 10  # Still loads.
+    capsys.readouterr()
+    shown = evaluate.evaluate_from_flags(_parse(f"--show={model}"))
+    assert shown == [record]
+    printed = capsys.readouterr().out
+    assert f"robust {report['robust_accuracy']:.2%}" in printed and str(path) in printed
+    with pytest.raises(ConfigError, match="no robustness record in"):
+        evaluate.evaluate_from_flags(_parse(f"--show={REFERENCE}"))
+    with pytest.raises(ConfigError, match="--record records a white-box evaluation"):
+        evaluate.evaluate_from_flags(_parse(*SMALL, f"--model_dir={model}", "--record",
+                                            f"--source_model_dir={REFERENCE}"))

@@ -2,10 +2,10 @@
 defence layers, gradient-masking checks, plots, the work directory that lets an
 evaluation resume, its progress lines, and the robustness record of a SavedModel."""
 
-from at2l_tf.evaluation import adaptive, masking, plots, progress, store
+from at2l_tf.evaluation import adaptive, masking, plots, progress, record, store
 from at2l_tf.evaluation.report import AttackSpec, Partition, format_report, robustness_report
 
 __all__ = [
     "AttackSpec", "Partition", "adaptive", "format_report", "masking", "plots", "progress",
-    "robustness_report", "store",
+    "record", "robustness_report", "store",
 ]

@@ -233,27 +233,22 @@ def robustness_report(
     reached = robust = 0
     for b in own:
         x, y = tf.constant(batches[b][0]), tf.constant(batches[b][1])
-        clean = _unit(store, b, unit_key(), lambda: _clean_unit(target, x, y))
+        clean, _ = _unit(store, b, unit_key(), lambda: _clean_unit(target, x, y))
         units[(b, unit_key())] = clean
         alive = np.array(clean["correct"], bool)
         reached += len(alive)
         robust += int(alive.sum())
         for i, r in enumerate(runs):
-            key = unit_key(i)
-            computed = []
-
-            def compute(r=r):
-                computed.append(True)
-                return _attack_unit(r, target, x, y, progress, b)
-
-            unit = _unit(store, b, key, compute)
-            units[(b, key)] = unit
+            unit, fresh = _unit(
+                store, b, unit_key(i), functools.partial(_attack_unit, r, target, x, y, progress, b)
+            )
+            units[(b, unit_key(i))] = unit
             progress.count(r.label, len(alive), unit["seconds"])
             if r.entry.norm == "linf":
                 survived = alive & np.array(unit["correct"], bool)
                 robust -= int(alive.sum() - survived.sum())
                 alive = survived
-            if computed:
+            if fresh:
                 progress.unit(b, r.label, reached=reached, robust=robust)
             else:
                 progress.skip(1)
@@ -282,13 +277,15 @@ def _read_batches(dataset, num_examples):
 
 
 def _unit(store, batch, key, compute):
-    """The unit `(batch, key)` from `store` if it is there, else `compute()`d and saved."""
+    """`(unit, fresh)`: the unit `(batch, key)` from `store` if it is there
+    (`fresh` False), else `compute()`d and saved at once (`fresh` True)."""
     unit = store.load(batch, key) if store is not None else None
-    if unit is None:
-        unit = compute()
-        if store is not None:
-            store.save(batch, key, unit)
-    return unit
+    if unit is not None:
+        return unit, False
+    unit = compute()
+    if store is not None:
+        store.save(batch, key, unit)
+    return unit, True
 
 
 def _clean_unit(target, x, y):

@@ -27,7 +27,7 @@ REFERENCE = os.path.join(ROOT, "savedmodels", "mnist_reference")
 # The defaults' attacks (FGSM, PGD, AutoAttack standard), small.
 ARGS = (
     f"--model_dir={REFERENCE}", "--num_examples=80", "--batch_size=32", "--attacks=fgsm,pgd,autoattack",
-    "--pgd_steps=20", "--autoattack_steps=4", "--autoattack_queries=30", "--verbose=2",
+    "--pgd_steps=50", "--autoattack_steps=4", "--autoattack_queries=30", "--verbose=2",
 )
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 ENV.pop("TF_CONFIG", None)

@@ -524,9 +524,12 @@ def evaluate_from_flags(f):
             curve = run_eps_sweep(f, target, ds, sweep, sources, stem, workdir, partition,
                                   write=worker.is_chief)
     except KeyboardInterrupt:
-        saved = f"the results of every finished batch and attack are in {workdir}; run the same " \
-            "command again to continue" if workdir else "nothing was kept (no --workdir or --output_json)"
-        raise errors.Interrupted(f"interrupted; {saved}") from None
+        if workdir:
+            kept = (f"the results of every finished batch and attack are in {workdir}; run the "
+                    "same command again to continue")
+        else:
+            kept = "nothing was kept (no --workdir or --output_json)"
+        raise errors.Interrupted(f"interrupted; {kept}") from None
     per_example = report.pop("per_example")
     report.update(
         model_dir=f.model_dir,

@@ -348,6 +348,8 @@ class ExperimentConfig:
         model: model registry name; `None` = the dataset's default.
         workdir: where checkpoints, TensorBoard logs and results go.
         export_dir: SavedModel export root (`<export_dir>/<version>/`); `None` skips export.
+        serving_input_check: the export's serving signature refuses images with
+            NaN, Inf or values outside [0, 1] (`savedmodel.check_image_domain`).
     """
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -359,6 +361,7 @@ class ExperimentConfig:
     model: Optional[str] = None
     workdir: str = "runs/mnist_at2l"
     export_dir: Optional[str] = "savedmodels/mnist_at2l"
+    serving_input_check: bool = True
 
     @property
     def spec(self):

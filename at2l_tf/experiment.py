@@ -29,7 +29,8 @@ Outputs, all under `config.workdir` unless noted:
   objective with its λ1 / β, and the triplet term's features, distance,
   negative, λ2, α, or null), the training history, the resumes and the final
   test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
-* `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`).
+* `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`), with
+  the final check's robustness record in `assets/robustness.json`.
 """
 
 import dataclasses
@@ -514,9 +515,16 @@ def finish(model, config, record, backup, worker, started, verbose):
                 "config": config.to_dict(),
                 "test": results.get("test"),
             },
+            input_check=config.serving_input_check,
         )
         results["export_path"] = path
         _log(f"exported SavedModel to {path}")
+        if results.get("test"):  # The final check, recorded in the version it measured.
+            evaluation.record.write_record(path, evaluation.record.make_record(
+                results["test"], evaluated_by="train", dataset=config.data.dataset, split="test",
+                eps=config.eps, seed=config.train.seed, preprocessing=config.preprocessing.name,
+                adaptive="auto",
+            ))
     fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
     backup.remove()
     _log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")

@@ -18,6 +18,12 @@ front of a classifier trained without it (on clean data, or with
 `--defense=tr`), as Samangouei et al. do; the export carries a copy of the
 generator. The projection masks gradients: evaluate the export with
 `evaluate --adaptive=auto` (BPDA through the projection).
+
+The serving signature refuses images with NaN, Inf or values outside [0, 1]
+(`INVALID_ARGUMENT` through TF Serving), the domain that robustness is measured
+on; `--serving_input_check=off` exports without the check, for clients that clip
+upstream. `evaluate --record` then writes the measured robustness into the
+version (`assets/robustness.json`), and `evaluate --show=DIR` prints it.
 """
 
 import os
@@ -51,6 +57,12 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("dgan_steps", 50, "defense_gan: L, steps per restart (paper 200).", flag_values=fv)
     flags.DEFINE_integer("dgan_restarts", 4, "defense_gan: R, restarts (paper 10).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "defense_gan: seed of the random starts.", flag_values=fv)
+    flags.DEFINE_enum(
+        "serving_input_check", "on", ["on", "off"],
+        "on: the serving signature refuses images with NaN, Inf or values outside [0, 1] "
+        "(INVALID_ARGUMENT in TF Serving); off: for clients that clip upstream.",
+        flag_values=fv,
+    )
     return flag_values
 
 
@@ -91,7 +103,8 @@ def main(argv):
     if version_dir and os.path.exists(version_dir):
         raise ConfigError(f"export version already exists: {version_dir}")
     path = savedmodel.export_saved_model(
-        model, FLAGS.export_dir, version=FLAGS.version, metadata=metadata
+        model, FLAGS.export_dir, version=FLAGS.version, metadata=metadata,
+        input_check=FLAGS.serving_input_check == "on",
     )
     print(path)
 

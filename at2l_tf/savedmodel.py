@@ -4,6 +4,22 @@ Layout: `<export_dir>/<version>/` with integer versions, as TF Serving expects.
 The `serving_default` signature takes `images`, float32 `(batch, H, W, C)` in
 [0, 1], and returns `probabilities` (softmax), `classes` (int64 argmax) and
 `logits` (for attacks: gradients of logits do not saturate as softmax does).
+
+**Domain check.** By default (`input_check=True`) the signature refuses a
+request with a NaN or infinite value, or a value outside [0, 1]: a
+`tf.debugging.Assert` fails, which TF Serving returns as `INVALID_ARGUMENT`
+(gRPC) or HTTP 400 with the message ("images must be finite" / "images must be
+in [0, 1]"), instead of answering for inputs that the robustness measurement
+does not cover (attacks are confined to [0, 1]; an image scaled to [0, 255] by
+mistake would be classified without complaint otherwise). Clients that clip
+upstream can export without it (`export --serving_input_check=off`, `train
+--serving_input_check=off`); the metadata records which (`serving_input_check`).
+The check costs two reductions over the batch.
+
+**Robustness record.** `evaluate --record` and the train command's final check
+write `assets/robustness.json` into the version directory
+(`evaluation.record`): what was measured on this very version. TF Serving
+ignores the file; it ships with the version it describes.
 A model with a defence layer in front (`at2l_tf.defenses`) serves the whole
 defence there, and also exports the network behind the layer as the
 `classifier` signature (input `inputs`, the layer's output), with the layer's
@@ -18,6 +34,7 @@ Keras `.keras` file, and returns a `Classifier` whose `model_fn` gives logits.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -39,7 +56,28 @@ def _versions(export_dir):
     return sorted(int(d) for d in os.listdir(export_dir) if d.isdigit())
 
 
-def export_saved_model(model, export_dir, *, version=None, metadata=None):
+def check_image_domain(images, clip_min=0.0, clip_max=1.0):
+    """`images`, after assertions that every value is finite and in [clip_min, clip_max].
+
+    Graph-safe: in a `tf.function` (a serving signature) a bad batch fails the
+    call with `InvalidArgumentError` ("assertion failed: [images must be ...]");
+    the gradient passes through unchanged.
+    """
+    finite = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(images)),
+        ["images must be finite: received NaN or Inf"],
+    )
+    with tf.control_dependencies([finite]):
+        inside = tf.debugging.Assert(
+            tf.reduce_all((images >= clip_min) & (images <= clip_max)),
+            [f"images must be in [{clip_min:g}, {clip_max:g}]: received min", tf.reduce_min(images),
+             "max", tf.reduce_max(images)],
+        )
+    with tf.control_dependencies([finite, inside]):
+        return tf.identity(images)
+
+
+def export_saved_model(model, export_dir, *, version=None, metadata=None, input_check=True):
     """Exports a Keras classifier (images -> logits) as a TF Serving SavedModel.
 
     Args:
@@ -48,6 +86,8 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
         version: integer version; default one more than the largest present.
         metadata: JSON-serialisable dict saved as `at2l_metadata.json` beside
             the SavedModel (dataset, model name, training configuration...).
+        input_check: the serving signature refuses images with NaN, Inf or
+            values outside [0, 1] (`check_image_domain`; module docstring).
 
     Returns:
         The path of the written version directory.
@@ -73,6 +113,8 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
     archive.track(model)
 
     def serve(images):
+        if input_check:
+            images = check_image_domain(images)
         logits = model(images, training=False)
         return {
             "logits": logits,
@@ -105,6 +147,7 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None):
         meta["preprocessing"] = _describe_layer(layer, tmp)
         meta.setdefault("input_shape", list(input_shape))
         meta.setdefault("num_classes", int(model.output_shape[-1]))
+        meta["serving_input_check"] = bool(input_check)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
         os.rename(tmp, final)  # Atomic on one filesystem.
@@ -173,6 +216,27 @@ class Classifier:
     @property
     def preprocessing_name(self):
         return defenses.compose.layer_name(self.preprocessing)
+
+
+def model_digest(path):
+    """SHA-256 of a model's graph and weights: a `.keras` file, or a SavedModel
+    version's `saved_model.pb` and `variables/` (not its assets or metadata, so
+    that writing a robustness record does not change it)."""
+    h = hashlib.sha256()
+    if os.path.isfile(path):
+        files = [path]
+    else:
+        version_dir = resolve_saved_model_dir(path)
+        files = [os.path.join(version_dir, "saved_model.pb")]
+        variables = os.path.join(version_dir, "variables")
+        if os.path.isdir(variables):
+            files += [os.path.join(variables, f) for f in sorted(os.listdir(variables))]
+    for name in files:
+        h.update(os.path.basename(name).encode())
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def resolve_saved_model_dir(path):

@@ -90,6 +90,7 @@ flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size o
 flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
 flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
 flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
+flags.DEFINE_enum("serving_input_check", "on", ["on", "off"], "on: the export's serving signature refuses images with NaN, Inf or values outside [0, 1] (INVALID_ARGUMENT in TF Serving); off: for clients that clip upstream.")
 flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per epoch; default 1 on a terminal, else 2.")
 
 
@@ -154,6 +155,7 @@ def config_from_flags(f=FLAGS):
         model=f.model,
         workdir=f.workdir or f"runs/{name}",
         export_dir=f"savedmodels/{name}" if f.export_dir is None else (f.export_dir or None),
+        serving_input_check=f.serving_input_check == "on",
     )
 
 

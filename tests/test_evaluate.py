@@ -11,6 +11,7 @@ import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -137,7 +138,7 @@ def test_the_table_is_printed_on_stdout(whitebox):
     rows = {line.split()[0]: line for line in lines[2:-2]}
     assert list(rows) == list(report["attacks"])  # One row per attack, in the report's order.
     assert lines[-2].startswith("worst case") and f"{report['robust_accuracy']:.2%}" in lines[-2]
-    assert "eps=0.3,steps=5" in rows["pgd"]
+    assert "eps=0.3,seed=0,steps=5" in rows["pgd"]
     assert f" {report['attacks']['pgd']['error']:.2%} " in rows["pgd"]
     assert lines[-1] == "(32 examples)"
 
@@ -209,7 +210,7 @@ def test_flags_map_onto_attack_parameters():
     specs = {s.name: s.params for s in evaluate.attack_specs_from_flags(fv, eps=0.2)}
     assert specs["fgsm"] == {"eps": 0.2}
     assert specs["ifgsm"] == {"eps": 0.2, "steps": 4, "step_size": pytest.approx(0.125)}
-    assert specs["pgd"] == {"eps": 0.2, "steps": 40, "step_size": 0.02, "restarts": 3}
+    assert specs["pgd"] == {"eps": 0.2, "seed": 5, "steps": 40, "step_size": 0.02, "restarts": 3}
     assert specs["apgd_t"] == {"eps": 0.2, "seed": 5, "steps": 100, "restarts": 1,
                                "target_classes": 3}
     assert specs["square"] == {"eps": 0.2, "seed": 5, "queries": 99, "p_init": 0.8}
@@ -318,7 +319,19 @@ def test_report_of_a_model_that_always_says_0(capsys):
     assert report["attacks"]["pgd"]["error"] == 0.5
     assert 0 < report["attacks"]["pgd"]["mean_linf"] <= 0.1 + 1e-6
     captured = capsys.readouterr()
-    assert captured.out == "" and "clean_err" in captured.err  # Progress on stderr only.
+    assert captured.out == ""  # Progress on stderr only; not a terminal: one line per unit.
+    lines = captured.err.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"[at2l_tf] batch {b}/3 {a}" for b in (1, 2, 3) for a in ("fgsm", "pgd")
+    ]
+    assert lines[0].endswith("ETA ?")  # PGD has not run yet: no rate for it.
+    assert re.fullmatch(
+        r"\[at2l_tf\] batch 3/3 pgd: 8/8 examples, 4 still robust, [0-9.]+ s elapsed, ETA 0.0 s",
+        lines[-1],
+    )
+    assert " 3/8 examples, 2 still robust" in lines[1]  # The first batch: labels 0, 1, 0.
+    evaluation.robustness_report(_always_class_0, _labelled(labels), specs, verbose=0)
+    assert capsys.readouterr() == ("", "")  # verbose=0: silent.
     table = evaluation.format_report(report)
     assert "50.00%" in table and table.splitlines()[-1] == "(8 examples)"
 

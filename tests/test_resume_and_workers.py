@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from at2l_tf import config as config_lib
-from at2l_tf import evaluate
+from at2l_tf import evaluate, evaluation
 from at2l_tf.errors import ConfigError, Interrupted
 from at2l_tf.training import distribute
 
@@ -202,6 +202,10 @@ def test_headline_cats_vs_dogs_command_trains_exports_and_evaluates(tmp_path, mo
     assert results["history"]["triplet"]  # Binary in-batch negatives: the other label.
     export = results["export_path"]
     assert os.path.exists(os.path.join(export, "saved_model.pb"))
+    # The final check is recorded in the version it measured.
+    (record,) = evaluation.record.read_records(export)
+    assert record["evaluated_by"] == "train" and record["num_examples"] == 16
+    assert record["robust_accuracy"] == results["test"]["robust_accuracy"]
     fv = evaluate.define_flags(evaluate.flags.FlagValues())
     fv(["evaluate", f"--model_dir={export}", "--attacks=fgsm", "--num_examples=16", "--verbose=0",
         f"--output_json={tmp_path / 'eval.json'}"])

@@ -28,7 +28,7 @@ def test_export_versions_and_serving_signature(classifier, tmp_path):
     meta = json.loads((root / "1" / savedmodel.METADATA_FILE).read_text())
     assert meta == {
         "dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10,
-        "preprocessing": {"name": "none"},
+        "preprocessing": {"name": "none"}, "serving_input_check": True,
     }
 
     loaded = savedmodel.load_classifier(str(root))  # The newest version.
@@ -115,3 +115,30 @@ def test_keras_file_loads_as_classifier(classifier, tmp_path):
     loaded = savedmodel.load_classifier(path)
     x = np.zeros((2, 28, 28, 1), "float32")
     np.testing.assert_allclose(loaded.model_fn(x), classifier(x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_serving_signature_refuses_nan_inf_and_values_outside_0_1(classifier, tmp_path):
+    # TF Serving turns the failed assertion into INVALID_ARGUMENT (HTTP 400).
+    serving = tf.saved_model.load(
+        savedmodel.export_saved_model(classifier, str(tmp_path / "checked"))
+    ).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    for ok in (np.zeros, np.ones, lambda s: rng.uniform(size=s)):
+        out = serving(images=tf.constant(ok((2, 28, 28, 1)), tf.float32))
+        assert out["probabilities"].shape == (2, 10)
+    for value, match in [
+        (np.nan, "images must be finite"),
+        (np.inf, "images must be finite"),
+        (1.5, r"images must be in \[0, 1\]"),
+        (-0.01, r"images must be in \[0, 1\]"),
+    ]:
+        images = rng.uniform(size=(2, 28, 28, 1)).astype(np.float32)
+        images[1, 3, 4, 0] = value
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            serving(images=tf.constant(images))
+    # Without the check (clients that clip upstream), 1.5 is answered.
+    unchecked = savedmodel.load_classifier(
+        savedmodel.export_saved_model(classifier, str(tmp_path / "unchecked"), input_check=False)
+    )
+    assert unchecked.metadata["serving_input_check"] is False
+    assert unchecked.model_fn(np.full((1, 28, 28, 1), 1.5, np.float32)).shape == (1, 10)

@@ -33,9 +33,24 @@ def project_linf(x_adv, x, eps, clip_min, clip_max):
     return tf.clip_by_value(x + eta, clip_min, clip_max)
 
 
+def seed_pair(seed, stream=0):
+    """The `[seed, stream]` int64 pair of a stateless random op (`seed` an int or int tensor)."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(stream, tf.int64)])
+
+
 def random_start(x, eps, clip_min, clip_max, seed=None):
-    """`x + U(-eps, eps)`, clipped to the box: the random start of PGD / FGSM-RS."""
-    noise = tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype, seed=seed)
+    """`x + U(-eps, eps)`, clipped to the box: the random start of FGSM-RS.
+
+    `seed=None` draws from TensorFlow's global generator; an int (or int
+    tensor) draws statelessly, so that the start depends on `seed` and the
+    shape of `x` only.
+    """
+    if seed is None:
+        noise = tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)
+    else:
+        noise = tf.random.stateless_uniform(
+            tf.shape(x), seed=seed_pair(seed), minval=-eps, maxval=eps, dtype=x.dtype
+        )
     return tf.clip_by_value(x + noise, clip_min, clip_max)
 
 

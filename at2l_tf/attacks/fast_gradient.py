@@ -47,8 +47,9 @@ def fgsm_rs(model_fn, x, y=None, *, eps, step_size=None, clip_min=0.0, clip_max=
 
     Args:
         step_size: size of the signed-gradient step; default `1.25 * eps`.
-        seed: op-level seed of the random start (with the global seed, makes
-            runs repeatable).
+        seed: `None` draws the random start from TensorFlow's global
+            generator; an int draws it statelessly, so that a call depends on
+            its inputs only (what `evaluate` needs to resume or split a run).
         Other arguments as in `fgsm`.
     """
     _common.check_nonnegative("eps", eps)

@@ -10,14 +10,16 @@ Default step size `a = 2.5 * eps / steps` (Madry et al.), so the iterate can
 cross the ball and still has steps left to refine.
 
 The loop is CleverHans' `projected_gradient_descent` (graph-safe; each step is
-one input gradient, a sign and a projection). Restarts and least-likely
-targets are ours. Random starts come from TensorFlow's global seed
-(`keras.utils.set_random_seed`), as in CleverHans.
+one input gradient, a sign and a projection), written out with its own pieces
+so that the random start can be seeded. Restarts and least-likely targets are
+ours. Random starts come from TensorFlow's global seed
+(`keras.utils.set_random_seed`), as in CleverHans, or statelessly from `seed`.
 """
 
 import numpy as np
 import tensorflow as tf
-from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+from cleverhans.tf2.utils import clip_eta
 
 from at2l_tf.attacks import _common
 
@@ -27,7 +29,13 @@ def default_step(eps, steps, step_size):
     return 2.5 * eps / steps if step_size is None else step_size
 
 
-def _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, rand_init, targeted):
+def _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, rand_init, targeted,
+             seed=None):
+    """`steps` signed-gradient steps from `x` (or a random start), projected each time.
+
+    `seed`: `None` (the random start from the global generator) or the
+    `[2]` int64 seed of a stateless draw.
+    """
     _common.check_nonnegative("eps", eps)
     _common.check_positive_int("steps", steps)
     _common.check_box(clip_min, clip_max)
@@ -38,19 +46,28 @@ def _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, rand_ini
     # CleverHans asserts step_size <= eps; a larger step is just clipped by the
     # projection, so the cap changes nothing but the assertion.
     step_size = min(step_size, eps)
-    return projected_gradient_descent(
-        model_fn,
-        x,
-        eps,
-        step_size,
-        steps,
-        np.inf,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        y=y,
-        targeted=targeted,
-        rand_init=rand_init,
-    )
+    x = tf.convert_to_tensor(x)
+    # CleverHans' `projected_gradient_descent` (L-inf) step by step, its own
+    # `fast_gradient_method` and `clip_eta`, with the random start drawn here
+    # so that it can be seeded: the same ops, in the same order.
+    if not rand_init:
+        eta = tf.zeros_like(x)
+    elif seed is None:
+        eta = tf.random.uniform(tf.shape(x), -eps, eps, dtype=x.dtype)  # CleverHans' draw.
+    else:
+        eta = tf.random.stateless_uniform(
+            tf.shape(x), seed=seed, minval=-eps, maxval=eps, dtype=x.dtype
+        )
+    adv_x = tf.clip_by_value(x + clip_eta(eta, np.inf, eps), clip_min, clip_max)
+    if y is None:
+        y = tf.argmax(model_fn(x), 1)
+    for _ in range(steps):
+        adv_x = fast_gradient_method(
+            model_fn, adv_x, step_size, np.inf, clip_min=clip_min, clip_max=clip_max, y=y,
+            targeted=targeted,
+        )
+        adv_x = tf.clip_by_value(x + clip_eta(adv_x - x, np.inf, eps), clip_min, clip_max)
+    return adv_x
 
 
 def ifgsm(model_fn, x, y=None, *, eps, steps=10, step_size=None, clip_min=0.0, clip_max=1.0):
@@ -81,23 +98,37 @@ def pgd(
     restarts=1,
     clip_min=0.0,
     clip_max=1.0,
+    seed=None,
 ):
     """Projected gradient descent with random start (Madry et al., 2018).
 
     Args:
         restarts: independent random starts (>= 1); per example, the
             adversarial with the highest cross-entropy is returned.
+        seed: `None` (default) draws the random starts from TensorFlow's
+            global generator, as CleverHans does (`keras.utils.set_random_seed`
+            makes a run repeatable, not one call); an int (or int tensor) draws
+            them statelessly from `(seed, restart)`, so that a call depends on
+            its inputs only: the same images give the same adversarials in any
+            order, process or worker (what `evaluate` needs to resume a run or
+            split it over workers).
         Other arguments as in `ifgsm`; default `steps=40`.
     """
     _common.check_positive_int("restarts", restarts)
     if y is None:
         y = _common.predicted_labels(model_fn, x)
-    best = _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, True, False)
+
+    def start(r):
+        return None if seed is None else _common.seed_pair(seed, r)
+
+    best = _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, True, False,
+                    start(0))
     if restarts == 1 or eps == 0:
         return best
     best_loss = _cross_entropy(model_fn, best, y)
-    for _ in range(restarts - 1):
-        cand = _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, True, False)
+    for r in range(1, restarts):
+        cand = _iterate(model_fn, x, y, eps, steps, step_size, clip_min, clip_max, True, False,
+                        start(r))
         cand_loss = _cross_entropy(model_fn, cand, y)
         better = cand_loss > best_loss
         mask = tf.reshape(better, [-1] + [1] * (len(x.shape) - 1))

@@ -237,8 +237,10 @@ def make_attack(name, **params):
         )
     bound = {k: v for k, v in params.items() if v is not None}
 
-    def attack_fn(model_fn, x, y=None):
-        return entry.fn(model_fn, x, y, **bound)
+    def attack_fn(model_fn, x, y=None, **extra):
+        # `extra`: keywords that are not parameters of the attack's result,
+        # e.g. AutoAttack's `on_stage` progress callback.
+        return entry.fn(model_fn, x, y, **bound, **extra)
 
     attack_fn.__name__ = f"{name}_attack"
     attack_fn.bound_params = dict(bound)

@@ -1,7 +1,11 @@
 """Robustness measurement: the report (worst case over attacks), adaptive attacks for
-defence layers, gradient-masking checks, plots."""
+defence layers, gradient-masking checks, plots, the work directory that lets an
+evaluation resume, its progress lines, and the robustness record of a SavedModel."""
 
-from at2l_tf.evaluation import adaptive, masking, paired, plots
-from at2l_tf.evaluation.report import AttackSpec, format_report, robustness_report
+from at2l_tf.evaluation import adaptive, masking, paired, plots, progress, record, store
+from at2l_tf.evaluation.report import AttackSpec, Partition, format_report, robustness_report
 
-__all__ = ["AttackSpec", "adaptive", "format_report", "masking", "paired", "plots", "robustness_report"]
+__all__ = [
+    "AttackSpec", "Partition", "adaptive", "format_report", "masking", "paired", "plots", "progress",
+    "record", "robustness_report", "store",
+]

@@ -23,22 +23,35 @@ white-box L-inf attack but fell to a black-box one (Square): above 0, the
 gradients the white-box attacks followed were misleading (gradient masking).
 AutoAttack, which runs Square itself, is on neither side of that comparison.
 
+**Units: resume and workers.** The work is cut into units, one per batch and
+attack (and one per batch for the clean pass): per example of the batch, right
+or wrong on the target, and the perturbation's norms. The figures are computed
+from the units alone, in batch order. With a `store` (`evaluation.store`) each
+unit is saved as soon as it is computed and units already there are not
+computed again, so a killed evaluation continues where it stopped and ends with
+the same figures; with a `Partition`, each worker attacks whole batches of its
+share and the units are exchanged through collectives. Both rely on every
+attack's randomness being a function of its inputs (the seeded attacks:
+`evaluate` seeds them all), which holds for every attack here but not for a
+model that is itself random at inference (random resizing).
+
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
 runs as one graph per batch shape; attacks that compile their own pieces and
 work on subsets (APGD, Square's early stop, AutoAttack) run eagerly around them.
 """
 
-import contextlib
 import dataclasses
 import functools
-import sys
+import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from at2l_tf import attacks
+from at2l_tf.evaluation import store as store_lib
+from at2l_tf.evaluation.progress import Progress, choose_mode
+from at2l_tf.evaluation.store import unit_key
 
 
 @dataclasses.dataclass
@@ -68,8 +81,8 @@ class AttackSpec:
         self.label = self.label or self.name
 
 
-def _run_attack(attack_fn, model_fn, x, y):
-    return attack_fn(model_fn, x, y)
+def _run_attack(attack_fn, model_fn, x, y, **extra):
+    return attack_fn(model_fn, x, y, **extra)
 
 
 def _compiled(attack_fn, model_fn):
@@ -82,6 +95,43 @@ def _compiled(attack_fn, model_fn):
     return tf.function(run, reduce_retracing=True)
 
 
+@dataclasses.dataclass
+class Partition:
+    """This process's share of the batches when several workers evaluate together.
+
+    Worker `index` of `count` attacks the batches `b` with `b % count == index`
+    (whole batches, so that every batch is attacked exactly as one process
+    would attack it); `gather(data) -> [data of each worker]` is an all-gather
+    of bytes over the workers (through the strategy's collectives, see
+    `training.distribute.all_gather_bytes`), after which every worker holds
+    every result.
+
+    Attributes:
+        index: this worker's share, `0 <= index < count`.
+        count: the number of workers.
+        gather: the all-gather; needed when `count > 1`.
+        name: put before this worker's progress lines.
+    """
+
+    index: int = 0
+    count: int = 1
+    gather: object = None
+    name: str = ""
+
+    def owns(self, batch):
+        return batch % self.count == self.index
+
+
+@dataclasses.dataclass
+class _Run:
+    label: str
+    spec: AttackSpec
+    source: str
+    run: object  # The attack on (x, y), compiled when it may be.
+    attack_fn: object
+    entry: object
+
+
 def robustness_report(
     model_fn,
     dataset,
@@ -91,22 +141,36 @@ def robustness_report(
     num_examples=None,
     verbose=1,
     per_example=False,
+    store=None,
+    partition=None,
 ):
     """Measures clean error, error under each attack, and the worst case over them.
 
     Args:
         model_fn: the target; float images -> logits.
-        dataset: batched `(images, labels)`.
+        dataset: batched `(images, labels)`; its batches (up to
+            `num_examples` examples) are read into memory first.
         attack_specs: list of `AttackSpec`.
         sources: optional `{name: model_fn}` of source models for transfer
             attacks; each attack is then crafted on every source (labels
             `"<attack>@<source>"` when there is more than one source) and
             never on the target.
         num_examples: stop after this many examples (default: the whole dataset).
-        verbose: 1 shows a progress bar on stderr (stdout stays free for
-            the table), 0 is silent.
+        verbose: 0 silent; 1 progress on stderr (stdout stays free for the
+            table), a Keras progress bar on a terminal and one line per batch
+            and attack stage elsewhere; 2 lines even on a terminal
+            (`evaluation.progress`).
         per_example: also return `"per_example": {"clean": [bool], label:
             [bool]}`, whether each example is classified correctly.
+        store: an `evaluation.store.ResultStore`: units (one per batch and
+            attack) found there are used instead of computed, units computed
+            are saved there at once. The results do not depend on which units
+            were restored: a resumed report equals an uninterrupted one but
+            for the times, provided every attack's randomness is seeded (as
+            `evaluate` seeds it; a defence layer that is random at inference
+            is not).
+        partition: a `Partition`: attack only this worker's batches, then
+            gather every worker's units; every worker returns the whole report.
 
     Returns:
         A JSON-ready dict: `{"num_examples", "clean_error", "clean_accuracy",
@@ -114,114 +178,200 @@ def robustness_report(
         "mean_l2", "fooled", "fooled_mean_linf", "fooled_mean_l2", "source",
         "seconds", <params>}}}`; `fooled` is the fraction of examples the
         attack flips, the `fooled_mean_*` norms are averaged over them
-        (`None` when there are none). `robust_accuracy` (worst case per
-        example over the L-inf rows, named in `robust_accuracy_attacks`; `None`
-        without such rows) and `black_box_only_fooled` (`None` unless both
-        white-box and black-box L-inf attacks ran on the target) complete it.
+        (`None` when there are none). A composite attack (AutoAttack) also
+        has `"stages": {stage: {"attacked", "fooled", "seconds"}}`.
+        `robust_accuracy` (worst case per example over the L-inf rows, named
+        in `robust_accuracy_attacks`; `None` without such rows) and
+        `black_box_only_fooled` (`None` unless both white-box and black-box
+        L-inf attacks ran on the target) complete it. The timing fields are
+        `attacks.<label>.seconds` and `attacks.<label>.stages.<stage>.seconds`.
 
     Raises:
         ValueError: if two attacks have the same label (their counts would
             be added up), or the dataset yields no example.
     """
-    runs = []  # (label, spec, source name, compiled attack, attack_fn)
+    runs = []
     source_items = list((sources or {"target": None}).items())
     for spec in attack_specs:
         attack_fn = attacks.make_attack(spec.name, **spec.params)
         for src_name, src_fn in source_items:
             label = spec.label if len(source_items) == 1 else f"{spec.label}@{src_name}"
-            if any(label == r[0] for r in runs):
+            if any(label == r.label for r in runs):
                 raise ValueError(
                     f"two attacks have the label {label!r}; give them distinct "
                     "`AttackSpec.label`s"
                 )
             compiled = _compiled(attack_fn, src_fn or spec.model_fn or model_fn)
-            runs.append((label, spec, src_name, compiled, attack_fn))
+            runs.append(_Run(label, spec, src_name, compiled, attack_fn, attacks.get_entry(spec.name)))
     target = tf.function(model_fn, reduce_retracing=True)
+    partition = partition or Partition()
 
-    n = 0
-    clean_wrong = 0
-    correct = {"clean": []}
-    correct.update({label: [] for label, *_ in runs})
-    counters = ("wrong", "linf", "l2", "fooled", "fooled_linf", "fooled_l2", "seconds")
-    stats = {label: dict.fromkeys(counters, 0) for label, *_ in runs}
-    total = num_examples
-    cardinality = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
-    if total is None and cardinality > 0 and hasattr(dataset, "element_spec"):
-        batch = dataset.element_spec[0].shape[0]
-        total = cardinality * batch if batch else None
-    # Keras' Progbar writes to stdout; send it to stderr so that stdout
-    # carries only results (`evaluate ... > table.txt`).
-    with contextlib.redirect_stdout(sys.stderr):
-        progbar = keras.utils.Progbar(total, stateful_metrics=["clean_err"]) if verbose else None
-        for x, y in dataset:
-            if num_examples is not None and n >= num_examples:
-                break
-            if num_examples is not None and n + len(y) > num_examples:
-                x, y = x[: num_examples - n], y[: num_examples - n]
-            y = tf.cast(y, tf.int64)
-            clean_pred = tf.argmax(target(x), axis=-1)
-            clean_right = clean_pred == y
-            clean_wrong += int(tf.reduce_sum(tf.cast(~clean_right, tf.int32)))
-            correct["clean"].append(clean_right.numpy())
-            for label, spec, src_name, run, _ in runs:
-                start = time.perf_counter()
-                x_adv = run(x, y)
-                adv_wrong = tf.argmax(target(x_adv), axis=-1) != y
-                correct[label].append(~adv_wrong.numpy())
-                st = stats[label]
-                st["wrong"] += int(tf.reduce_sum(tf.cast(adv_wrong, tf.int32)))
-                st["seconds"] += time.perf_counter() - start
-                delta = tf.reshape(x_adv - x, (tf.shape(x)[0], -1))
-                linf = tf.reduce_max(tf.abs(delta), axis=1)
-                l2 = tf.norm(delta, axis=1)
-                flipped = tf.cast(clean_right & adv_wrong, linf.dtype)
-                st["linf"] += float(tf.reduce_sum(linf))
-                st["l2"] += float(tf.reduce_sum(l2))
-                st["fooled"] += int(tf.reduce_sum(flipped))
-                st["fooled_linf"] += float(tf.reduce_sum(linf * flipped))
-                st["fooled_l2"] += float(tf.reduce_sum(l2 * flipped))
-            n += int(len(y))
-            if progbar is not None:
-                progbar.update(n, [("clean_err", clean_wrong / n)])
-        if progbar is not None and n != total:
-            print()  # Progbar leaves the line open when it does not know the total.
-    if n == 0:
+    batches = _read_batches(dataset, num_examples)
+    if not batches:
         raise ValueError("the dataset yielded no examples to evaluate")
+    sizes = [len(y) for _, y in batches]
+    own = [b for b in range(len(batches)) if partition.owns(b)]
+    progress = Progress(
+        choose_mode(verbose),
+        total=sum(sizes[b] for b in own),
+        num_batches=len(batches),
+        planned={r.label: sum(sizes[b] for b in own) for r in runs},
+        units=len(own) * len(runs),
+        prefix=partition.name,
+    )
+    if store is not None:
+        found = sum(
+            os.path.exists(store.path(b, unit_key(i)))
+            for b in own for i in range(len(runs))
+        )
+        if found:
+            progress.message(
+                f"continuing the evaluation in {store.workdir}: {found} of "
+                f"{len(own) * len(runs)} batch and attack results are there"
+            )
+    units = {}
+    reached = robust = 0
+    for b in own:
+        x, y = tf.constant(batches[b][0]), tf.constant(batches[b][1])
+        clean, _ = _unit(store, b, unit_key(), lambda: _clean_unit(target, x, y))
+        units[(b, unit_key())] = clean
+        alive = np.array(clean["correct"], bool)
+        reached += len(alive)
+        robust += int(alive.sum())
+        for i, r in enumerate(runs):
+            unit, fresh = _unit(
+                store, b, unit_key(i), functools.partial(_attack_unit, r, target, x, y, progress, b)
+            )
+            units[(b, unit_key(i))] = unit
+            progress.count(r.label, len(alive), unit["seconds"])
+            if r.entry.norm == "linf":
+                survived = alive & np.array(unit["correct"], bool)
+                robust -= int(alive.sum() - survived.sum())
+                alive = survived
+            if fresh:
+                progress.unit(b, r.label, reached=reached, robust=robust)
+            else:
+                progress.skip(1)
+    progress.close()
+    if partition.count > 1:
+        units = {
+            k: v for data in partition.gather(store_lib.pack(units))
+            for k, v in store_lib.unpack(data).items()
+        }
+    return _summarize(runs, units, sizes, sources, per_example)
 
+
+def _read_batches(dataset, num_examples):
+    """The dataset's batches as NumPy `(images, int64 labels)`, cut at `num_examples`."""
+    out, n = [], 0
+    for x, y in dataset:
+        if num_examples is not None and n >= num_examples:
+            break
+        x, y = np.asarray(x), np.asarray(y).astype(np.int64)
+        if num_examples is not None and n + len(y) > num_examples:
+            x, y = x[: num_examples - n], y[: num_examples - n]
+        if len(y):
+            out.append((x, y))
+            n += len(y)
+    return out
+
+
+def _unit(store, batch, key, compute):
+    """`(unit, fresh)`: the unit `(batch, key)` from `store` if it is there
+    (`fresh` False), else `compute()`d and saved at once (`fresh` True)."""
+    unit = store.load(batch, key) if store is not None else None
+    if unit is not None:
+        return unit, False
+    unit = compute()
+    if store is not None:
+        store.save(batch, key, unit)
+    return unit, True
+
+
+def _clean_unit(target, x, y):
+    start = time.perf_counter()
+    right = (tf.argmax(target(x), axis=-1) == y).numpy()
+    return {"correct": right, "seconds": time.perf_counter() - start}
+
+
+def _attack_unit(r, target, x, y, progress, batch):
+    """One attack on one batch: per example, right or wrong on the target, and the norms."""
+    stages = []
+    extra = {}
+    if "on_stage" in r.entry.params:  # A composite attack that reports its stages.
+
+        def on_stage(stage, attacked, left, seconds):
+            stages.append({"stage": stage, "attacked": attacked, "robust": left, "seconds": seconds})
+            progress.stage(batch, r.label, stage, attacked=attacked, robust=left)
+
+        extra["on_stage"] = on_stage
+    start = time.perf_counter()
+    x_adv = r.run(x, y, **extra)
+    adv_wrong = (tf.argmax(target(x_adv), axis=-1) != y).numpy()
+    seconds = time.perf_counter() - start
+    delta = tf.reshape(tf.cast(x_adv, x.dtype) - x, (tf.shape(x)[0], -1))
+    unit = {
+        "correct": ~adv_wrong,
+        "linf": tf.reduce_max(tf.abs(delta), axis=1).numpy(),
+        "l2": tf.norm(delta, axis=1).numpy(),
+        "seconds": seconds,
+        "label": r.label,
+        "seed": _jsonable(r.spec.params.get("seed")),
+    }
+    if "on_stage" in extra:
+        unit["stages"] = stages
+    return unit
+
+
+def _summarize(runs, units, sizes, sources, per_example):
+    """The report from every batch's units, in batch order."""
+    order = range(len(sizes))
+    clean = np.concatenate([np.array(units[(b, unit_key())]["correct"], bool) for b in order])
+    n = len(clean)
+    clean_wrong = int(n - clean.sum())
     report = {
         "num_examples": n,
         "clean_error": clean_wrong / n,
         "clean_accuracy": (n - clean_wrong) / n,
         "attacks": {},
     }
-    for label, spec, src_name, _, attack_fn in runs:
-        st = stats[label]
+    correct = {"clean": clean}
+    for i, r in enumerate(runs):
+        us = [units[(b, unit_key(i))] for b in order]
+        right = np.concatenate([np.array(u["correct"], bool) for u in us])
+        linf = np.concatenate([np.asarray(u["linf"], np.float64) for u in us])
+        l2 = np.concatenate([np.asarray(u["l2"], np.float64) for u in us])
+        flipped = clean & ~right
+        fooled = int(flipped.sum())
+        wrong = int(n - right.sum())
         entry = {
-            "attack": spec.name,
-            "norm": attacks.get_entry(spec.name).norm,
-            "error": st["wrong"] / n,
-            "accuracy": (n - st["wrong"]) / n,
-            "mean_linf": st["linf"] / n,
-            "mean_l2": st["l2"] / n,
-            "fooled": st["fooled"] / n,
-            "fooled_mean_linf": st["fooled_linf"] / st["fooled"] if st["fooled"] else None,
-            "fooled_mean_l2": st["fooled_l2"] / st["fooled"] if st["fooled"] else None,
-            "source": "white-box" if sources is None else src_name,
-            "seconds": round(st["seconds"], 2),
+            "attack": r.spec.name,
+            "norm": r.entry.norm,
+            "error": wrong / n,
+            "accuracy": (n - wrong) / n,
+            "mean_linf": float(linf.sum() / n),
+            "mean_l2": float(l2.sum() / n),
+            "fooled": fooled / n,
+            "fooled_mean_linf": float(linf[flipped].sum() / fooled) if fooled else None,
+            "fooled_mean_l2": float(l2[flipped].sum() / fooled) if fooled else None,
+            "source": "white-box" if sources is None else r.source,
+            "seconds": round(sum(float(u["seconds"]) for u in us), 2),
         }
-        if spec.adaptive and sources is None:
-            entry["adaptive"] = spec.adaptive
-        entry.update({k: _jsonable(v) for k, v in attack_fn.bound_params.items()})
-        report["attacks"][label] = entry
-    correct = {k: np.concatenate(v) for k, v in correct.items()}
-    linf = [label for label, spec, *_ in runs if attacks.get_entry(spec.name).norm == "linf"]
-    worst = np.logical_and.reduce([correct["clean"]] + [correct[k] for k in linf])
-    report["robust_accuracy"] = float(worst.mean()) if linf else None
-    report["robust_accuracy_attacks"] = linf
-    kind = {k: attacks.get_entry(report["attacks"][k]["attack"]) for k in linf}
-    black = [k for k in linf if kind[k].black_box]
+        if "on_stage" in r.entry.params:
+            entry["stages"] = _stages(us)
+        if r.spec.adaptive and sources is None:
+            entry["adaptive"] = r.spec.adaptive
+        entry.update({k: _jsonable(v) for k, v in r.attack_fn.bound_params.items()})
+        report["attacks"][r.label] = entry
+        correct[r.label] = right
+    linf_labels = [r.label for r in runs if r.entry.norm == "linf"]
+    worst = np.logical_and.reduce([correct["clean"]] + [correct[k] for k in linf_labels])
+    report["robust_accuracy"] = float(worst.mean()) if linf_labels else None
+    report["robust_accuracy_attacks"] = linf_labels
+    kind = {r.label: r.entry for r in runs}
+    black = [k for k in linf_labels if kind[k].black_box]
     # AutoAttack runs Square itself: it is neither side of the comparison.
-    white = [k for k in linf if not kind[k].black_box and not kind[k].composite]
+    white = [k for k in linf_labels if not kind[k].black_box and not kind[k].composite]
     report["black_box_only_fooled"] = None
     if black and white and sources is None:
         survived = np.logical_and.reduce([correct[k] for k in white])
@@ -230,6 +380,20 @@ def robustness_report(
     if per_example:
         report["per_example"] = {k: v.tolist() for k, v in correct.items()}
     return report
+
+
+def _stages(units):
+    """A composite attack's stages summed over batches: `{stage: {attacked, fooled, seconds}}`."""
+    out = {}
+    for u in units:
+        for st in u.get("stages", []):
+            e = out.setdefault(st["stage"], {"attacked": 0, "fooled": 0, "seconds": 0.0})
+            e["attacked"] += int(st["attacked"])
+            e["fooled"] += int(st["attacked"]) - int(st["robust"])
+            e["seconds"] += float(st["seconds"])
+    for e in out.values():
+        e["seconds"] = round(e["seconds"], 2)
+    return out
 
 
 def format_report(report):
@@ -291,6 +455,7 @@ _NOT_PARAMS = frozenset(
         "fooled_mean_l2",
         "source",
         "seconds",
+        "stages",
     }
 )
 

@@ -54,7 +54,8 @@ from at2l_tf.errors import ConfigError, Interrupted
 # Settings that may change between a run and its resume: they do not change the weights.
 # The precision is compared as resolved (`Backup.check_precision`), not as asked
 # (`auto` may resolve to another policy on another machine).
-IGNORED = ("workdir", "export_dir", "eval", "train.save_every_steps", "train.mixed_precision")
+IGNORED = ("workdir", "export_dir", "serving_input_check", "eval", "train.save_every_steps",
+           "train.mixed_precision")
 STATE_FILE = "state.npz"
 
 

@@ -221,6 +221,46 @@ def shard_for_worker(ds, worker):
     return ds.shard(worker.num_workers, worker.shard_index).take(n // worker.num_workers)
 
 
+def all_gather_bytes(strategy, worker, data):
+    """Every worker's `data` on every worker, through `strategy`'s collectives.
+
+    Each worker passes its own bytes; each gets back the list of all workers'
+    bytes in `shard_index` order. Two all-reduce sums carry them (first the
+    lengths, then the bytes, each worker's in its own row of a zero matrix), so
+    no file is shared and the workers need no common filesystem. Every worker
+    must call it (it is a collective). Used by `evaluate` to collect the
+    per-example results of each worker's share; the values travel as float32,
+    exact for bytes (0-255) added to zeros.
+
+    Args:
+        strategy: the `MultiWorkerMirroredStrategy` (or any strategy, for one worker).
+        worker: this process's `Worker`.
+        data: this worker's bytes.
+
+    Returns:
+        `[bytes of worker 0, bytes of worker 1, ...]`.
+    """
+    n, i = worker.num_workers, worker.shard_index
+    if n == 1:
+        return [bytes(data)]
+    lengths = np.zeros([n], np.float32)
+    lengths[i] = len(data)
+    lengths = _all_sum(strategy, lengths).astype(np.int64)
+    rows = np.zeros([n, int(lengths.max())], np.float32)
+    rows[i, : len(data)] = np.frombuffer(data, np.uint8)
+    rows = _all_sum(strategy, rows)
+    return [rows[k, : lengths[k]].astype(np.uint8).tobytes() for k in range(n)]
+
+
+def _all_sum(strategy, array):
+    """The sum of `array` over the workers (an all-reduce; every worker calls it)."""
+    # Lengths above 2**24 would not be exact in float32.
+    if array.size and float(np.max(array)) >= 2**24:
+        raise ValueError(f"all_gather_bytes carries at most {2**24 - 1} bytes per worker")
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(array), axis=None)
+    return np.asarray(total)
+
+
 def distribute_per_worker(strategy, ds):
     """A per-worker dataset as the distributed dataset `fit` takes as it is.
 
@@ -239,6 +279,7 @@ def distribute_per_worker(strategy, ds):
 __all__ = [
     "STRATEGIES",
     "Worker",
+    "all_gather_bytes",
     "check_batch_size",
     "distribute_per_worker",
     "make_strategy",

@@ -68,6 +68,92 @@ def test_checkpoint_schedule_of_short_runs_stays_inside_the_run():
         assert points == sorted(set(points)) and all(1 <= w <= steps for w in points)
 
 
+# ------------------------------------------------------------------ step size and restarts
+
+
+def _scripted_loss_model(losses, signs):
+    """A 2-class model whose cross-entropy on label 1 follows a script, call by call.
+
+    Call `t` (0: the random start, t: iteration t) gives logits
+    `[c_t + 0.01 * sign_t * mean(z), 0]`, so CE(z, 1) = softplus(c_t + ...):
+    the loss is `losses[t]` up to ±0.006 whatever the point, and the gradient's
+    sign, `signs[t]`, moves the iterate up or down. `c_t < 0`: never fooled.
+    """
+    counter = tf.Variable(0, dtype=tf.int32)
+    # c_t with softplus(c_t) = losses[t].
+    c = tf.constant(np.log(np.expm1(np.asarray(losses, np.float64))), tf.float32)
+    sign = tf.constant(signs, tf.float32)
+
+    def model_fn(z):
+        t = counter.assign_add(1) - 1
+        m = tf.reduce_mean(z, axis=[1, 2, 3])
+        first = tf.gather(c, t) + 0.01 * tf.gather(sign, t) * m
+        return tf.stack([first, tf.zeros_like(m)], axis=1)
+
+    return model_fn
+
+
+def _states(losses, steps, eps=0.1):
+    assert len(losses) == steps + 1 and max(losses) < np.log(2)  # Label 1 stays predicted.
+    signs = [1.0 if t % 2 else -1.0 for t in range(steps + 1)]
+    x = np.full((1, 2, 2, 1), 0.5, np.float32)
+    y = np.array([1])
+    params = dict(loss="ce", eps=eps, steps=steps, rho=apgd.RHO, clip_min=0.0, clip_max=1.0,
+                  seed=0)
+    states = list(apgd._iterations(_scripted_loss_model(losses, signs), x, y, y, 0, params))
+    for t, s in enumerate(states):  # The script is what the attack saw.
+        assert int(s["i"]) == t and abs(float(s["loss_prev"][0]) - losses[t]) < 0.01
+        assert not bool(s["fooled"][0])
+    return [{k: np.asarray(v) for k, v in s.items()} for s in states]
+
+
+def test_a_stalling_loss_halves_eta_at_the_checkpoint_and_restarts_from_the_best_point():
+    steps, eps = 20, 0.1
+    (w, interval), *_ = apgd.checkpoints(steps)
+    assert (w, interval) == (4, 4)  # Condition 1 fires with fewer than 0.75 * 4 rises.
+    # Up for two iterations, then down: 2 rises in the interval, the best at iteration 2.
+    losses = [0.3, 0.45, 0.6, 0.55, 0.5] + [0.5 - 0.02 * k for k in range(1, steps - 3)]
+    states = _states(losses, steps, eps)
+    for t in range(w):
+        assert states[t]["eta"][0] == pytest.approx(2 * eps), t  # eta_0 = 2 eps until then.
+    assert states[w]["eta"][0] == pytest.approx(eps)  # Halved at the checkpoint...
+    # ...and the next step starts from the best point, with its gradient.
+    best = states[2]
+    assert not np.array_equal(best["x_adv"], states[w - 1]["x_adv"])  # The points differ.
+    np.testing.assert_array_equal(states[w]["x_adv"], best["x_adv"])
+    np.testing.assert_array_equal(states[w]["grad"], best["grad"])
+    np.testing.assert_array_equal(states[w]["x_best"], best["x_adv"])
+    # The loss falls through the next interval too: halved again at its end.
+    w2, _ = apgd.checkpoints(steps)[1]
+    assert states[w2 - 1]["eta"][0] == pytest.approx(eps)
+    assert states[w2]["eta"][0] == pytest.approx(eps / 2)
+
+
+def test_a_loss_that_rises_but_stays_below_its_best_halves_at_the_next_checkpoint():
+    # Condition 2: eta was not halved at the last checkpoint and the best loss
+    # has not improved since, although the loss rose in every step of the interval.
+    steps, eps = 20, 0.1
+    (w1, _), (w2, k2), *_ = apgd.checkpoints(steps)
+    assert (w1, w2, k2) == (4, 7, 3)
+    # Interval 1: 3 rises of 4 (no condition 1), the best at iteration 3.
+    # Interval 2: 3 rises of 3, all below that best.
+    losses = [0.1, 0.2, 0.3, 0.6, 0.1, 0.2, 0.3, 0.4] + [0.5] * (steps - 7)
+    states = _states(losses, steps, eps)
+    assert states[w1]["eta"][0] == pytest.approx(2 * eps)  # Not halved at the first checkpoint.
+    assert states[w2]["eta"][0] == pytest.approx(eps)  # Halved at the second,
+    np.testing.assert_array_equal(states[w2]["x_adv"], states[3]["x_adv"])  # from the best.
+
+
+def test_a_loss_that_keeps_rising_keeps_its_step_size_and_its_path():
+    steps, eps = 20, 0.1
+    losses = list(np.linspace(0.05, 0.6, steps + 1))
+    states = _states(losses, steps, eps)
+    for t, s in enumerate(states):
+        assert s["eta"][0] == pytest.approx(2 * eps), t  # Never halved.
+        np.testing.assert_array_equal(s["x_best"], s["x_adv"])  # Every iterate is the best.
+    assert len(apgd.checkpoints(steps)) > 3  # Several checkpoints were passed.
+
+
 # ------------------------------------------------------------------ bounds and arguments
 
 
@@ -136,13 +222,13 @@ def test_targeted_version_runs_each_target_on_the_ranked_classes(
 ):
     x, y = clean_batch[0][:4], clean_batch[1][:4]
     seen = []
-    real = apgd._compiled_run
+    real = apgd._eager_run
 
     def recording(model_fn, x, y, target, run, params):
         seen.append((np.asarray(target), int(run), int(x.shape[0])))
         return real(model_fn, x, y, target, run, params)
 
-    monkeypatch.setattr(apgd, "_compiled_run", recording)
+    monkeypatch.setattr(apgd, "_eager_run", recording)
     # eps this small fools nothing, so every run sees every example.
     apgd.apgd_t(model_fn, x, y, eps=1e-6, steps=2, target_classes=target_classes,
                 restarts=restarts)
@@ -158,13 +244,13 @@ def test_targeted_version_runs_each_target_on_the_ranked_classes(
 def test_restarts_run_only_on_the_examples_not_yet_fooled(model_fn, clean_batch, monkeypatch):
     x, y = clean_batch
     sizes = []
-    real = apgd._compiled_run
+    real = apgd._eager_run
 
     def recording(model_fn, x, y, target, run, params):
         sizes.append(int(x.shape[0]))
         return real(model_fn, x, y, target, run, params)
 
-    monkeypatch.setattr(apgd, "_compiled_run", recording)
+    monkeypatch.setattr(apgd, "_eager_run", recording)
     x_adv = apgd.apgd_ce(model_fn, x, y, eps=EPS, steps=STEPS, restarts=3)
     fooled = int((~_correct(model_fn, x_adv, y)).sum())
     assert sizes[0] == len(x) and fooled > 0
@@ -243,3 +329,17 @@ def test_autoattack_standard_runs_square_on_what_apgd_left(model_fn, clean_batch
     x_adv = np.asarray(autoattack(model_fn, x, y, eps=0.02, steps=2, queries=30))
     assert np.max(np.abs(x_adv - x)) <= 0.02 + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_fooled_is_what_the_target_says_of_the_returned_points(model_fn, clean_batch):
+    # What AutoAttack relies on instead of a forward pass of its own per stage.
+    from at2l_tf.attacks.square import run_square
+
+    x, y = clean_batch[0][:32], clean_batch[1][:32]
+    for x_adv, fooled in (
+        apgd.run_apgd(model_fn, x, y, loss="ce", eps=EPS, steps=5),
+        apgd.run_apgd(model_fn, x, y, loss="dlr-targeted", eps=EPS, steps=3, target_classes=2),
+        run_square(model_fn, x, y, eps=EPS, queries=30, seed=0),
+    ):
+        np.testing.assert_array_equal(np.asarray(fooled), ~_correct(model_fn, x_adv, y))
+        assert 0 < np.sum(fooled) < len(y)

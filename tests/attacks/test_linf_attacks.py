@@ -122,3 +122,21 @@ def test_zero_steps_raises_naming_the_value(name, model_fn, clean_batch):
     x, y = clean_batch
     with pytest.raises(ValueError, match=r"steps=0"):
         attacks.get_attack(name)(model_fn, x, y, eps=EPS, steps=0)
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm_rs"])
+def test_a_seeded_random_start_depends_on_the_inputs_only(name, model_fn, clean_batch):
+    # What `evaluate` needs to resume a run or split it over workers: a seeded
+    # call gives the same adversarials whatever ran before it, in any process.
+    x, y = clean_batch[0][:8], clean_batch[1][:8]
+    attack = attacks.get_attack(name)
+    params = {"steps": 3, "restarts": 2} if name == "pgd" else {}
+    keras.utils.set_random_seed(1)
+    first = np.asarray(attack(model_fn, x, y, eps=0.1, seed=4, **params))
+    attack(model_fn, x, y, eps=0.1, **params)  # Draws from the global generator.
+    keras.utils.set_random_seed(2)
+    again = np.asarray(attack(model_fn, x, y, eps=0.1, seed=4, **params))
+    np.testing.assert_array_equal(first, again)
+    other = np.asarray(attack(model_fn, x, y, eps=0.1, seed=5, **params))
+    assert not np.array_equal(first, other)
+    assert np.max(np.abs(first - x)) <= 0.1 + 1e-6

@@ -386,12 +386,11 @@ def bench_apgd(model_name, test_arrays, cfg, record, art):
     `--apgd_steps` iterations, one random start, eps `--eps`, initial step
     2 eps, seed `--seed` (ours; ART draws from NumPy's global generator).
 
-    Ours varies from one process to the next here: with oneDNN (at2l_tf's
-    default), a `tf.while_loop` around the model's gradient runs, per trace and
-    at random, either at the speed of unrolled PGD steps or up to ~1.7x slower
-    (mnist_small, 2-core Xeon; not seen with TF_ENABLE_ONEDNN_OPTS=0, nor for
-    our unrolled PGD). A run keeps its trace, so all its rounds agree; compare
-    `attack_s_per_batch` of `ours_apgd` / 100 with `ours_pgd` / 10 to tell.
+    Ours is a Python loop over one compiled APGD iteration (`attacks.apgd`): a
+    `tf.while_loop` around the model's gradient used to run, per trace and at
+    random, at the speed of unrolled PGD steps or up to ~1.7x slower with oneDNN
+    (the figures in `speed_attacks_cpu.json` were measured with that loop).
+    Compare `attack_s_per_batch` of `ours_apgd` / 100 with `ours_pgd` / 10.
     """
     if art is None:
         record["apgd_vs_art"] = None
@@ -403,7 +402,7 @@ def bench_apgd(model_name, test_arrays, cfg, record, art):
     # the examples misclassified at the start of a run (ours: `fooled` from the
     # clean logits, then only the rest is gathered and attacked; ART: only its
     # `sample_is_robust` are attacked), and neither stops within a run (ours: a
-    # fixed-length `tf.while_loop`; ART: only once every example's loss is
+    # fixed number of iterations; ART: only once every example's loss is
     # exactly 0, which cross-entropy does not reach here); with one restart there
     # is no later run. With its predictions as labels, every one of the 128 images
     # is attacked for all `n` iterations on both sides. With the true labels the
@@ -413,7 +412,7 @@ def bench_apgd(model_name, test_arrays, cfg, record, art):
     art_apgd = benchlib.art_apgd(art, clf, eps, n, bs)
     contenders = {
         # Called eagerly, as evaluate calls it (the registry does not compile APGD):
-        # each run is one compiled tf.while_loop.
+        # a Python loop over one compiled iteration.
         "ours_apgd": lambda: attacks.apgd_ce(
             model_fn, x, labels, eps=eps, steps=n, restarts=1, seed=cfg["seed"]
         ).numpy(),

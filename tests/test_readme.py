@@ -199,3 +199,8 @@ def test_mixed_precision_tables_are_the_committed_runs():
     study = _printed_table("precision_study.py", "precision_study_mnist.json")
     assert len(speed) == 6 and len(study) == 5
     assert all(line in bench for line in speed + study)
+
+
+def test_objectives_comparison_table_is_the_committed_run():
+    lines = _printed_table("compare_objectives.py", "compare_objectives_mnist.json")
+    assert len(lines) == 11 and all(line in _bench().splitlines() for line in lines)

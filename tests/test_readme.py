@@ -204,3 +204,5 @@ def test_mixed_precision_tables_are_the_committed_runs():
 def test_objectives_comparison_table_is_the_committed_run():
     lines = _printed_table("compare_objectives.py", "compare_objectives_mnist.json")
     assert len(lines) == 11 and all(line in _bench().splitlines() for line in lines)
+    lines = _printed_table("compare_objectives.py", "compare_objectives_mnist_mart_pretrain.json")
+    assert len(lines) == 3 and all(line.strip() in _bench() for line in lines)

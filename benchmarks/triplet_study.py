@@ -213,7 +213,15 @@ def phase_pilot(study, budget):
            *tuned_train_flags(study, REFERENCE), f"--epochs={FLAGS.pilot_epochs}",
            f"--mixed_precision={FLAGS.precision}", f"--workdir={workdir}",
            "--export_dir=", "--eval_examples=0", "--seed=0"]
-    seconds, _ = _run(cmd, "pilot")
+    results = os.path.join(workdir, "results.json")
+    checkpoints = [os.path.join(workdir, "checkpoints", f"epoch-{e:02d}.weights.h5")
+                   for e in range(1, FLAGS.pilot_epochs + 1)]
+    if os.path.exists(results) and all(os.path.exists(c) for c in checkpoints):
+        with open(results) as f:  # Trained in an earlier call that stopped while judging it.
+            seconds = json.load(f)["train_seconds"]
+        _log(f"reusing the finished pilot run in {workdir}")
+    else:
+        seconds, _ = _run(cmd, "pilot")
     curve = []
     for epoch in range(1, FLAGS.pilot_epochs + 1):
         weights = os.path.join(workdir, "checkpoints", f"epoch-{epoch:02d}.weights.h5")
@@ -232,9 +240,11 @@ def _validation_robust_accuracy(workdir, weights):
     import keras
 
     from at2l_tf import data, evaluation, precision
+    from at2l_tf.training.at2l_model import AT2LModel
 
     model = precision.to_float32(keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False))
-    model.load_weights(weights)
+    # The epoch checkpoints are the training wrapper's weights (the classifier inside it).
+    AT2LModel(model, defense="none").load_weights(weights)
     ds = data.make_pipeline(data.load("mnist", "validation", max_examples=1000), batch_size=500)
     spec = evaluation.AttackSpec("apgd_ce", {"eps": 0.3, "steps": 20, "restarts": 1})
     return evaluation.robustness_report(lambda x: model(x, training=False), ds, [spec], verbose=0)["robust_accuracy"]

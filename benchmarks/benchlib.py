@@ -8,7 +8,6 @@ import importlib.metadata
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 import warnings
@@ -81,26 +80,12 @@ def version(dist):
 
 
 def git_commit():
-    """The checked-out commit the benchmark runs from, `+dirty` if code differs from it.
+    """The checked-out commit the benchmark runs from, `+dirty` if tracked Python
+    files differ from it; None outside a git checkout (`evaluation.record.git_commit`,
+    which robustness records use too)."""
+    from at2l_tf.evaluation.record import git_commit as commit_of
 
-    Only changes to tracked Python files count (a results file or the README
-    being edited does not change what ran). None outside a git checkout.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args):
-        return subprocess.run(
-            ["git", *args], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not commit:
-        return None
-    return commit + ("+dirty" if changed else "")
+    return commit_of(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_art():

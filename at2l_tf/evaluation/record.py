@@ -155,10 +155,11 @@ def format_records(model_dir):
     return "\n".join(lines)
 
 
-def git_commit():
-    """The commit of the package's git checkout, `+dirty` if tracked Python files
-    differ from it; `None` when the package is not a git checkout."""
-    here = os.path.dirname(os.path.abspath(at2l_tf.__file__))
+def git_commit(directory=None):
+    """The commit of the git checkout holding `directory` (default: the package's),
+    `+dirty` if tracked Python files differ from it (a results file or the README
+    being edited does not change what ran); `None` outside a git checkout."""
+    here = directory or os.path.dirname(os.path.abspath(at2l_tf.__file__))
 
     def git(*args):
         return subprocess.run(
@@ -170,7 +171,9 @@ def git_commit():
         changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
     except (OSError, subprocess.SubprocessError):
         return None
-    return (commit + ("+dirty" if changed else "")) or None
+    if not commit:
+        return None
+    return commit + ("+dirty" if changed else "")
 
 
 __all__ = ["RECORD_FILE", "format_records", "git_commit", "make_record", "read_records",

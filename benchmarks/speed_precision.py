@@ -151,10 +151,7 @@ def markdown(record):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.markdown_from:
-        benchlib.print_markdown_from(FLAGS.markdown_from, markdown)
+    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     if FLAGS.policy not in POLICIES:
         raise ConfigError(f"unknown policy {FLAGS.policy!r}; known: {', '.join(POLICIES)}")

@@ -13,3 +13,21 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+
+@pytest.fixture
+def parse():
+    """`parse(*args)`: the train command's flags parsed into an (unvalidated) `ExperimentConfig`."""
+    from at2l_tf import train
+
+    def _parse(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["train", *args])
+        return train.config_from_flags()
+
+    yield _parse
+    flags.FLAGS.unparse_flags()

@@ -8,25 +8,12 @@ import sys
 import textwrap
 
 import pytest
-from absl import flags
 
 from at2l_tf import config as config_lib
-from at2l_tf import train
 from at2l_tf.errors import ConfigError
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 TF_CHATTER = ("E0000", "I0000", "W0000", "WARNING: All log")
-
-
-@pytest.fixture
-def parse():
-    def _parse(*args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", *args])
-        return train.config_from_flags()
-
-    yield _parse
-    flags.FLAGS.unparse_flags()
 
 
 def test_every_new_flag_reaches_the_built_model(parse):

@@ -10,10 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from at2l_tf import config as config_lib
-from at2l_tf import precision, savedmodel, train
+from at2l_tf import precision, savedmodel
 from at2l_tf.errors import ConfigError
 from at2l_tf.training import backup as backup_lib
 
@@ -88,15 +87,10 @@ def test_a_bf16_classifier_gives_float32_logits_losses_and_attacks(tmp_path):
     assert per_example.dtype == tf.float32
 
 
-def test_the_flag_reaches_the_built_model():
+def test_the_flag_reaches_the_built_model(parse):
     from at2l_tf import experiment
 
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["train", "--mixed_precision=bfloat16"])
-        cfg = train.config_from_flags().validate()
-    finally:
-        flags.FLAGS.unparse_flags()
+    cfg = parse("--mixed_precision=bfloat16").validate()
     assert cfg.train.mixed_precision == "bfloat16"
     model = experiment.build_model(cfg)
     assert precision.policies_of(model.classifier) == {"mixed_bfloat16", "float32"}

@@ -10,19 +10,7 @@ import pytest
 from absl import flags
 
 from at2l_tf import config as config_lib
-from at2l_tf import train
 from at2l_tf.errors import ConfigError
-
-
-@pytest.fixture
-def parse():
-    def _parse(*args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train", *args])
-        return train.config_from_flags()
-
-    yield _parse
-    flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize(

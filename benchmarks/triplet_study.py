@@ -95,10 +95,17 @@ OBJECTIVES = {
                "tune": [NO_L1, L2, ALPHA, NO_BETA, NO_NORMS]},
     "trades": {"label": "TRADES", "train": ["--defense=trades"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]},
     "trades_best": {"label": "TRADES + best triplet", "train": ["--defense=trades", "--lambda2=0.5"],
-                    "tune": [NO_L1, L2, ALPHA, BETA, NO_NORMS], "variant_from": "at_triplet"},
+                    "tune": [NO_L1, L2, ALPHA, BETA, NO_NORMS], "variant_from": "at_triplet", "base": "trades"},
     "mart": {"label": "MART", "train": ["--defense=mart"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]},
 }
 REFERENCE = "at"
+# The objectives with a triplet term; each one's effect is its difference to its base
+# (the same objective without the term): AT, or TRADES for trades_best.
+TRIPLETS = ("at2l", "at_triplet", "tla_at", "trades_best")
+
+
+def base_of(name):
+    return OBJECTIVES[name].get("base", REFERENCE)
 TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
@@ -338,41 +345,65 @@ def report(state, replicates=2000):
             "standard": {str(s): r["standard"]["robust_accuracy"] for s, r in runs.items() if "standard" in r},
             "train_flags": next(iter(runs.values()))["train_flags"],
         }
+        correct = {s: paired.decode(r["fast"]["robust_correct"]) for s, r in runs.items()}
         if name != REFERENCE and set(runs) & set(ref):
             row["vs_at"] = paired.paired_bootstrap(
-                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in ref.items()},
-                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in runs.items()},
+                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in ref.items()}, correct,
                 replicates=replicates,
             )
+        base = by.get(base_of(name), {})
+        if base_of(name) != REFERENCE and set(runs) & set(base):
+            # The triplet's effect on a base other than AT: paired with that base's runs.
+            row["vs_base"] = paired.paired_bootstrap(
+                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in base.items()}, correct,
+                replicates=replicates,
+            )
+            row["base"] = base_of(name)
         rows.append(row)
     return rows
 
 
+def triplet_effect(row):
+    """The paired difference a row's triplet term makes to its base, or None."""
+    if row["objective"] not in TRIPLETS:
+        return None
+    return row.get("vs_base") if base_of(row["objective"]) != REFERENCE else row.get("vs_at")
+
+
 def answer(rows):
-    """The README's first sentence, from the intervals."""
-    diffs = [r for r in rows if "vs_at" in r]
-    if not diffs:
+    """The README's first sentence, from the intervals of each triplet term against its base."""
+    effects = [(r, triplet_effect(r)) for r in rows if triplet_effect(r)]
+    if not effects:
         return "No paired comparison yet."
-    above = [r for r in diffs if r["vs_at"]["low"] > 0 and r["objective"] not in ("trades", "mart")]
-    triplets = [r for r in diffs if r["objective"] not in ("trades", "mart")]
+
+    def ci(v):
+        return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+
+    v0 = effects[0][1]
+    size = f"{len(v0['seeds'])} seeds × {v0['num_examples']} test images, paired 95% bootstrap intervals"
+    above = [(r, v) for r, v in effects if v["low"] > 0]
     if above:
-        best = max(above, key=lambda r: r["vs_at"]["difference"])
-        v = best["vs_at"]
-        return (f"{best['label']} adds {100 * v['difference']:+.1f} points "
-                f"[{100 * v['low']:+.1f}, {100 * v['high']:+.1f}] of AutoAttack robust accuracy over AT "
-                f"({len(v['seeds'])} seeds, {v['num_examples']} test images).")
-    lo = min(100 * r["vs_at"]["low"] for r in triplets) if triplets else 0
-    hi = max(100 * r["vs_at"]["high"] for r in triplets) if triplets else 0
-    return (f"No effect of a triplet term distinguishable from zero at this budget: every triplet "
-            f"objective's 95% interval against AT contains 0 or lies below it (together they span "
-            f"[{lo:+.1f}, {hi:+.1f}] points).")
+        best, v = max(above, key=lambda e: e[1]["difference"])
+        others = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {ci(w)}"
+                           for r, w in effects if r is not best)
+        return (f"{best['label']} adds {ci(v)} points of AutoAttack robust accuracy over "
+                f"{OBJECTIVES[base_of(best['objective'])]['label']} ({size})"
+                + (f"; the other triplet terms: {others}." if others else "."))
+    listed = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {ci(v)}"
+                       for r, v in effects)
+    below = [r["label"] for r, v in effects if v["high"] < 0]
+    if below:
+        return (f"No triplet term helps at this budget, and {', '.join(below)} "
+                f"{'hurts' if len(below) == 1 else 'hurt'}: {listed} points ({size}).")
+    return f"No effect of a triplet term distinguishable from zero at this budget: {listed} points ({size})."
 
 
 def markdown(state):
     rows = state.get("report") or report(state)
     lines = [answer(rows), "",
-             "| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] | AA standard (seed 0) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] "
+             "| triplet term − its base [95% CI] | AA standard (seed 0) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def pct(m):
         std = f" ± {100 * m['std']:.1f}" if m["std"] is not None else ""
@@ -381,26 +412,34 @@ def markdown(state):
     for r in rows:
         v = r.get("vs_at")
         diff = f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]" if v else "–"
+        e = triplet_effect(r)
+        effect = (f"{100 * e['difference']:+.1f} [{100 * e['low']:+.1f}, {100 * e['high']:+.1f}] "
+                  f"(− {OBJECTIVES[base_of(r['objective'])]['label']})") if e else "–"
         std = ", ".join(f"{100 * a:.1f}%" for a in r["standard"].values()) or "–"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {pct(r['clean'])} | **{pct(r['robust'])}** | "
-                     f"{diff} | {std} |")
+                     f"{diff} | {effect} | {std} |")
     return "\n".join(lines)
 
 
 def plot(state, png):
     from at2l_tf.evaluation import plots
 
-    rows = [r for r in (state.get("report") or report(state)) if "vs_at" in r]
-    if not rows:
+    entries = []  # Each objective against AT, then each triplet against a base other than AT.
+    for key, base in (("vs_at", lambda r: REFERENCE), ("vs_base", lambda r: r["base"])):
+        for r in state.get("report") or report(state):
+            if key in r:
+                v = r[key]
+                entries.append({"label": f"{r['label']} − {OBJECTIVES[base(r)]['label']}",
+                                "estimate": 100 * v["difference"], "low": 100 * v["low"],
+                                "high": 100 * v["high"], "seeds": v["seeds"], "n": v["num_examples"]})
+    if not entries:
         raise ConfigError("no paired comparison in the study yet: nothing to plot")
-    v0 = rows[0]["vs_at"]
     plots.plot_forest(
         png,
-        [{"label": r["label"], "estimate": 100 * r["vs_at"]["difference"], "low": 100 * r["vs_at"]["low"],
-          "high": 100 * r["vs_at"]["high"]} for r in rows],
-        title="Robust accuracy minus AT's (AutoAttack fast, eps 0.3, MNIST)",
-        xlabel="difference to AT, points (paired by seed and image; 95% bootstrap interval)",
-        note=f"{len(v0['seeds'])} seeds × {v0['num_examples']} test images",
+        [{k: e[k] for k in ("label", "estimate", "low", "high")} for e in entries],
+        title="Paired differences of robust accuracy (AutoAttack fast, eps 0.3, MNIST)",
+        xlabel="difference, points (paired by seed and image; 95% bootstrap interval)",
+        note=f"{len(entries[0]['seeds'])} seeds × {entries[0]['n']} test images",
     )
     return png
 

@@ -35,14 +35,22 @@ def _run(objective, seed, robust, n=300):
                      "robust_correct": paired.encode(correct)}}
 
 
-def _state(gains):
+def _state(gains, trades_gain=None):
+    """AT and, per name, a run whose correct set is AT's plus `gain` of the images; with
+    `trades_gain`, `trades` gets that gain and `trades_best` the gains of `gains` over TRADES."""
     runs = {}
     for seed in (0, 1, 2):
         base = _run("at", seed, 0.7)
         runs[f"at/s{seed}"] = base
         at = paired.decode(base["fast"]["robust_correct"])
+        if trades_gain is not None:
+            trades = at | (np.arange(at.size) % int(1 / trades_gain) == 1)
+            runs[f"trades/s{seed}"] = {**_run("trades", seed, 0.7), "fast": {
+                "clean_accuracy": 0.98, "robust_accuracy": float(trades.mean()),
+                "robust_correct": paired.encode(trades)}}
         for name, gain in gains.items():
-            better = at | (np.arange(at.size) % int(1 / gain) == 0) if gain else at.copy()
+            start = trades if name == "trades_best" else at
+            better = start | (np.arange(at.size) % int(1 / gain) == 0) if gain else start.copy()
             runs[f"{name}/s{seed}"] = {**_run(name, seed, 0.7), "fast": {
                 "clean_accuracy": 0.98, "robust_accuracy": float(better.mean()),
                 "robust_correct": paired.encode(better)}}
@@ -70,8 +78,40 @@ def test_trades_alone_beating_at_is_not_a_triplet_effect(study):
     assert study.answer(rows).startswith("No effect of a triplet term")
 
 
+def test_a_triplet_on_trades_is_judged_against_trades_not_at(study):
+    # TRADES beats AT by a tenth of the images; the triplet on it adds nothing to TRADES.
+    rows = study.report(_state({"trades_best": 0}, trades_gain=0.1), replicates=200)
+    best = next(r for r in rows if r["objective"] == "trades_best")
+    assert best["vs_at"]["low"] > 0 and best["base"] == "trades"
+    assert best["vs_base"]["difference"] == 0.0
+    sentence = study.answer(rows)
+    assert sentence.startswith("No effect of a triplet term distinguishable from zero")
+    assert "TRADES + best triplet − TRADES +0.0 [+0.0, +0.0]" in sentence
+    # The same triplet adding to TRADES is named, with its base.
+    rows = study.report(_state({"trades_best": 0.1, "at2l": 0}, trades_gain=0.1), replicates=200)
+    sentence = study.answer(rows)
+    assert sentence.startswith("TRADES + best triplet adds +") and "over TRADES" in sentence
+    assert "AT²L (paper) − AT +0.0" in sentence
+    line = next(x for x in study.markdown({"runs": _state({"trades_best": 0.1}, trades_gain=0.1)["runs"]})
+                .splitlines() if x.startswith("| TRADES + best triplet"))
+    assert "(− TRADES)" in line
+
+
+def test_a_triplet_that_hurts_is_said_to(study):
+    state = _state({"at2l": 0})
+    for seed in (0, 1, 2):  # AT²L loses a tenth of AT's images.
+        at = paired.decode(state["runs"][f"at/s{seed}"]["fast"]["robust_correct"])
+        worse = at & (np.arange(at.size) % 10 != 0)
+        state["runs"][f"at2l/s{seed}"]["fast"].update(
+            robust_accuracy=float(worse.mean()), robust_correct=paired.encode(worse))
+    sentence = study.answer(study.report(state, replicates=200))
+    assert sentence.startswith("No triplet term helps at this budget, and AT²L (paper) hurts: AT²L (paper) − AT -")
+
+
 def test_the_forest_plot_is_drawn_from_the_state(study, tmp_path):
     png = study.plot(_state({"at2l": 0, "trades": 0.1}), str(tmp_path / "forest.png"))
+    assert open(png, "rb").read(4) == b"\x89PNG"
+    png = study.plot(_state({"trades_best": 0.1}, trades_gain=0.1), str(tmp_path / "forest2.png"))
     assert open(png, "rb").read(4) == b"\x89PNG"
 
 

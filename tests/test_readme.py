@@ -99,12 +99,26 @@ def _section(text, heading):
 
 def test_shipped_reference_model_table_is_the_committed_runs():
     section = _section(_bench(), "### The reference robust model, `savedmodels/mnist_reference`")
-    for n, name in (("10,000", "evaluate_mnist_reference_10k.json"), ("1,000", "evaluate_mnist_reference_1k.json")):
+    rows = (("2", "10,000", "evaluate_mnist_reference_10k.json"), ("1", "10,000", "evaluate_mnist_reference_v1_10k.json"),
+            ("1", "1,000", "evaluate_mnist_reference_v1_1k.json"))
+    for version, n, name in rows:
         r = json.loads(_read("benchmarks", "results", name))
         acc = {k: _pct(v["accuracy"]) for k, v in r["attacks"].items()}
-        cells = [n, _pct(r["clean_accuracy"]), acc["pgd"]]
+        cells = [version, n, _pct(r["clean_accuracy"]), acc["pgd"]]
         cells += [acc.get(k, "–") for k in ("apgd_ce", "apgd_t", "square", "autoattack")]
         assert "| " + " | ".join(cells) + f" | **{_pct(r['robust_accuracy'])}** |" in section, name
+
+
+def test_reference_autoattack_stage_table_is_the_committed_run():
+    section = _section(_bench(), "### The reference robust model, `savedmodels/mnist_reference`")
+    r = json.loads(_read("benchmarks", "results", "evaluate_mnist_reference_10k.json"))
+    aa = r["attacks"]["autoattack"]
+    assert r["num_examples"] == 10000 and aa["version"] == "standard"
+    for stage, label in (("apgd_ce", "APGD-CE"), ("apgd_t", "APGD-T"), ("square", "Square")):
+        s = aa["stages"][stage]
+        line = f"| {label} | {s['attacked']:,} | {s['fooled']:,} | {s['seconds'] / 60:.1f} min |"
+        assert line in section, line
+    assert f"| all, with PGD-40 | | | {r['seconds'] / 60:.1f} min |" in section
 
 
 @pytest.mark.parametrize("name, heading", [

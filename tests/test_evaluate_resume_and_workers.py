@@ -9,6 +9,7 @@ test do not need strong attacks. Kills and workers are real processes
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -141,8 +142,11 @@ def test_ctrl_c_keeps_what_is_finished_and_the_same_command_continues(tmp_path, 
 
     def save_then_press_ctrl_c(self, batch, key, unit):
         save(self, batch, key, unit)
-        if key == "a00":  # Right after FGSM, as PGD starts.
-            os.kill(os.getpid(), signal.SIGINT)
+        if key == "a00":  # Ctrl-C right after FGSM, as PGD starts.
+            # What Python's SIGINT handler raises, raised here rather than by os.kill: a
+            # signal's handler runs at the main thread's next bytecode, which can be a
+            # __del__ run by the garbage collector, where the exception is swallowed.
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluation.store.ResultStore, "save", save_then_press_ctrl_c)
     with pytest.raises(errors.Interrupted, match=f"interrupted; .* are in {workdir}; run the same"):
@@ -182,9 +186,12 @@ def test_record_is_written_into_the_version_and_shown(tmp_path, capsys):
     model = tmp_path / "reference"
     shutil.copytree(REFERENCE, model)  # The shipped model stays as it is.
     digest = savedmodel.model_digest(str(model))
+    path = pathlib.Path(savedmodel.resolve_saved_model_dir(str(model))) / "assets" / "robustness.json"
+    shipped = json.loads(path.read_text())["records"]  # The version's own measurements.
     report = evaluate.evaluate_from_flags(_parse(*SMALL, f"--model_dir={model}", "--record"))
-    path = model / "1" / "assets" / "robustness.json"
-    (record,) = json.loads(path.read_text())["records"]
+    records = json.loads(path.read_text())["records"]
+    assert records[:-1] == shipped  # Appended, newest last.
+    record = records[-1]
     assert record["evaluated_by"] == "evaluate" and record["package_version"]
     for key in ("clean_accuracy", "robust_accuracy", "num_examples", "eps", "robust_accuracy_attacks"):
         assert record[key] == report[key], key
@@ -197,11 +204,15 @@ def test_record_is_written_into_the_version_and_shown(tmp_path, capsys):
     assert savedmodel.load_classifier(str(model)).num_classes == 10  # Still loads.
     capsys.readouterr()
     shown = evaluate.evaluate_from_flags(_parse(f"--show={model}"))
-    assert shown == [record]
+    assert shown == records
     printed = capsys.readouterr().out
     assert f"robust {report['robust_accuracy']:.2%}" in printed and str(path) in printed
+    assert evaluate.evaluate_from_flags(_parse(f"--show={REFERENCE}")) == shipped
+    bare = tmp_path / "bare"  # A version exported before records existed.
+    shutil.copytree(REFERENCE, bare)
+    os.remove(os.path.join(savedmodel.resolve_saved_model_dir(str(bare)), "assets", "robustness.json"))
     with pytest.raises(ConfigError, match="no robustness record in"):
-        evaluate.evaluate_from_flags(_parse(f"--show={REFERENCE}"))
+        evaluate.evaluate_from_flags(_parse(f"--show={bare}"))
     with pytest.raises(ConfigError, match="--record records a white-box evaluation"):
         evaluate.evaluate_from_flags(_parse(*SMALL, f"--model_dir={model}", "--record",
                                             f"--source_model_dir={REFERENCE}"))

@@ -106,6 +106,18 @@ TRIPLETS = ("at2l", "at_triplet", "tla_at", "trades_best")
 
 def base_of(name):
     return OBJECTIVES[name].get("base", REFERENCE)
+
+
+def _ci(v):
+    """A paired comparison as `+d [low, high]`, in points."""
+    return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+
+
+def _correct(runs):
+    """Per seed, the per-example AutoAttack `fast` correctness of an objective's runs."""
+    from at2l_tf.evaluation import paired
+
+    return {s: paired.decode(r["fast"]["robust_correct"]) for s, r in runs.items()}
 TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
@@ -345,19 +357,13 @@ def report(state, replicates=2000):
             "standard": {str(s): r["standard"]["robust_accuracy"] for s, r in runs.items() if "standard" in r},
             "train_flags": next(iter(runs.values()))["train_flags"],
         }
-        correct = {s: paired.decode(r["fast"]["robust_correct"]) for s, r in runs.items()}
+        correct = _correct(runs)
         if name != REFERENCE and set(runs) & set(ref):
-            row["vs_at"] = paired.paired_bootstrap(
-                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in ref.items()}, correct,
-                replicates=replicates,
-            )
+            row["vs_at"] = paired.paired_bootstrap(_correct(ref), correct, replicates=replicates)
         base = by.get(base_of(name), {})
         if base_of(name) != REFERENCE and set(runs) & set(base):
             # The triplet's effect on a base other than AT: paired with that base's runs.
-            row["vs_base"] = paired.paired_bootstrap(
-                {s: paired.decode(r["fast"]["robust_correct"]) for s, r in base.items()}, correct,
-                replicates=replicates,
-            )
+            row["vs_base"] = paired.paired_bootstrap(_correct(base), correct, replicates=replicates)
             row["base"] = base_of(name)
         rows.append(row)
     return rows
@@ -372,24 +378,20 @@ def triplet_effect(row):
 
 def answer(rows):
     """The README's first sentence, from the intervals of each triplet term against its base."""
-    effects = [(r, triplet_effect(r)) for r in rows if triplet_effect(r)]
+    effects = [(r, e) for r, e in ((r, triplet_effect(r)) for r in rows) if e]
     if not effects:
         return "No paired comparison yet."
-
-    def ci(v):
-        return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
-
     v0 = effects[0][1]
     size = f"{len(v0['seeds'])} seeds × {v0['num_examples']} test images, paired 95% bootstrap intervals"
     above = [(r, v) for r, v in effects if v["low"] > 0]
     if above:
         best, v = max(above, key=lambda e: e[1]["difference"])
-        others = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {ci(w)}"
+        others = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {_ci(w)}"
                            for r, w in effects if r is not best)
-        return (f"{best['label']} adds {ci(v)} points of AutoAttack robust accuracy over "
+        return (f"{best['label']} adds {_ci(v)} points of AutoAttack robust accuracy over "
                 f"{OBJECTIVES[base_of(best['objective'])]['label']} ({size})"
                 + (f"; the other triplet terms: {others}." if others else "."))
-    listed = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {ci(v)}"
+    listed = "; ".join(f"{r['label']} − {OBJECTIVES[base_of(r['objective'])]['label']} {_ci(v)}"
                        for r, v in effects)
     below = [r["label"] for r, v in effects if v["high"] < 0]
     if below:
@@ -401,8 +403,8 @@ def answer(rows):
 def markdown(state):
     rows = state.get("report") or report(state)
     lines = [answer(rows), "",
-             "| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] "
-             "| triplet term − its base [95% CI] | AA standard (seed 0) |",
+             ("| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] "
+              "| triplet term − its base [95% CI] | AA standard (seed 0) |"),
              "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def pct(m):
@@ -411,10 +413,9 @@ def markdown(state):
 
     for r in rows:
         v = r.get("vs_at")
-        diff = f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]" if v else "–"
+        diff = _ci(v) if v else "–"
         e = triplet_effect(r)
-        effect = (f"{100 * e['difference']:+.1f} [{100 * e['low']:+.1f}, {100 * e['high']:+.1f}] "
-                  f"(− {OBJECTIVES[base_of(r['objective'])]['label']})") if e else "–"
+        effect = f"{_ci(e)} (− {OBJECTIVES[base_of(r['objective'])]['label']})" if e else "–"
         std = ", ".join(f"{100 * a:.1f}%" for a in r["standard"].values()) or "–"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {pct(r['clean'])} | **{pct(r['robust'])}** | "
                      f"{diff} | {effect} | {std} |")
@@ -424,9 +425,10 @@ def markdown(state):
 def plot(state, png):
     from at2l_tf.evaluation import plots
 
+    rows = state.get("report") or report(state)
     entries = []  # Each objective against AT, then each triplet against a base other than AT.
     for key, base in (("vs_at", lambda r: REFERENCE), ("vs_base", lambda r: r["base"])):
-        for r in state.get("report") or report(state):
+        for r in rows:
             if key in r:
                 v = r[key]
                 entries.append({"label": f"{r['label']} − {OBJECTIVES[base(r)]['label']}",

@@ -121,6 +121,10 @@ def _correct(runs):
 TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
+def _seeds(n):
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
 def _log(msg):
     print(f"[triplet_study] {msg}", file=sys.stderr, flush=True)
 
@@ -316,7 +320,7 @@ def phase_runs(study, names, seeds, budget):
                    f"--epochs={epochs}", f"--seed={seed}", f"--mixed_precision={FLAGS.precision}",
                    f"--workdir={workdir}", "--export_dir=", "--eval_examples=0"]
             started = time.time()
-            train_seconds, _ = _run(cmd, f"run {key}")
+            _run(cmd, f"run {key}")
             with open(os.path.join(workdir, "results.json")) as f:
                 results = json.load(f)
             model_path = os.path.join(workdir, "model.keras")
@@ -382,7 +386,7 @@ def answer(rows):
     if not effects:
         return "No paired comparison yet."
     v0 = effects[0][1]
-    size = f"{len(v0['seeds'])} seeds × {v0['num_examples']} test images, paired 95% bootstrap intervals"
+    size = f"{_seeds(len(v0['seeds']))} × {v0['num_examples']} test images, paired 95% bootstrap intervals"
     above = [(r, v) for r, v in effects if v["low"] > 0]
     if above:
         best, v = max(above, key=lambda e: e[1]["difference"])
@@ -441,7 +445,7 @@ def plot(state, png):
         [{k: e[k] for k in ("label", "estimate", "low", "high")} for e in entries],
         title="Paired differences of robust accuracy (AutoAttack fast, eps 0.3, MNIST)",
         xlabel="difference, points (paired by seed and image; 95% bootstrap interval)",
-        note=f"{len(entries[0]['seeds'])} seeds × {entries[0]['n']} test images",
+        note=f"{_seeds(len(entries[0]['seeds']))} × {entries[0]['n']} test images",
     )
     return png
 

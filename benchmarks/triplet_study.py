@@ -99,6 +99,7 @@ OBJECTIVES = {
     "mart": {"label": "MART", "train": ["--defense=mart"], "tune": [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]},
 }
 REFERENCE = "at"
+COLLAPSED = 0.5  # Mean clean accuracy below which an objective's model has collapsed.
 # The objectives with a triplet term; each one's effect is its difference to its base
 # (the same objective without the term): AT, or TRADES for trades_best.
 TRIPLETS = ("at2l", "at_triplet", "tla_at", "trades_best")
@@ -373,6 +374,19 @@ def report(state, replicates=2000):
     return rows
 
 
+def current_report(state):
+    """The state's stored report if it was built from exactly the state's runs, else a new one.
+
+    A sitting stopped by `--max_hours` adds runs without reporting; the report an
+    earlier sitting stored is then stale and must not be printed or drawn.
+    """
+    stored = state.get("report")
+    runs = sorted((r["objective"], int(r["seed"])) for r in state["runs"].values())
+    if stored and sorted((row["objective"], int(s)) for row in stored for s in row["seeds"]) == runs:
+        return stored
+    return report(state)
+
+
 def triplet_effect(row):
     """The paired difference a row's triplet term makes to its base, or None."""
     if row["objective"] not in TRIPLETS:
@@ -405,7 +419,7 @@ def answer(rows):
 
 
 def markdown(state):
-    rows = state.get("report") or report(state)
+    rows = current_report(state)
     lines = [answer(rows), "",
              ("| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] "
               "| triplet term − its base [95% CI] | AA standard (seed 0) |"),
@@ -429,7 +443,7 @@ def markdown(state):
 def plot(state, png):
     from at2l_tf.evaluation import plots
 
-    rows = state.get("report") or report(state)
+    rows = current_report(state)
     entries = []  # Each objective against AT, then each triplet against a base other than AT.
     for key, base in (("vs_at", lambda r: REFERENCE), ("vs_base", lambda r: r["base"])):
         for r in rows:
@@ -437,15 +451,24 @@ def plot(state, png):
                 v = r[key]
                 entries.append({"label": f"{r['label']} − {OBJECTIVES[base(r)]['label']}",
                                 "estimate": 100 * v["difference"], "low": 100 * v["low"],
-                                "high": 100 * v["high"], "seeds": v["seeds"], "n": v["num_examples"]})
+                                "high": 100 * v["high"], "seeds": v["seeds"], "n": v["num_examples"],
+                                "collapsed": r["clean"]["mean"] < COLLAPSED})
     if not entries:
         raise ConfigError("no paired comparison in the study yet: nothing to plot")
+    # A collapsed model (MART without a clean start: a constant classifier) is tens of
+    # points off; the axis is scaled to the others, and its row is cut at the edge.
+    scaled = [e for e in entries if not e["collapsed"]]
+    xlim = None
+    if scaled and len(scaled) < len(entries):
+        low, high = min(0.0, *(e["low"] for e in scaled)), max(0.0, *(e["high"] for e in scaled))
+        xlim = (low - 0.5, high + 0.5) if high - low < 1 else (low, high)
     plots.plot_forest(
         png,
         [{k: e[k] for k in ("label", "estimate", "low", "high")} for e in entries],
-        title="Paired differences of robust accuracy (AutoAttack fast, eps 0.3, MNIST)",
-        xlabel="difference, points (paired by seed and image; 95% bootstrap interval)",
+        title="Paired differences of robust accuracy\n(AutoAttack fast, eps 0.3, MNIST)",
+        xlabel="difference, points\n(paired by seed and image; 95% bootstrap interval)",
         note=f"{_seeds(len(entries[0]['seeds']))} × {entries[0]['n']} test images",
+        xlim=xlim,
     )
     return png
 

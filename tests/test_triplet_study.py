@@ -113,6 +113,13 @@ def test_the_forest_plot_is_drawn_from_the_state(study, tmp_path):
     assert open(png, "rb").read(4) == b"\x89PNG"
     png = study.plot(_state({"trades_best": 0.1}, trades_gain=0.1), str(tmp_path / "forest2.png"))
     assert open(png, "rb").read(4) == b"\x89PNG"
+    # A collapsed objective (clean accuracy of one class) is cut at the axis' edge.
+    state = _state({"at2l": 0})
+    for seed in (0, 1, 2):
+        state["runs"][f"mart/s{seed}"] = {**_run("mart", seed, 0.1), "fast": {
+            **_run("mart", seed, 0.1)["fast"], "clean_accuracy": 0.11}}
+    png = study.plot(state, str(tmp_path / "forest3.png"))
+    assert open(png, "rb").read(4) == b"\x89PNG"
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -132,3 +139,15 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, arg, message):
     errors = [line for line in run.stderr.splitlines() if line.startswith("triplet_study: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert not out.exists()
+
+
+def test_a_stale_stored_report_is_not_printed(study):
+    # A sitting stopped by --max_hours adds runs after the report an earlier one stored.
+    state = _state({"at2l": 0})
+    early = {"runs": {k: v for k, v in state["runs"].items() if k.endswith("/s0")}}
+    state["report"] = study.report(early, replicates=200)
+    assert study.current_report(state)[0]["seeds"] == [0, 1, 2]
+    assert study.markdown(state).splitlines()[4].startswith("| AT | 3 |")
+    # A report built from exactly the state's runs is the one used.
+    state["report"] = study.report(state, replicates=200)
+    assert study.current_report(state) is state["report"]

@@ -259,7 +259,7 @@ def _number(name, index, value):
     return float(value)
 
 
-def plot_forest(path, rows, *, title=None, xlabel="difference (points)", note=None):
+def plot_forest(path, rows, *, title=None, xlabel="difference (points)", note=None, xlim=None):
     """A forest plot: one row per comparison, its estimate and interval, zero marked.
 
     Args:
@@ -270,13 +270,18 @@ def plot_forest(path, rows, *, title=None, xlabel="difference (points)", note=No
         title: optional title.
         xlabel: the x axis label.
         note: optional text under the axis (sample sizes, the interval's method).
+        xlim: optional `(low, high)` the axis must show (default: every interval
+            and zero). A row reaching beyond it (a collapsed model's −75 points
+            beside differences of ±2) is cut at the edge, an arrow marking the
+            cut side, and its numbers are still printed in full, "(off scale)".
 
     Returns:
         `path`.
 
     Raises:
         ValueError: no rows, a row without its four keys, a non-finite value,
-            or `low <= estimate <= high` violated. Nothing is written then.
+            `low <= estimate <= high` violated, or an `xlim` not of two finite
+            increasing values. Nothing is written then.
     """
     if not rows:
         raise ValueError("a forest plot needs at least one row, received rows=[]")
@@ -289,20 +294,29 @@ def plot_forest(path, rows, *, title=None, xlabel="difference (points)", note=No
             raise ValueError(f"row {i} ({row['label']!r}) has a non-finite value: {values}")
         if not values[0] <= values[1] <= values[2]:
             raise ValueError(f"row {i} ({row['label']!r}) needs low <= estimate <= high, received {values}")
+    if xlim is not None and not (len(xlim) == 2 and all(isinstance(v, numbers.Real) and math.isfinite(v) for v in xlim)
+                                 and xlim[0] < xlim[1]):
+        raise ValueError(f"xlim must be two finite increasing values, received xlim={xlim!r}")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.0, 1.2 + 0.55 * len(rows)), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     ys = list(range(len(rows)))[::-1]
+    if xlim is None:
+        low = min(r["low"] for r in rows + [{"low": 0.0}])
+        high = max(r["high"] for r in rows + [{"high": 0.0}])
+    else:
+        low, high = min(xlim[0], 0.0), max(xlim[1], 0.0)
     for y, row in zip(ys, rows):
-        ax.errorbar(row["estimate"], y, xerr=[[row["estimate"] - row["low"]], [row["high"] - row["estimate"]]],
-                    fmt="o", color="black", ecolor="black", capsize=4, markersize=6)
-        ax.annotate(f"{row['estimate']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]", (row["high"], y),
-                    xytext=(6, 0), textcoords="offset points", va="center", fontsize="small")
+        lo, est, hi = max(row["low"], low), min(max(row["estimate"], low), high), min(row["high"], high)
+        off = row["low"] < low or row["high"] > high
+        marker = "<" if row["estimate"] < low else ">" if row["estimate"] > high else "o"
+        ax.errorbar(est, y, xerr=[[est - min(lo, est)], [max(hi, est) - est]],
+                    fmt=marker, color="black", ecolor="black", capsize=0 if off else 4, markersize=6)
+        ax.annotate(f"{row['estimate']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]" + (" (off scale)" if off else ""),
+                    (max(hi, est), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize="small")
     ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(ys, [row["label"] for row in rows])
-    low = min(r["low"] for r in rows + [{"low": 0.0}])
-    high = max(r["high"] for r in rows + [{"high": 0.0}])
     span = max(high - low, 1.0)
     ax.set_xlim(low - 0.1 * span, high + 0.45 * span)  # Room for the labels on the right.
     ax.set_ylim(-0.7, len(rows) - 0.3)

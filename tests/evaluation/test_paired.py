@@ -68,3 +68,22 @@ def test_forest_plot_writes_a_png_and_refuses_bad_rows(tmp_path):
     with pytest.raises(ValueError, match="at least one row"):
         plots.plot_forest(str(tmp_path / "bad.png"), [])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_forest_plot_cuts_an_off_scale_row_at_the_edge(tmp_path, monkeypatch):
+    # A collapsed model's −75 points beside differences of ±2: the axis keeps xlim.
+    from matplotlib.axes import Axes
+
+    limits = []
+    real = Axes.set_xlim
+    monkeypatch.setattr(Axes, "set_xlim", lambda self, *a, **k: limits.append(a) or real(self, *a, **k))
+    rows = [{"label": "AT²L", "estimate": 0.4, "low": -1.2, "high": 2.0},
+            {"label": "MART", "estimate": -75.3, "low": -78.4, "high": -72.2}]
+    out = plots.plot_forest(str(tmp_path / "forest.png"), rows, xlim=(-1.2, 2.0))
+    assert open(out, "rb").read(4) == b"\x89PNG" and limits[-1][0] > -2
+    plots.plot_forest(str(tmp_path / "all.png"), rows)
+    assert limits[-1][0] < -78
+    for bad in [(2.0, -1.0), (0.0, float("nan")), (1.0,)]:
+        with pytest.raises(ValueError, match="xlim must be two finite increasing values"):
+            plots.plot_forest(str(tmp_path / "bad.png"), rows, xlim=bad)
+    assert not (tmp_path / "bad.png").exists()

@@ -4,7 +4,7 @@ r"""Does a triplet term help a strong adversarial training? Tuned, full budget, 
     python benchmarks/triplet_study.py ... --max_hours=2        # stop cleanly after 2 hours
     python benchmarks/triplet_study.py --markdown_from=benchmarks/results/triplet_study_mnist.json
     python benchmarks/triplet_study.py --plot_from=benchmarks/results/triplet_study_mnist.json \
-        --plot_png=benchmarks/results/figures/triplet_study_forest.png
+        --plot_png=benchmarks/results/triplet_study_mnist_forest.png
 
 One command runs every phase, skipping what the JSON already holds, so the study
 spreads over several sittings (the JSON is the state: it is written after every

@@ -220,3 +220,18 @@ def test_objectives_comparison_table_is_the_committed_run():
     assert len(lines) == 11 and all(line in _bench().splitlines() for line in lines)
     lines = _printed_table("compare_objectives.py", "compare_objectives_mnist_mart_pretrain.json")
     assert len(lines) == 3 and all(line.strip() in _bench() for line in lines)
+
+
+def test_triplet_study_section_is_the_committed_study():
+    # Issue 23: the section opens with the study's answer, and its table is the study's,
+    # both printed from the committed JSON by the study itself; the forest plot is beside it.
+    lines = _printed_table("triplet_study.py", "triplet_study_mnist.json")
+    section = _section(_bench(), "### Does a triplet term help a strong adversarial training?")
+    prose = [line for line in section if line and not line.startswith("*Command*")]
+    assert prose[0] == lines[0]
+    table = lines[2:]
+    assert len(table) == 2 + 7 and all(line in section for line in table)
+    state = json.loads(_read("benchmarks", "results", "triplet_study_mnist.json"))
+    assert state["complete"] is True
+    assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "triplet_study_mnist_forest.png"))
+    assert "](results/triplet_study_mnist_forest.png)" in "\n".join(section)

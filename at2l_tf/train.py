@@ -1,12 +1,17 @@
 r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, or clean training).
 
-    python -m at2l_tf.train                                  # AT²L on the shipped MNIST
+    python -m at2l_tf.train                                  # the paper's AT²L on the shipped MNIST
+    python -m at2l_tf.train --flagfile=flags/mnist_reference.flags      # our most robust recipe (TRADES)
     python -m at2l_tf.train --flagfile=flags/mnist_at2l.flags
     python -m at2l_tf.train --defense=trades --beta=1 --attack_steps=10   # TRADES
     python -m at2l_tf.train --defense=mart --lambda2=0.5                  # MART + the paper's triplet
     python -m at2l_tf.train --defense=at --lambda2=0.5 --triplet_features=embedding \
         --triplet_distance=cosine --triplet_negative=hardest --margin=0.05  # AT + a TLA-style triplet
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
+
+The default is the paper's method. Its triplet term showed no effect distinguishable
+from zero in the full-budget study (`benchmarks/triplet_study.py`; benchmarks/README.md);
+TRADES was the most robust objective there.
 
 **Objectives** (`--defense`; equations in `at2l_tf.training.objectives`):
 `none` (clean CE), `at` (Eq. 1), `at2l` (Eq. 1 + the triplet term, Eq. 2),

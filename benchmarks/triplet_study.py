@@ -103,6 +103,8 @@ COLLAPSED = 0.5  # Mean clean accuracy below which an objective's model has coll
 # The objectives with a triplet term; each one's effect is its difference to its base
 # (the same objective without the term): AT, or TRADES for trades_best.
 TRIPLETS = ("at2l", "at_triplet", "tla_at", "trades_best")
+# The hyperparameters a search may tune, which its best trial passes on to the runs.
+TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
 def base_of(name):
@@ -119,7 +121,6 @@ def _correct(runs):
     from at2l_tf.evaluation import paired
 
     return {s: paired.decode(r["fast"]["robust_correct"]) for s, r in runs.items()}
-TUNED_FLAGS = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
 
 
 def _seeds(n):

@@ -1,8 +1,8 @@
 """Paired comparison of two training objectives over seeds and test examples.
 
 Robust accuracy varies with the seed (initial weights, data order) far more
-than its sampling error on 1,000 images suggests (DESIGN.md: one recipe moved
-several points between seeds). Two objectives are therefore compared *paired*:
+than its sampling error on 1,000 images suggests (benchmarks/README.md: one
+recipe moved several points between seeds). Two objectives are therefore compared *paired*:
 trained with the same seeds, judged on the same examples, and the difference
 
     d = mean over seeds s and examples i of (r_B(s, i) − r_A(s, i))

@@ -6,8 +6,8 @@ Robustness curves:
 `curves` is an ordered mapping `{label: [accuracy at each eps]}` with
 accuracies as fractions in [0, 1], one curve per attack. The caller may add a
 curve labelled `WORST_CASE` ("worst case"): the accuracy under the worst case
-*per example* over all attacks, the figure to quote (DESIGN.md, "How we
-measure"). It is not computed here, because the minimum of the per-attack
+*per example* over all attacks, the figure to quote (benchmarks/README.md,
+"How to read them"). It is not computed here, because the minimum of the per-attack
 accuracies overstates it when different attacks fool different examples; the
 plot only draws it thicker and in black.
 

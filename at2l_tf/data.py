@@ -228,7 +228,11 @@ def _root_cause(error):
 
 
 def _one_line(text):
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    """`text` on one line: its lines joined by "; " (by a space after a colon)."""
+    out = ""
+    for line in (line.strip() for line in str(text).splitlines() if line.strip()):
+        out += ("" if not out else " " if out.endswith(":") else "; ") + line
+    return out
 
 
 def _missing_module(name, error):

@@ -34,7 +34,7 @@ import pytest
 import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.download import downloader
+from tensorflow_datasets.core.download import checksums, downloader
 from tensorflow_datasets.image_classification import cats_vs_dogs, cifar
 
 from at2l_tf import data, savedmodel
@@ -305,6 +305,31 @@ def test_an_http_error_names_the_url(upstream, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=re.escape(f"Failed to get url {url}. HTTP code: 404.")) as info:
         data.load("cifar10", "train", data_dir=str(tmp_path))
     assert "\n" not in str(info.value) and "tfds build cifar10 --data_dir=DIR" in str(info.value)
+
+
+def test_a_download_with_the_wrong_checksum_is_one_line(upstream, tmp_path, monkeypatch):
+    # TFDS validates the checksum of a URL it has registered (upstream's are): register the
+    # served URL's with a wrong checksum, as for a corrupted download (the second mock here).
+    url = upstream["cifar10"]
+    _point_builder_at(monkeypatch, "cifar10", url)
+    wrong = checksums.UrlInfo(size=tfds.core.utils.Size(1), checksum="0" * 64, filename="x.tar.gz")
+    monkeypatch.setattr(cifar.Cifar10, "url_infos", {url: wrong})
+    with pytest.raises(DatasetError) as info:
+        data.load("cifar10", "train", data_dir=str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"cannot prepare cifar10: Artifact {url}, downloaded to ")
+    assert "has wrong checksum: * Expected: UrlInfo(size=1 bytes, checksum='000" in message
+    assert "\n" not in message, message
+
+
+def test_a_data_dir_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    data_dir = tmp_path / "file" / "tfds"  # Below a file: no directory can be made, even by root.
+    with pytest.raises(DatasetError) as info:
+        data.load("cifar10", "train", data_dir=str(data_dir))
+    assert str(info.value) == (
+        f"cannot prepare cifar10 in {data_dir}: [Errno 20] Not a directory: '{data_dir}'"
+    )
 
 
 def _chain(error):

@@ -27,6 +27,9 @@ setup(
         "tensorflow>=2.16",  # Keras 3
         "keras>=3.0",
         "tensorflow-datasets>=4.9",
+        # TFDS 4.9 builders import it when they prepare a dataset but declare it only for
+        # Python < 3.9 (tensorflow/datasets#11212); etils[epath] (1.15) does not bring it either.
+        "importlib_resources",
         "cleverhans>=4.0",
         "keras-tuner>=1.4",
         "absl-py>=1.0",

@@ -13,6 +13,17 @@ shape `spec.image_shape` and `label` an int64 class index:
   80% / 10% / 10% into train / validation / test with TFDS split slicing;
   images are resized to `image_size` x `image_size`; label 0 = cat, 1 = dog.
 
+The TFDS datasets go through TFDS's own builders, as `tfds.load` does: the
+first use downloads the upstream archive into `data_dir` (checksums as TFDS
+registers them), generates the TFDS files and caches them there; later uses
+read the cache without network. Split sizes are the prepared dataset's own
+(`builder.info.splits`). A failure is one `DatasetError` line naming its real
+cause: a Python module TFDS needs and cannot import (with the pip command), the
+URL that could not be downloaded (with how to prepare the data elsewhere:
+`tfds build NAME --data_dir=DIR`), a download with the wrong checksum, or a
+data directory that cannot be written. `tests/test_tfds_builders.py` runs the
+real builders on small archives in the upstream layouts, served over HTTP.
+
 MNIST is read with NumPy rather than TFDS because TFDS would need to download
 it; the IDX format is four lines of parsing.
 """
@@ -166,19 +177,34 @@ def load_mnist_arrays(split, validation_size=DEFAULT_VALIDATION_SIZE, directory=
 # ---------------------------------------------------------------------- TFDS
 
 
-def _tfds_split(name, split, validation_size):
+def _tfds_split(name, split, validation_size, splits):
+    """The TFDS split string of `split`.
+
+    Args:
+        name: `cifar10` or `cats_vs_dogs`.
+        split: `train`, `validation` or `test`.
+        validation_size: CIFAR-10 training examples, from the end of TFDS's
+            `train`, that form `validation` (Cats vs Dogs is sliced by percent).
+        splits: the prepared dataset's `builder.info.splits`; read only for
+            CIFAR-10's `train` and `validation` (TFDS's `mock_data` leaves it empty).
+
+    Raises:
+        DatasetError: if `validation_size` is not in [0, CIFAR-10's training
+            examples), or is 0 for `validation`.
+    """
     if name == "cats_vs_dogs":
         return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}[
             split
         ]
-    # cifar10: 50,000 train images.
     if split == "test":
         return "test"
-    if not 0 <= validation_size < 50000:
+    num_train = splits["train"].num_examples
+    if not 0 <= validation_size < num_train:
         raise DatasetError(
-            f"validation_size must be in [0, 50000), received validation_size={validation_size}"
+            f"validation_size must be in [0, {num_train}) ({name} has {num_train} training "
+            f"examples), received validation_size={validation_size}"
         )
-    cut = 50000 - validation_size
+    cut = num_train - validation_size
     if split == "train":
         return f"train[:{cut}]"
     if validation_size == 0:
@@ -186,21 +212,88 @@ def _tfds_split(name, split, validation_size):
     return f"train[{cut}:]"
 
 
-def _load_tfds(name, split, data_dir, validation_size):
-    import tensorflow_datasets as tfds  # Imported lazily: slow, and MNIST needs none of it.
+_PREPARE_ELSEWHERE = (
+    "prepare it on a machine with network with `tfds build {name} --data_dir=DIR`, "
+    "copy DIR here and pass --data_dir=DIR"
+)
 
-    tfds_split = _tfds_split(name, split, validation_size)
+
+def _root_cause(error):
+    """The innermost exception of `error`'s chain (the socket error under requests')."""
+    seen = {id(error)}
+    while (nxt := error.__cause__ or error.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        error = nxt
+    return error
+
+
+def _one_line(text):
+    """`text` on one line: its lines joined by "; " (by a space after a colon)."""
+    out = ""
+    for line in (line.strip() for line in str(text).splitlines() if line.strip()):
+        out += ("" if not out else " " if out.endswith(":") else "; ") + line
+    return out
+
+
+def _missing_module(name, error):
+    """The `DatasetError` of an `ImportError` raised while TFDS prepares `name`."""
+    if error.name is None:  # "cannot import name X from Y": a broken install, not a missing one.
+        return DatasetError(f"cannot prepare {name}: TFDS failed to import: {_one_line(error)}")
+    module = error.name.split(".")[0]
+    return DatasetError(
+        f"cannot prepare {name}: TFDS needs the Python module {module!r}, which is not "
+        f"installed; install it with `pip install {module}`"
+    )
+
+
+def _prepared_builder(name, data_dir):
+    """TFDS's builder of `name`, downloaded and prepared in `data_dir` if it was not.
+
+    What `tfds.load` does before reading, with the errors a user can meet
+    turned into one line; any other error propagates unchanged.
+
+    Raises:
+        DatasetError: naming the cause: a module TFDS cannot import (TFDS 4.9
+            imports `importlib_resources` but declares it only for Python < 3.9,
+            tensorflow/datasets#11212; setup.py requires it), a URL that cannot
+            be downloaded, a download with the wrong checksum, or a data
+            directory that cannot be written.
+    """
+    where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
     try:
-        return tfds.load(
-            name, split=tfds_split, data_dir=data_dir, as_supervised=True, shuffle_files=False
-        )
-    except Exception as e:  # TFDS raises unrelated errors when offline (see module doc).
-        where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
+        # Imported lazily: slow, and MNIST needs none of it.
+        import requests  # TFDS downloads with it and lets its errors through.
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    except ImportError as e:
+        raise _missing_module(name, e) from e
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except ImportError as e:  # TFDS imports some modules lazily, on first use.
+        raise _missing_module(name, e) from e
+    except requests.RequestException as e:  # Before OSError: these are OSErrors too.
+        url = e.request.url if e.request is not None else "the download"
         raise DatasetError(
-            f"{name} is not prepared in {where} and could not be downloaded "
-            f"({type(e).__name__}); prepare it where there is network with "
-            f"`tfds build {name} --data_dir=DIR`, then pass --data_dir=DIR"
+            f"{name} is not prepared in {where} and {url} could not be downloaded: "
+            f"{_one_line(_root_cause(e))}; {_PREPARE_ELSEWHERE.format(name=name)}"
         ) from e
+    except tfds.download.DownloadError as e:  # An HTTP status other than 200, with the URL.
+        raise DatasetError(
+            f"{name} is not prepared in {where} and could not be downloaded: {_one_line(e)}; "
+            f"{_PREPARE_ELSEWHERE.format(name=name)}"
+        ) from e
+    except NonMatchingChecksumError as e:  # Names the URL, the file and both checksums.
+        raise DatasetError(f"cannot prepare {name}: {_one_line(e)}") from e
+    except OSError as e:  # The data directory: missing permissions, a full disk.
+        raise DatasetError(f"cannot prepare {name} in {where}: {_one_line(e)}") from e
+    return builder
+
+
+def _load_tfds(name, split, data_dir, validation_size):
+    builder = _prepared_builder(name, data_dir)
+    tfds_split = _tfds_split(name, split, validation_size, builder.info.splits)
+    return builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
 
 
 # ------------------------------------------------------------------ pipeline

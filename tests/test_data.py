@@ -1,10 +1,10 @@
 import os
 import shutil
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from at2l_tf import data
 from at2l_tf.errors import DatasetError
@@ -87,35 +87,14 @@ def test_bad_arguments_name_the_value(call, match):
         call()
 
 
-@pytest.mark.parametrize("name, shape, classes", [("cifar10", (32, 32, 3), 10), ("cats_vs_dogs", (48, 48, 3), 2)])
-def test_tfds_pipelines_with_mock_data(name, shape, classes):
-    spec = data.get_spec(name, image_size=48)
-    assert spec.image_shape == shape and spec.num_classes == classes
-    with tfds.testing.mock_data(num_examples=12):
-        for split in data.SPLITS:
-            ds = data.load(name, split, image_size=48, max_examples=10)
-            batch = next(iter(data.make_pipeline(ds, batch_size=4, shuffle=True, seed=0)))
-            x, y = batch
-            assert x.shape == (4,) + shape and x.dtype == tf.float32
-            assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
-            assert y.dtype == tf.int64
-            assert set(y.numpy().tolist()) <= set(range(classes))
-            assert _count(ds) == 10
-
-
 def test_tfds_split_slicing():
-    assert data._tfds_split("cats_vs_dogs", "train", 0) == "train[:80%]"
-    assert data._tfds_split("cats_vs_dogs", "validation", 0) == "train[80%:90%]"
-    assert data._tfds_split("cats_vs_dogs", "test", 0) == "train[90%:]"
-    assert data._tfds_split("cifar10", "train", 5000) == "train[:45000]"
-    assert data._tfds_split("cifar10", "validation", 5000) == "train[45000:]"
-    assert data._tfds_split("cifar10", "test", 5000) == "test"
-
-
-def test_unprepared_tfds_dataset_offline_says_what_to_do(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise ModuleNotFoundError("No module named 'something_deep_inside_tfds'")
-
-    monkeypatch.setattr(tfds, "load", no_network)
-    with pytest.raises(DatasetError, match=r"cifar10 is not prepared in .*--data_dir=DIR"):
-        data.load("cifar10", "train", data_dir=str(tmp_path))
+    # Through the real builders, on small archives: tests/test_tfds_builders.py.
+    upstream = {"train": types.SimpleNamespace(num_examples=50000)}
+    assert data._tfds_split("cats_vs_dogs", "train", 0, {}) == "train[:80%]"
+    assert data._tfds_split("cats_vs_dogs", "validation", 0, {}) == "train[80%:90%]"
+    assert data._tfds_split("cats_vs_dogs", "test", 0, {}) == "train[90%:]"
+    assert data._tfds_split("cifar10", "train", 5000, upstream) == "train[:45000]"
+    assert data._tfds_split("cifar10", "validation", 5000, upstream) == "train[45000:]"
+    assert data._tfds_split("cifar10", "test", 5000, {}) == "test"
+    with pytest.raises(DatasetError, match=r"validation_size must be in \[0, 50000\) .*received validation_size=50000"):
+        data._tfds_split("cifar10", "validation", 50000, upstream)

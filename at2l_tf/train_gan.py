@@ -44,7 +44,7 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
-from at2l_tf import fileio
+from at2l_tf import fileio, identity
 from at2l_tf.errors import ConfigError, at_least
 from at2l_tf.log import log
 
@@ -176,25 +176,14 @@ def config_from_flags(fv=flags.FLAGS):
 
 
 def _check_same_run(config, policy="float32"):
-    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration.
+    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration
+    (`at2l_tf.identity`: one line listing every difference).
 
     `policy` is the resolved Keras dtype policy (a run started in one precision
     is not continued in another); records from before mixed precision were float32.
     """
-    path = os.path.join(config.workdir, CONFIG_FILE)
     mine = {**{k: getattr(config, k) for k in _RUN_KEYS}, "precision": policy}
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = {"precision": "float32", **json.load(f)}
-        diffs = [f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in mine
-                 if theirs.get(k) != mine[k]]
-        if diffs:
-            raise ConfigError(
-                f"workdir {config.workdir!r} holds a run with another configuration "
-                f"({'; '.join(diffs)}): use another --workdir or delete it"
-            )
-    else:
-        fileio.atomic_write_json(path, mine)
+    identity.check_identity(config.workdir, mine, filename=CONFIG_FILE, defaults={"precision": "float32"})
 
 
 def _train_images(config):

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from at2l_tf import attacks, config as config_lib, data, evaluation, train, tune
+from at2l_tf import attacks, config as config_lib, data, evaluation, precision, train, tune
 from at2l_tf.errors import ConfigError
 from at2l_tf.tune import __main__ as tune_cli  # The entry point: defines the tune flags.
 from at2l_tf.tune import space as hm
@@ -114,7 +114,10 @@ def test_the_objective_is_the_stronger_attack_not_the_training_one(search):
         best["hyperparameters"]["lambda1"], best["hyperparameters"]["margin"],
         best["hyperparameters"]["norm"],
     )
-    clf = model.classifier
+    # As documented (`tune.RobustAccuracy`), robustness is judged on the classifier's float32
+    # twin: under --mixed_precision=auto the trained classifier computes in bfloat16 on CPUs
+    # with avx512_bf16 or AMX, whose numbers differ from CPU to CPU and from float32.
+    clf = precision.to_float32(model.classifier)
     x, y = data.load_mnist_arrays("validation", validation_size=128)
     x, y = tf.constant(x[:64].astype("float32") / 255.0), tf.constant(y[:64])
 

@@ -32,9 +32,10 @@ paper's triplet: `--defense_choices=at,at2l,trades,mart --beta_range=1,6`.
 attack than the training one — APGD-CE, 20 iterations, 1 restart, at the
 training eps, on the first 1,000 validation images by default
 (`--objective_attack`, `--objective_steps`, `--objective_restarts`,
-`--objective_examples`) — measured after every epoch; a trial scores its
-best epoch. Never the training attack's own accuracy (`val_adv_acc`), which
-rewards gradient masking. The test split is not touched.
+`--objective_examples`) — measured after every epoch, on a float32 copy of the
+classifier whatever precision trains it; a trial scores its best epoch. Never
+the training attack's own accuracy (`val_adv_acc`), which rewards gradient
+masking. The test split is not touched.
 
 **Tuners.** `random` by default: with the dozen trials a CPU affords,
 Bayesian optimisation would spend them all on its initial random points

@@ -14,7 +14,7 @@ import os
 from typing import Optional
 
 from at2l_tf import attacks, data, defenses, losses, models, precision
-from at2l_tf.errors import ConfigError
+from at2l_tf.errors import ConfigError, at_least
 from at2l_tf.training import objectives
 from at2l_tf.training.objectives import DEFENSES
 
@@ -48,11 +48,11 @@ class DataConfig:
                 f"unknown dataset {self.dataset!r}; known datasets: "
                 f"{', '.join(data.available_datasets())}"
             )
-        _at_least("batch_size", self.batch_size, 2)  # A triplet needs two examples.
-        _at_least("image_size", self.image_size, 8)
-        _at_least("validation_size", self.validation_size, 0)
+        at_least("batch_size", self.batch_size, 2)  # A triplet needs two examples.
+        at_least("image_size", self.image_size, 8)
+        at_least("validation_size", self.validation_size, 0)
         if self.max_train_examples is not None:
-            _at_least("max_train_examples", self.max_train_examples, self.batch_size)
+            at_least("max_train_examples", self.max_train_examples, self.batch_size)
         return self
 
 
@@ -86,12 +86,12 @@ class AttackConfig:
                 f"unknown training attack {self.name!r}; known: {', '.join(attacks.TRAINING_ATTACKS)}"
             )
         if self.eps is not None:
-            _at_least("eps", self.eps, 0.0)
+            at_least("eps", self.eps, 0.0)
             if self.eps > 1:
                 raise ConfigError(f"eps must be <= 1 for images in [0, 1], received eps={self.eps}")
-        _at_least("attack_steps", self.steps, 1)
+        at_least("attack_steps", self.steps, 1)
         if self.step_size is not None:
-            _at_least("attack_step_size", self.step_size, 0.0)
+            at_least("attack_step_size", self.step_size, 0.0)
         return self
 
 
@@ -132,14 +132,14 @@ class PreprocessingConfig:
                 f"unknown preprocessing {self.name!r}; known: {', '.join(defenses.PREPROCESSING)}"
             )
         if self.name == "thermometer":
-            _at_least("thermometer_levels", self.thermometer_levels, 2)
+            at_least("thermometer_levels", self.thermometer_levels, 2)
         if self.name == "defense_gan":
             if not self.generator:
                 raise ConfigError("--preprocessing=defense_gan needs --generator=PATH (a trained generator)")
             if not os.path.exists(self.generator):
                 raise ConfigError(f"generator does not exist: {self.generator}")
-            _at_least("dgan_steps", self.dgan_steps, 1)
-            _at_least("dgan_restarts", self.dgan_restarts, 1)
+            at_least("dgan_steps", self.dgan_steps, 1)
+            at_least("dgan_restarts", self.dgan_restarts, 1)
         return self
 
 
@@ -223,14 +223,14 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown defense {self.defense!r}; known defenses: {', '.join(DEFENSES)}"
             )
-        _at_least("lambda1", self.lambda1, 0.0)
+        at_least("lambda1", self.lambda1, 0.0)
         if self.lambda2 is not None:
-            _at_least("lambda2", self.lambda2, 0.0)
-        _at_least("margin", self.margin, 0.0)
+            at_least("lambda2", self.lambda2, 0.0)
+        at_least("margin", self.margin, 0.0)
         if self.norm not in losses.NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; known norms: {', '.join(losses.NORMS)}")
         if self.beta is not None:
-            _at_least("beta", self.beta, 0.0)
+            at_least("beta", self.beta, 0.0)
             if not objectives.uses_beta(self.defense):
                 raise ConfigError(
                     f"beta is the weight of the KL term of trades and mart: defense={self.defense!r} "
@@ -247,9 +247,9 @@ class TrainConfig:
                     + ("does not have (no adversarial examples; clean CE + triplet is --defense=tr)"
                        if self.defense == "none" else "adds only with --lambda2 > 0")
                 )
-        _at_least("epochs", self.epochs, 1)
-        _at_least("pretrain_epochs", self.pretrain_epochs, 0)
-        _at_least("save_every_steps", self.save_every_steps, 0)
+        at_least("epochs", self.epochs, 1)
+        at_least("pretrain_epochs", self.pretrain_epochs, 0)
+        at_least("save_every_steps", self.save_every_steps, 0)
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, received learning_rate={self.learning_rate}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -298,8 +298,8 @@ class EnsembleConfig:
                 raise ConfigError("--static_models needs --ensemble_attacks (ensemble AT²L)")
             return self
         ensemble.parse_attack_set(self.attacks)
-        _at_least("regenerate_every", self.regenerate_every, 1)
-        _at_least("ensemble_cw_steps", self.cw_steps, 1)
+        at_least("regenerate_every", self.regenerate_every, 1)
+        at_least("ensemble_cw_steps", self.cw_steps, 1)
         if not self.cw_const > 0:
             raise ConfigError(f"ensemble_cw_const must be > 0, received ensemble_cw_const={self.cw_const}")
         for path in self.static_models:
@@ -331,9 +331,9 @@ class EvalConfig:
     def validate(self):
         for name in self.attacks:
             attacks.get_entry(name)
-        _at_least("eval_examples", self.num_examples, 0)
-        _at_least("eval_pgd_steps", self.pgd_steps, 1)
-        _at_least("eval_pgd_step_size", self.pgd_step_size, 0.0)
+        at_least("eval_examples", self.num_examples, 0)
+        at_least("eval_pgd_steps", self.pgd_steps, 1)
+        at_least("eval_pgd_step_size", self.pgd_step_size, 0.0)
         attacks.get_entry("autoattack").user_params[0].check(
             self.autoattack_version, "eval_autoattack_version"
         )
@@ -473,8 +473,3 @@ class ExperimentConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-
-def _at_least(name, value, low):
-    if value is None or value < low:
-        raise ConfigError(f"{name} must be >= {low}, received {name}={value}")

@@ -24,3 +24,18 @@ class ModelLoadError(At2lError):
 
 class Interrupted(At2lError):
     """Training stopped on Ctrl-C after writing a backup; the same command resumes it."""
+
+
+def at_least(name, value, low, *, integer=False):
+    """The check behind every "must be >= low" of the configurations.
+
+    Lives here, beside `ConfigError`, rather than in `at2l_tf.config`, so that
+    commands that keep TensorFlow out of their start-up (`train_gan`) can use it.
+
+    Raises:
+        ConfigError: `name must be >= low, received name=value` (with
+            `integer`, also when `value` is not a whole number).
+    """
+    if value is None or (integer and int(value) != value) or value < low:
+        kind = "an integer " if integer else ""
+        raise ConfigError(f"{name} must be {kind}>= {low}, received {name}={value}")

@@ -46,6 +46,7 @@ import tensorflow as tf
 from at2l_tf import config as config_lib
 from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
 from at2l_tf import precision as precision_lib
+from at2l_tf.log import log
 from at2l_tf.training import backup as backup_lib
 from at2l_tf.training import distribute, ensemble
 from at2l_tf.training.at2l_model import AT2LModel
@@ -305,9 +306,9 @@ def run(config, *, verbose=None):
         )
     strategy = distribute.make_strategy(config.train.strategy)
     precision = resolve_precision(config)  # Decided once: the run's first line says it.
-    _log(precision.describe())
+    log(precision.describe())
     if precision.warning:
-        _log(f"warning: {precision.warning}")
+        log(f"warning: {precision.warning}")
     distribute.check_batch_size(config.data.batch_size, strategy.num_replicas_in_sync)
     verbose = default_verbosity() if verbose is None else verbose
     started = time.time()
@@ -328,7 +329,7 @@ def run(config, *, verbose=None):
     # 3. Data, 4. model.
     train_data = training_data(config, strategy, worker)
     model = build_model(config, strategy, steps_per_epoch=train_data.steps, precision=precision)
-    _log(
+    log(
         f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
         f"{_describe_training(config.train)}"
         f"attack={config.training_attack or 'none'} eps={config.eps:.4g} steps={config.attack.steps} "
@@ -343,7 +344,7 @@ def run(config, *, verbose=None):
         record["train_seconds"] = round(time.time() - started, 1)
         record["weights_sha256"] = distribute.weights_digest(model.classifier)
         record["precision"] = precision_lib.summary_line(precision)
-        _log(f"{worker.name}: weights sha256 {record['weights_sha256'][:16]}")
+        log(f"{worker.name}: weights sha256 {record['weights_sha256'][:16]}")
         # 6. Finish.
         if not worker.is_chief:
             backup.remove()
@@ -383,7 +384,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     if backup.meta:
         run_state["resumes"].append({"epoch": epoch, "step": step, "steps_per_epoch": train_data.steps,
                                      "backup_written": meta.get("written")})
-        _log(f"resuming from {backup.path}: {epoch} epoch(s) and {step} step(s) done of {total} epoch(s)")
+        log(f"resuming from {backup.path}: {epoch} epoch(s) and {step} step(s) done of {total} epoch(s)")
     stop = backup_lib.StopFlag()
 
     def backup_callback(phase, epoch0, step0, mid_epoch=True):
@@ -396,7 +397,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     extra = {}
     with stop.on_sigint():
         if epoch < pre:
-            _log(f"pre-training on clean data for {pre} epoch(s) (line 1 of Algorithms 1 and 2)")
+            log(f"pre-training on clean data for {pre} epoch(s) (line 1 of Algorithms 1 and 2)")
             with strategy.scope():
                 clean = AT2LModel(model.classifier, defense="none", seed=config.train.seed)
                 clean.compile(optimizer=precision_lib.wrap_optimizer(
@@ -485,7 +486,7 @@ def finish(model, config, record, backup, worker, started, verbose):
     if worker.num_workers > 1:
         results["workers"] = worker.num_workers
     if config.eval.num_examples > 0:
-        _log(f"evaluating on the first {config.eval.num_examples} test images")
+        log(f"evaluating on the first {config.eval.num_examples} test images")
         test_ds = data.make_pipeline(
             load_split(config, "test", config.eval.num_examples),
             batch_size=max(config.data.batch_size, 256),
@@ -518,7 +519,7 @@ def finish(model, config, record, backup, worker, started, verbose):
             input_check=config.serving_input_check,
         )
         results["export_path"] = path
-        _log(f"exported SavedModel to {path}")
+        log(f"exported SavedModel to {path}")
         if results.get("test"):  # The final check, recorded in the version it measured.
             evaluation.record.write_record(path, evaluation.record.make_record(
                 results["test"], evaluated_by="train", dataset=config.data.dataset, split="test",
@@ -527,7 +528,7 @@ def finish(model, config, record, backup, worker, started, verbose):
             ))
     fileio.atomic_write_json(os.path.join(workdir, "results.json"), results)
     backup.remove()
-    _log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")
+    log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")
     return results
 
 
@@ -539,7 +540,7 @@ def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, 
     fns = ensemble.make_attack_fns(
         names, eps=config.eps, steps=config.attack.steps, cw_steps=n.cw_steps, cw_const=n.cw_const
     )
-    _log(
+    log(
         f"ensemble AT²L: A = {{{', '.join(names)}}}, M = {{current"
         f"{''.join(', ' + p for p, _ in static_models)}}}, regenerated every {n.regenerate_every} epoch(s)"
     )
@@ -558,7 +559,7 @@ def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, 
         verbose=verbose,
         initial_epoch=config.train.pretrain_epochs,
         start_epoch=start_epoch,
-        log=_log,
+        log=log,
     )
 
 
@@ -574,9 +575,6 @@ def _describe_training(train):
                  f"λ2 {t['lambda2']:g} α {t['margin']:g} ")
     return text
 
-
-def _log(msg):
-    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
 
 
 __all__ = [

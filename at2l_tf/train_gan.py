@@ -44,8 +44,9 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
-from at2l_tf import fileio
-from at2l_tf.errors import ConfigError
+from at2l_tf import fileio, identity
+from at2l_tf.errors import ConfigError, at_least
+from at2l_tf.log import log
 
 PROG = "train_gan"
 GENERATOR_FILE = "generator.keras"  # Same name as defenses.defense_gan.GENERATOR_FILE.
@@ -86,10 +87,10 @@ class GANConfig:
         """Raises `ConfigError` naming the first bad value; returns `self`."""
         for name in ("epochs", "batch_size", "latent_dim", "n_critic", "eval_steps",
                      "eval_restarts", "eval_batch_size"):
-            _at_least(name, getattr(self, name), 1)
-        _at_least("eval_examples", self.eval_examples, 0)
+            at_least(name, getattr(self, name), 1, integer=True)
+        at_least("eval_examples", self.eval_examples, 0, integer=True)
         if self.max_train_examples is not None:
-            _at_least("max_train_examples", self.max_train_examples, 1)
+            at_least("max_train_examples", self.max_train_examples, 1, integer=True)
         if not self.gp_weight >= 0:
             raise ConfigError(f"gp_weight must be >= 0, received gp_weight={self.gp_weight}")
         if not self.learning_rate > 0:
@@ -118,11 +119,6 @@ class GANConfig:
         if self.generator_out.endswith(".keras"):
             return self.generator_out
         return os.path.join(self.generator_out, GENERATOR_FILE)
-
-
-def _at_least(name, value, low):
-    if value is None or int(value) != value or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, received {name}={value}")
 
 
 def _check_writable(name, path, directory):
@@ -179,30 +175,15 @@ def config_from_flags(fv=flags.FLAGS):
     )
 
 
-def _log(msg):
-    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
-
-
 def _check_same_run(config, policy="float32"):
-    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration.
+    """Writes `<workdir>/gan_config.json`, or refuses a workdir of another configuration
+    (`at2l_tf.identity`: one line listing every difference).
 
     `policy` is the resolved Keras dtype policy (a run started in one precision
     is not continued in another); records from before mixed precision were float32.
     """
-    path = os.path.join(config.workdir, CONFIG_FILE)
     mine = {**{k: getattr(config, k) for k in _RUN_KEYS}, "precision": policy}
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = {"precision": "float32", **json.load(f)}
-        diffs = [f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in mine
-                 if theirs.get(k) != mine[k]]
-        if diffs:
-            raise ConfigError(
-                f"workdir {config.workdir!r} holds a run with another configuration "
-                f"({'; '.join(diffs)}): use another --workdir or delete it"
-            )
-    else:
-        fileio.atomic_write_json(path, mine)
+    identity.check_identity(config.workdir, mine, filename=CONFIG_FILE, defaults={"precision": "float32"})
 
 
 def _train_images(config):
@@ -316,9 +297,9 @@ def run(config, *, progress_bar=None):
     from at2l_tf import precision as precision_lib
 
     prec = precision_lib.resolve(config.mixed_precision)
-    _log(prec.describe())
+    log(prec.describe())
     if prec.warning:
-        _log(f"warning: {prec.warning}")
+        log(f"warning: {prec.warning}")
     os.makedirs(config.workdir, exist_ok=True)
     _check_same_run(config, prec.policy)
     images = _train_images(config)
@@ -362,10 +343,10 @@ def run(config, *, progress_bar=None):
             with open(history_path) as f:
                 history = json.load(f)
         history = history[: int(epoch_var.numpy())]
-        _log(f"resumed from {manager.latest_checkpoint} after epoch {int(epoch_var.numpy())}")
+        log(f"resumed from {manager.latest_checkpoint} after epoch {int(epoch_var.numpy())}")
     done = int(epoch_var.numpy())
     steps_per_epoch = len(images) // (config.n_critic * config.batch_size)
-    _log(
+    log(
         f"training the WGAN-GP on {len(images)} MNIST images: epochs {done + 1}..{config.epochs}, "
         f"{steps_per_epoch} generator steps per epoch (n_critic={config.n_critic}, "
         f"batch_size={config.batch_size})"
@@ -384,7 +365,7 @@ def run(config, *, progress_bar=None):
         fileio.atomic_write_json(history_path, history)
         sample_grid_png(gan.generator, os.path.join(config.workdir, "samples",
                                                     f"epoch-{epoch + 1:03d}.png"), seed=config.seed)
-        _log(
+        log(
             f"epoch {epoch + 1}/{config.epochs}: critic_loss={row['critic_loss']:.4f} "
             f"generator_loss={row['generator_loss']:.4f} gradient_penalty={row['gradient_penalty']:.4f} "
             f"wasserstein={row['wasserstein']:.4f} ({seconds:.0f} s, "
@@ -393,7 +374,7 @@ def run(config, *, progress_bar=None):
 
     generator_file = config.generator_file
     _save_generator(precision_lib.to_float32(gan.generator), generator_file)  # Shipped in float32.
-    _log(f"wrote the generator to {generator_file}")
+    log(f"wrote the generator to {generator_file}")
     samples = os.path.join(config.workdir, "samples.png")
     sample_grid_png(gan.generator, samples, seed=config.seed)
     results = {
@@ -409,14 +390,14 @@ def run(config, *, progress_bar=None):
         "precision": precision_lib.summary_line(prec),
     }
     if config.eval_examples > 0:
-        _log(f"projecting the first {config.eval_examples} test images (L={config.eval_steps}, "
+        log(f"projecting the first {config.eval_examples} test images (L={config.eval_steps}, "
              f"R={config.eval_restarts})")
         results["reconstruction"] = reconstruction_check(
             generator_file, num_examples=config.eval_examples, steps=config.eval_steps,
             restarts=config.eval_restarts, seed=config.seed, batch_size=config.eval_batch_size,
         )
         rec = results["reconstruction"]
-        _log(f"reconstruction error: MSE {rec['mean_squared_error']:.4f}, L2 {rec['mean_l2']:.3f} "
+        log(f"reconstruction error: MSE {rec['mean_squared_error']:.4f}, L2 {rec['mean_l2']:.3f} "
              f"(random starts: {rec['start_mean_squared_error']:.4f}, "
              f"{rec['start_mean_l2']:.3f}); {rec['seconds_per_image']:.3f} s/image")
     if not config.generator_out.endswith(".keras"):
@@ -424,7 +405,7 @@ def run(config, *, progress_bar=None):
                         seed=config.seed)
         fileio.atomic_write_json(os.path.join(config.generator_out, "results.json"), results)
     fileio.atomic_write_json(os.path.join(config.workdir, "results.json"), results)
-    _log(f"wrote {os.path.join(config.workdir, 'results.json')}")
+    log(f"wrote {os.path.join(config.workdir, 'results.json')}")
     return results
 
 

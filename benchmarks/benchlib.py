@@ -379,36 +379,21 @@ def finished_run(config):
     """The `results.json` of a finished train run of `config` in its workdir, else `None`.
 
     Finished: `results.json` and `model.keras` exist and the recorded
-    configuration equals `config`'s, so a benchmark that is run again resumes
-    instead of training again.
+    configuration equals `config`'s (`at2l_tf.identity`; settings added to the
+    configuration after the run was recorded count as their defaults), so a
+    benchmark that is run again resumes instead of training again.
     """
-    import json
+    from at2l_tf import identity as run_identity
 
     results = os.path.join(config.workdir, "results.json")
     if not (os.path.exists(results) and os.path.exists(os.path.join(config.workdir, "model.keras"))):
         return None
-    with open(results) as fh:
-        done = json.load(fh)
-    # Compared as JSON (tuples read back as lists); settings added to the
-    # configuration after the run was recorded count as their defaults.
-    recorded = _with_defaults(done.get("config") or {}, type(config)().to_dict())
-    if recorded != json.loads(json.dumps(config.to_dict())):
+    done = run_identity.read(results)
+    recorded = run_identity.flatten(done.get("config") or {}, type(config)().to_dict())
+    if run_identity.differences(recorded, config.to_dict()):
         return None
     print(f"[benchlib] reusing the finished run in {config.workdir}", file=sys.stderr, flush=True)
     return done
-
-
-def _with_defaults(recorded, defaults):
-    """`recorded` with the keys it lacks taken from `defaults` (recursively), as JSON."""
-    import json
-
-    defaults = json.loads(json.dumps(defaults))
-    if not isinstance(recorded, dict) or not isinstance(defaults, dict):
-        return recorded
-    out = dict(defaults)
-    for key, value in recorded.items():
-        out[key] = _with_defaults(value, defaults.get(key)) if isinstance(value, dict) else value
-    return out
 
 
 # ------------------------------------------------------------------ speed families

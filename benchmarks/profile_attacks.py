@@ -59,6 +59,7 @@ Per model, the floor (`models.<name>.floor`):
 """
 
 import collections
+import functools
 import glob
 import os
 import re
@@ -79,6 +80,7 @@ from absl import flags
 from at2l_tf import attacks, cli, data, models
 from at2l_tf.errors import ConfigError
 from at2l_tf.fileio import atomic_write_json
+from at2l_tf.log import log
 
 flags.DEFINE_bool("quick", False, "Short run for tests: mnist_small, PGD-3, 2 repeats.")
 flags.DEFINE_string("output_json", None, "Where to write the results JSON.")
@@ -104,8 +106,7 @@ FLOOR_KEYS = (
 _EAGER_PREFIX = "EagerLocalExecute: "
 
 
-def _log(msg):
-    print(f"[profile] {msg}", file=sys.stderr, flush=True)
+_log = functools.partial(log, prefix="profile")
 
 
 # ----------------------------------------------------------------- the trace

@@ -24,9 +24,9 @@ bfloat16 and the figure falls below 1, which is why `--mixed_precision=auto`
 reads the flags (`at2l_tf.precision`).
 """
 
+import functools
 import gc
 import statistics
-import sys
 import time
 
 from absl import flags
@@ -35,6 +35,7 @@ from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults
 import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.log import log  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["mnist_small", "madry_mnist"], "MNIST models to time.")
@@ -53,8 +54,7 @@ POLICIES = ("mixed_bfloat16", "mixed_float16")
 FIGURES = ("pgd_input_gradients", "train_step")
 
 
-def _log(msg):
-    print(f"[speed_precision] {msg}", file=sys.stderr, flush=True)
+_log = functools.partial(log, prefix="speed_precision")
 
 
 def bench_model(name, x, y, policy, cfg):

@@ -37,6 +37,7 @@ run directories under `--study_dir` are scratch):
 (estimated from the steps done), leaving the JSON complete for what ran.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -50,6 +51,7 @@ from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults
 import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.log import log  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 RECIPE = os.path.join(ROOT, "flags", "mnist_triplet_study.flags")
@@ -127,8 +129,7 @@ def _seeds(n):
     return f"{n} seed{'' if n == 1 else 's'}"
 
 
-def _log(msg):
-    print(f"[triplet_study] {msg}", file=sys.stderr, flush=True)
+_log = functools.partial(log, prefix="triplet_study")
 
 
 class Budget:

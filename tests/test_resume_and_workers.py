@@ -130,7 +130,7 @@ def test_a_workdir_of_another_configuration_is_one_line_and_loses_nothing(tmp_pa
     assert code == 1 and "Traceback" not in err
     (line,) = _errors(err)
     assert f"train: error: workdir {workdir} holds a finished run" in line
-    assert "of another configuration (attack.name: 'pgd' -> 'fgsm')" in line
+    assert "with other settings (attack.name: 'pgd' -> 'fgsm'" in line
     assert _snapshot(workdir) == before
 
 

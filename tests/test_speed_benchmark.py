@@ -1,16 +1,16 @@
 """benchmarks/speed.py --quick, run as users run it: valid JSON with the documented keys;
 its families (speed_training.py, speed_attacks.py) run alone on their own figures.
 
-The targets are not checked here (timings depend on the machine and its load),
-but the ratios timed side by side in one process get loose bounds that a
-real slowdown breaks: an extra forward pass per PGD step makes
-`pgd_efficiency` about 1.3 (measured), a second attack run in the AT²L step
-makes `at2l_over_at` about 2, and an attack that retraces or runs eagerly per
-call loses to CleverHans' eager loop. Unmutated, on this project's 2-core
-machines under load: `pgd_efficiency` 0.97–0.98, `at2l_over_at` 0.93–1.03.
-Every contender's adversarials must be valid. Without ART or Foolbox (CI
-installs only `.[test]`), their ratios must be `null` with the documented
-`skipped` note.
+Only that the benchmark runs and what it writes are checked here: every figure a
+positive number (or `null` with the documented `skipped` note), every
+contender's adversarials valid. No speed ratio is asserted, not even with loose
+bounds: on shared machines a ratio moves with the load (`pgd_efficiency`
+0.97-0.98 and `at2l_over_at` 0.93-1.03 unmutated here, more elsewhere), so a
+test on it fails by chance on one machine and catches little on another. The
+ratios and their targets are the benchmark's results (`benchmarks/README.md`,
+`benchmarks/results/`), each with its `pass` in the JSON. Without ART or
+Foolbox (CI installs only `.[test]`), their ratios must be `null` with the
+documented `skipped` note.
 """
 
 import importlib.util
@@ -31,13 +31,8 @@ FIGURES = TARGETS + ("train_epoch_s", "train_run")
 ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art", "apgd_vs_art")
 FOOLBOX_RATIOS = ("pgd_vs_foolbox",)
 DEFENSES = ("none", "at", "at2l")
-# (low, high) of the ratios timed side by side; see the module docstring.
-BOUNDS = {
-    "pgd_efficiency": (0.7, 1.2),
-    "pgd_efficiency_cpu": (0.7, 1.2),
-    "at2l_over_at": (0.7, 1.3),
-    "pgd_vs_cleverhans_eager": (0.8, None),
-}
+# Ratios timed side by side that the JSON carries besides the targets (no bounds: see above).
+CPU_RATIOS = ("pgd_efficiency_cpu",)
 HAS_ART = importlib.util.find_spec("art") is not None
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 
@@ -110,8 +105,8 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
                 assert record[name] is None
             else:
                 assert _positive(record[name]), (name, record[name])
-        for name, (low, high) in BOUNDS.items():
-            assert record[name] >= low and (high is None or record[name] <= high), (name, record[name])
+        for name in CPU_RATIOS:
+            assert _positive(record[name]), (name, record[name])
         epoch = record["train_epoch_s"]
         assert epoch["extrapolated"] is True and epoch["steps_per_epoch"] == 55000 // 128
         for d in DEFENSES:

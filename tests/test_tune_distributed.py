@@ -21,6 +21,8 @@ import pytest
 from absl import flags
 
 from at2l_tf import fileio, tune
+from at2l_tf.tune import __main__ as tune_cli  # The entry point: defines the tune flags.
+from at2l_tf.tune import distributed
 from at2l_tf.errors import ConfigError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -30,7 +32,7 @@ TINY = [
     "--eval_examples=0", "--export_dir=", "--objective_attack=apgd_ce", "--objective_steps=2",
     "--objective_examples=64", "--verbose=0",
 ]
-ENV = {k: v for k, v in os.environ.items() if k not in (*tune._ROLE_VARS, "TF_CONFIG")}
+ENV = {k: v for k, v in os.environ.items() if k not in (*distributed.ROLE_VARS, "TF_CONFIG")}
 ENV.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
 TF_CHATTER = ("E0000", "I0000", "W0000", "WARNING: All log")
 pytestmark = [
@@ -117,7 +119,7 @@ def test_a_chief_and_two_workers_run_one_search(tmp_path):
     _parse(*args)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        _, resumed = tune.tune_from_flags()
+        _, resumed = tune_cli.tune_from_flags()
     assert "resuming a random search" in stderr.getvalue() and "4 of 4 trials done" in stderr.getvalue()
     assert not _trial_ids(stderr.getvalue(), "start")
     assert resumed["trials"] == summary["trials"]
@@ -193,7 +195,7 @@ def _reset_flags():
 def _chief_search_json(tune_dir, *args):
     """Writes the search.json a chief started with `args` would write."""
     _parse(*TINY, f"--tune_dir={tune_dir}", *args)
-    record = tune.search_record(*tune.settings_from_flags())
+    record = tune.search_record(*tune_cli.settings_from_flags())
     fileio.atomic_write_json(os.path.join(tune_dir, "search.json"), record)
     flags.FLAGS.unparse_flags()
 
@@ -206,7 +208,7 @@ def test_a_worker_with_other_flags_than_the_chief_is_refused(tmp_path, monkeypat
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(fake_chief))
     _parse(*TINY, f"--tune_dir={tune_dir}", "--max_trials=2", "--lambda1_range=0.5,1")
     with pytest.raises(ConfigError) as info:
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
     message = str(info.value)
     assert message.startswith(f"this worker's flags differ from the chief's search in {tune_dir} "
                               "(search_space.lambda1_range: [0.5, 2.0] -> [0.5, 1.0])")
@@ -215,13 +217,13 @@ def test_a_worker_with_other_flags_than_the_chief_is_refused(tmp_path, monkeypat
 
     _parse(*TINY, f"--tune_dir={tmp_path / 'elsewhere'}")  # Not the chief's directory.
     with pytest.raises(ConfigError, match="search.json does not exist: a worker needs the chief's --tune_dir"):
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
     _parse(*TINY, f"--tune_dir={tune_dir}", "--overwrite")
     with pytest.raises(ConfigError, match="--overwrite is the chief's"):
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
     _parse(*TINY, f"--tune_dir={tune_dir}", "--lambda1_range=2,1")  # Bad flags: before any wait.
     with pytest.raises(ConfigError, match="lambda1_range must have min <= max"):
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
 
 
 def test_a_worker_without_a_chief_gives_up_after_its_wait(tmp_path, monkeypatch):
@@ -231,7 +233,7 @@ def test_a_worker_without_a_chief_gives_up_after_its_wait(tmp_path, monkeypatch)
     _parse(*TINY, f"--tune_dir={tmp_path / 't'}", "--wait_for_chief=1")
     start = time.time()
     with pytest.raises(ConfigError, match=r"no chief answered at 127.0.0.1:\d+ within 1 s \(--wait_for_chief\)"):
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
     assert time.time() - start < 30 and not (tmp_path / "t").exists()
 
 
@@ -241,5 +243,5 @@ def test_a_chief_cannot_take_a_busy_port(tmp_path, monkeypatch, fake_chief):
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(fake_chief))
     _parse(*TINY, f"--tune_dir={tmp_path / 't'}")
     with pytest.raises(ConfigError, match=f"the chief cannot listen on 127.0.0.1:{fake_chief} "):
-        tune.tune_from_flags()
+        tune_cli.tune_from_flags()
     assert not (tmp_path / "t").exists()

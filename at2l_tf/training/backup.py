@@ -16,9 +16,9 @@ either the previous backup or the new one, never half of one. It holds:
 Rules, applied by `open_workdir` before any data is read:
 
 1. A workdir whose backup or `results.json` records another training
-   configuration is refused (`ConfigError` naming the first difference): runs
-   are never mixed, and nothing of the earlier run is touched. Settings that do
-   not change the weights (`IGNORED`: workdir, export, the final test check,
+   configuration is refused (`at2l_tf.identity`: one line listing every
+   difference): runs are never mixed, and nothing of the earlier run is
+   touched. Settings that do not change the weights (`IGNORED`: workdir, export, the final test check,
    backup frequency) may differ.
 2. A backup of the same configuration is resumed from: the weights, the
    optimizer state, the epoch and the step. The data order of every epoch is a
@@ -49,6 +49,7 @@ import keras
 import numpy as np
 
 from at2l_tf import fileio
+from at2l_tf import identity as run_identity
 from at2l_tf.errors import ConfigError, Interrupted
 
 # Settings that may change between a run and its resume: they do not change the weights.
@@ -65,18 +66,8 @@ def identity(config_dict, defaults=None):
     Keys missing from `config_dict` (settings added after it was recorded)
     take their value from `defaults`.
     """
-    flat = _flatten(defaults or {})
-    flat.update(_flatten(config_dict))
+    flat = run_identity.flatten(config_dict, defaults)
     return {k: v for k, v in flat.items() if not any(k == i or k.startswith(i + ".") for i in IGNORED)}
-
-
-def first_difference(recorded, current):
-    """`"key: recorded -> current"` for the first setting that differs, else None."""
-    for key in sorted(set(recorded) | set(current)):
-        a, b = recorded.get(key), current.get(key)
-        if _jsonable(a) != _jsonable(b):
-            return f"{key}: {a!r} -> {b!r}"
-    return None
 
 
 def backup_dir(workdir, worker):
@@ -122,12 +113,7 @@ def open_workdir(workdir, worker, current_identity, defaults=None):
             recorded = None  # Unreadable results: nothing to compare; they are rewritten at the end.
         where = f"a finished run ({results})"
     if recorded is not None:
-        diff = first_difference(recorded, current_identity)
-        if diff:
-            raise ConfigError(
-                f"workdir {workdir} holds {where} of another configuration ({diff}); "
-                "use another --workdir, or delete it to start again"
-            )
+        run_identity.require_same(recorded, current_identity, where=f"workdir {workdir}", what=where)
     check_writable(workdir)
     check_writable(backup.directory)
     backup.identity = current_identity
@@ -325,24 +311,6 @@ class StopFlag:
             signal.signal(signal.SIGINT, previous)
 
 
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = _jsonable(v)
-    return out
-
-
-def _jsonable(v):
-    """Tuples and lists compare equal (a config has tuples, its JSON lists)."""
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 __all__ = [
     "Backup",
     "BackupCallback",
@@ -351,7 +319,6 @@ __all__ = [
     "StopFlag",
     "backup_dir",
     "check_writable",
-    "first_difference",
     "identity",
     "open_workdir",
 ]

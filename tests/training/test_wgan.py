@@ -188,7 +188,7 @@ def test_train_gan_trains_resumes_and_ships_a_generator(tmp_path, capfd):
         second["history"][-1]["critic_loss"], rel=1e-4, abs=1e-5)
 
     # Another configuration in the same workdir is refused; so is a smaller budget.
-    with pytest.raises(ConfigError, match="another configuration.*n_critic=1 there, 2 here"):
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(n_critic: 1 -> 2\)"):
         _run(tmp_path, "--epochs=2", "--n_critic=2")
     with pytest.raises(ConfigError, match="already holds 2 epochs, more than epochs=1"):
         _run(tmp_path, "--epochs=1")
@@ -203,7 +203,7 @@ def test_bf16_training_ships_a_float32_generator_and_is_not_resumed_in_float32(t
     assert all(np.isfinite(v) for v in results["history"][-1].values())
     generator = keras.models.load_model(tmp_path / "gen" / "generator.keras", compile=False)
     assert precision.policies_of(generator) == {"float32"}
-    with pytest.raises(ConfigError, match="precision='mixed_bfloat16' there, 'float32' here"):
+    with pytest.raises(ConfigError, match=r"with other settings \(precision: 'mixed_bfloat16' -> 'float32'\)"):
         _run(tmp_path, "--epochs=2", "--eval_examples=0")
 
 

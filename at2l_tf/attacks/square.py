@@ -36,6 +36,20 @@ the side is capped at `min(H, W)` (AutoAttack) rather than `H - 1`. An example
 stops once its margin is < 0 (the codes use <= 0; they differ only on exact
 ties, where `argmax` may still return `y`).
 
+**Reduced-precision search** (`attacks.search.SearchModel`, `evaluate
+--attack_precision=bfloat16`): the margins decide which point Square keeps and
+when it stops, so they are float32. `margin_best` is always the float32 model's
+margin of `x_best` (the clean input and the striped start are judged in
+float32). Each query runs on the bfloat16 copy; a candidate whose bfloat16
+margin is below `margin_best + slack` (`slack` = `BF16_SLACK` × the largest
+|logit| of the candidate, a bound on bfloat16's rounding) is judged again in
+float32, on those candidates only, and kept only if its float32 margin is
+smaller than `margin_best`. So rounding can never make Square keep a worse
+point or stop on a point that fools only the copy (such candidates are counted
+in `SearchModel.rejected`); at worst it passes over an improvement smaller than
+the slack. Every candidate that fools the copy is below the slack, so every
+one is judged.
+
 Batched and graph-safe: one `tf.while_loop` over iterations that queries the
 model on the still-robust examples only and ends when all are fooled;
 randomness from stateless ops seeded by `seed` (derived per iteration), so a
@@ -47,11 +61,16 @@ import numbers
 
 import tensorflow as tf
 
-from at2l_tf.attacks import _common
+from at2l_tf.attacks import _common, search
 
 # Iterations (out of 10,000) after which p halves: the published L-inf schedule.
 _P_SCHEDULE_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _SEED_RANGE = 2**31 - 1
+# A reduced-precision search re-judges in float32 every candidate whose margin is
+# below the best float32 margin plus this share of its largest |logit|: bfloat16
+# keeps 8 significant bits (a relative rounding of 2^-9 per operation), and 2^-5
+# leaves room for its accumulation through the network.
+BF16_SLACK = 2.0**-5
 
 
 def square(
@@ -196,6 +215,33 @@ def _fold(seed, data):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
 
 
+def _judged_margin(model_fn, x_new, y, margin_best):
+    """The float32 margin of the candidates a reduced-precision query finds promising.
+
+    Per candidate: the float32 margin if its search (bfloat16) margin is below
+    `margin_best + slack`, else `+inf` (not kept). Candidates that fool the
+    search model but not the float32 one are added to `model_fn.rejected`.
+    """
+    logits = model_fn(x_new)
+    margin = _margin(logits, y)
+    slack = BF16_SLACK * tf.reduce_max(tf.abs(logits), axis=-1)
+    promising = margin < margin_best + slack
+    idx = tf.where(promising)
+
+    def judged():
+        return tf.tensor_scatter_nd_update(
+            tf.fill(tf.shape(margin), tf.constant(float("inf"), margin.dtype)),
+            idx,
+            _margin(search.judge_logits(model_fn, tf.gather_nd(x_new, idx)), tf.gather_nd(y, idx)),
+        )
+
+    inf = tf.fill(tf.shape(margin), tf.constant(float("inf"), margin.dtype))
+    judged_margin = tf.cond(tf.reduce_any(promising), judged, lambda: inf)
+    model_fn.rejected.assign_add(
+        tf.reduce_sum(tf.cast((margin < 0) & (judged_margin >= 0), tf.int64)))
+    return judged_margin
+
+
 def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
     """The Square attack as TensorFlow ops, for a traced call."""
     y = tf.cast(y, tf.int32)
@@ -210,10 +256,12 @@ def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
         shape=[queries - 1],
     )
 
-    clean_margin = _margin(model_fn(x), y)
+    # With a reduced-precision search, every margin kept is the float32 model's.
+    judge = search.judge_of(model_fn)
+    clean_margin = _margin(judge(x), y)
     stripes = _random_signs(tf.stack([tf.shape(x)[0], 1, width, channels]), _fold(seed, 0))
     x_init = tf.where(stripes, hi, lo)
-    init_margin = _margin(model_fn(x_init), y)
+    init_margin = _margin(judge(x_init), y)
     done_clean = clean_margin < 0  # already misclassified: never touched
     x_best = tf.where(done_clean[:, None, None, None], x, x_init)
     margin_best = tf.where(done_clean, clean_margin, init_margin)
@@ -271,7 +319,10 @@ def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
         _, signs = tf.while_loop(redraw_cond, redraw, (tf.constant(0), signs))
 
         x_new = propose(signs)
-        margin_new = _margin(model_fn(x_new), y_a)
+        if search.is_search(model_fn):
+            margin_new = _judged_margin(model_fn, x_new, y_a, margin_a)
+        else:
+            margin_new = _margin(model_fn(x_new), y_a)
         better = margin_new < margin_a
         best_a = tf.where(better[:, None, None, None], x_new, best_a)
         margin_a = tf.where(better, margin_new, margin_a)

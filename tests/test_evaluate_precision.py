@@ -16,6 +16,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from at2l_tf import config as config_lib
@@ -231,3 +232,80 @@ def test_the_python_api_of_the_docstring(exports, tmp_path):
         ev.evaluate(ev.EvaluationConfig(
             model=ev.ModelSection(model_dir=exports["export"]),
             attacks=ev.AttacksSection(params={"apgd_ce": {"steps": 0}})))
+
+
+def _tiny_net(input_shape):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(10, name="logits")])
+
+
+@pytest.mark.parametrize("kind", ["thermometer", "random_resize_pad"])
+def test_adapt_pairs_each_adaptive_wrapper_with_its_float32_twin(kind):
+    """BPDA, EOT and LS-PGA search on the copy's wrapper and judge on the float32
+    model's; Square queries the copy and is judged on the float32 defended model."""
+    from at2l_tf import defenses
+    from at2l_tf.attacks.search import SearchModel
+
+    layer = defenses.make_layer(kind, (28, 28, 1), levels=4, seed=0)
+    net = _tiny_net(layer.compute_output_shape((None, 28, 28, 1))[1:])
+    calls = {"float32": 0, "copy": 0}
+
+    def net_fn(z):
+        calls["float32"] += 1
+        return net(z, training=False)
+
+    def copy_net_fn(z):  # A copy that disagrees: the logits negated.
+        calls["copy"] += 1
+        return -net(z, training=False)
+
+    def model_fn(x):
+        return net_fn(layer(x, training=False))
+
+    def copy_model_fn(x):
+        return copy_net_fn(layer(x, training=False))
+
+    names = ["pgd", "square"] + (["ls_pga"] if kind == "thermometer" else [])
+    specs = evaluation.adaptive.adapt(
+        [evaluation.AttackSpec(n, {"eps": 0.3}) for n in names], layer=layer, net_fn=net_fn,
+        model_fn=model_fn, search=(copy_model_fn, copy_net_fn))
+    x = tf.constant(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32"))
+    by_name = {s.name: s for s in specs}
+    assert all(isinstance(s.model_fn, SearchModel) for s in specs)
+    assert by_name["pgd"].adaptive == ("bpda" if kind == "thermometer" else "eot(20)")
+    for s in specs:
+        z = layer(x) if s.name == "ls_pga" else x  # LS-PGA attacks the encoded input.
+        calls.update(float32=0, copy=0)
+        s.model_fn(z)
+        assert calls["copy"] > 0 and calls["float32"] == 0, s.name  # The search: the copy's.
+        calls.update(float32=0, copy=0)
+        s.model_fn.judge(z)
+        assert calls["float32"] > 0 and calls["copy"] == 0, s.name  # The verdict: float32.
+        if kind == "thermometer":  # Deterministic: the twins are exact negatives.
+            np.testing.assert_allclose(s.model_fn(z), -s.model_fn.judge(z), rtol=1e-5, atol=1e-5)
+
+
+def test_a_thermometer_export_is_attacked_through_bpda_on_its_bfloat16_copy(tmp_path, monkeypatch):
+    """The export's network is rebuilt behind its float32 thermometer layer, and the
+    adaptive attacks (BPDA, LS-PGA) and Square reach the copy."""
+    from at2l_tf import experiment
+
+    keras.utils.set_random_seed(0)
+    cfg = config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=0),
+        attack=config_lib.AttackConfig(name="ls_pga", steps=1),
+        train=config_lib.TrainConfig(defense="none", epochs=1),
+        eval=config_lib.EvalConfig(num_examples=0),
+        preprocessing=config_lib.PreprocessingConfig(name="thermometer", thermometer_levels=4),
+        workdir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),
+    )
+    export = experiment.run(cfg, verbose=0)["export_path"]
+    target = savedmodel.load_classifier(export)
+    model_fn, net_fn = savedmodel.search_fns(target)
+    assert net_fn is not None and precision.policies_of(model_fn.keep) >= {"mixed_bfloat16"}
+    report = evaluate.evaluate_from_flags(parse(
+        f"--model_dir={export}", "--attacks=pgd,ls_pga,square", "--attack_precision=bfloat16", *FAST))
+    assert report["attacks"]["pgd"]["adaptive"] == "bpda"
+    assert report["attacks"]["ls_pga"]["adaptive"] == "behind thermometer"
+    for name in ("pgd", "ls_pga", "square"):
+        assert report["attacks"][name]["search"]["precision"] == "bfloat16", name

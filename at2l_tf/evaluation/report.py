@@ -43,7 +43,8 @@ on a bfloat16 copy of the model; every verdict here is still the target's
 "rejected", "fooled_search_only"}`: the candidates that fooled the copy but not
 the float32 model and were therefore not counted (APGD's iterates, Square's
 queries; per AutoAttack stage in `stages.<stage>.rejected`), and the returned
-examples that fool the copy but not the float32 model (counted robust).
+examples that fool the copy but not the float32 model (counted robust; `None`
+for LS-PGA, which searches on encoded inputs).
 
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
 runs as one graph per batch shape; attacks that compile their own pieces and
@@ -340,10 +341,13 @@ def _attack_unit(r, target, x, y, progress, batch):
     if "on_stage" in extra:
         unit["stages"] = stages
     if mixed:
-        search_wrong = (tf.argmax(r.model(x_adv), axis=-1) != y).numpy()
+        only = None  # Attacks behind a defence layer (LS-PGA) search on encoded inputs.
+        if r.entry.inputs == "images":
+            search_wrong = (tf.argmax(r.model(x_adv), axis=-1) != y).numpy()
+            only = int(np.sum(search_wrong & ~adv_wrong))
         unit["search"] = {
             "rejected": r.model.take_rejected() + sum(st.get("rejected", 0) for st in stages),
-            "fooled_search_only": int(np.sum(search_wrong & ~adv_wrong)),
+            "fooled_search_only": only,
         }
     return unit
 
@@ -388,7 +392,8 @@ def _summarize(runs, units, sizes, sources, per_example):
             entry["search"] = {
                 "precision": getattr(r.model, "name", None),
                 "rejected": sum(int(u["search"]["rejected"]) for u in us),
-                "fooled_search_only": sum(int(u["search"]["fooled_search_only"]) for u in us),
+                "fooled_search_only": None if r.entry.inputs != "images" else sum(
+                    int(u["search"]["fooled_search_only"]) for u in us),
             }
         if r.spec.adaptive and sources is None:
             entry["adaptive"] = r.spec.adaptive

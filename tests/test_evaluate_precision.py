@@ -309,3 +309,15 @@ def test_a_thermometer_export_is_attacked_through_bpda_on_its_bfloat16_copy(tmp_
     assert report["attacks"]["ls_pga"]["adaptive"] == "behind thermometer"
     for name in ("pgd", "ls_pga", "square"):
         assert report["attacks"][name]["search"]["precision"] == "bfloat16", name
+
+
+def test_the_record_says_the_search_precision(exports, tmp_path):
+    import shutil
+
+    export = str(tmp_path / "export")
+    shutil.copytree(exports["export"], export)
+    evaluate.evaluate_from_flags(parse(f"--model_dir={export}", "--attacks=fgsm", "--record",
+                                       "--attack_precision=bfloat16", *FAST))
+    (record,) = evaluation.record.read_records(export)
+    assert record["attack_precision"]["search"] == "bfloat16"
+    assert "search" not in record["attacks"]["fgsm"]["params"]

@@ -58,7 +58,6 @@ the 1-minute load average exceeded the cores at the start.
 
 import os
 import statistics
-import sys
 import time
 
 # at2l_tf first: it sets TensorFlow's environment defaults (oneDNN), which

@@ -18,7 +18,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from at2l_tf import attacks, data
+from at2l_tf import attacks, data, precision
 from at2l_tf.errors import ConfigError
 from at2l_tf.evaluation import adaptive as adaptive_lib
 
@@ -28,7 +28,7 @@ DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
 STRATEGIES = ("default", "multi_worker")
 # Where the attacks' forward and backward passes run (`evaluation.mixed`);
 # every verdict is float32 whatever this says.
-ATTACK_PRECISIONS = ("float32", "bfloat16", "auto")
+ATTACK_PRECISIONS = precision.ATTACK_CHOICES
 
 
 @dataclasses.dataclass

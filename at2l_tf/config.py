@@ -320,6 +320,9 @@ class EvalConfig:
         pgd_step_size: PGD step size of the final check.
         autoattack_version: `fast` (APGD-CE + APGD-T, 100 iterations each) or
             `standard` (+ Square, 5,000 queries).
+        attack_precision: where the attacks' forward and backward passes run:
+            `float32`, `bfloat16` (a bfloat16 copy of the classifier) or `auto`
+            (`precision.resolve_attack_precision`); every verdict is float32.
     """
 
     attacks: tuple = ("fgsm", "pgd", "autoattack")
@@ -327,6 +330,7 @@ class EvalConfig:
     pgd_steps: int = 40
     pgd_step_size: float = 0.01
     autoattack_version: str = "fast"
+    attack_precision: str = "float32"
 
     def validate(self):
         for name in self.attacks:
@@ -337,6 +341,11 @@ class EvalConfig:
         attacks.get_entry("autoattack").user_params[0].check(
             self.autoattack_version, "eval_autoattack_version"
         )
+        if self.attack_precision not in precision.ATTACK_CHOICES:
+            raise ConfigError(
+                f"eval_attack_precision must be one of {', '.join(precision.ATTACK_CHOICES)}, "
+                f"received eval_attack_precision={self.attack_precision!r}"
+            )
         return self
 
 

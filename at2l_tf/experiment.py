@@ -493,8 +493,10 @@ def finish(model, config, record, backup, worker, started, verbose):
             cache=False,
         )
         layer, model_fn, net_fn = defenses.compose.inference_fns(classifier)
+        search = _search_copy(config, classifier, layer)
         specs = evaluation.adaptive.adapt(  # BPDA / EOT through a defence layer.
-            final_attack_specs(config), layer=layer, net_fn=net_fn, model_fn=model_fn
+            final_attack_specs(config), layer=layer, net_fn=net_fn, model_fn=model_fn,
+            search=search,
         )
         report = evaluation.robustness_report(
             model_fn,
@@ -503,6 +505,9 @@ def finish(model, config, record, backup, worker, started, verbose):
             num_examples=config.eval.num_examples,
             verbose=1 if verbose == 1 else 0,
         )
+        if search is not None:
+            report["attack_precision"] = {"search": "bfloat16", "verdicts": "float32",
+                                          "choice": config.eval.attack_precision}
         results["test"] = report
         print(evaluation.format_report(report))
     if config.export_dir:
@@ -530,6 +535,28 @@ def finish(model, config, record, backup, worker, started, verbose):
     backup.remove()
     log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")
     return results
+
+
+def _search_copy(config, classifier, layer):
+    """`(model_fn, net_fn)` of a bfloat16 copy of `classifier`'s network (the float32
+    `layer` in front) when `config.eval.attack_precision` searches in bfloat16, else None.
+    The final check's verdicts stay the float32 classifier's (`attacks.search`)."""
+    prec = precision_lib.resolve_attack_precision(config.eval.attack_precision)
+    if not prec.mixed:
+        return None
+    _log(f"final check: the attacks search on a bfloat16 copy ({prec.reason}); verdicts float32")
+    if prec.warning:
+        _log(f"warning: {prec.warning}")
+    _, net = defenses.compose.split(classifier)
+    copy = precision_lib.search_copy(net, prec.policy)
+
+    def search_net_fn(z):
+        return copy(z, training=False)
+
+    def search_model_fn(x):
+        return search_net_fn(x if layer is None else layer(x, training=False))
+
+    return search_model_fn, (None if layer is None else search_net_fn)
 
 
 def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, start_epoch=None):

@@ -42,6 +42,7 @@ import tempfile
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from at2l_tf import defenses, precision
@@ -203,6 +204,8 @@ class Classifier:
         preprocessing: the defence layer in front of the network, or `None`.
         net_fn: the network behind `preprocessing` (its outputs -> logits);
             `None` without a layer.
+        keras_model: the float32 Keras model of a `.keras` file (`None` for
+            a SavedModel), from which `search_fns` copies the network.
     """
 
     model_fn: object
@@ -212,6 +215,7 @@ class Classifier:
     metadata: dict
     preprocessing: object = None
     net_fn: object = None
+    keras_model: object = dataclasses.field(default=None, repr=False)
 
     @property
     def preprocessing_name(self):
@@ -303,6 +307,7 @@ def load_classifier(path):
             metadata={},
             preprocessing=layer,
             net_fn=net_fn,
+            keras_model=model,
         )
     version_dir = resolve_saved_model_dir(path)
     loaded = _load_saved_model(version_dir)
@@ -337,3 +342,77 @@ def load_classifier(path):
     return Classifier(
         model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn
     )
+
+
+def search_fns(classifier, policy="mixed_bfloat16"):
+    """`(model_fn, net_fn)` of a copy of `classifier`'s network under `policy`, same weights.
+
+    What attacks search on with `--attack_precision=bfloat16` (`attacks.search`;
+    the verdicts stay `classifier`'s, float32). The defence layer, if any, is
+    `classifier.preprocessing` itself, float32, in front of the copy; `net_fn`
+    is the copy alone (`None` without a layer). A `.keras` file's network is
+    copied directly; a SavedModel's is rebuilt from the architecture its
+    metadata names (exports of `train`), its weights read from the SavedModel
+    and checked against the served logits.
+
+    Raises:
+        ModelLoadError: a SavedModel whose metadata names no known architecture
+            (e.g. one made by `export` from a `.keras` file: evaluate that file
+            instead), or whose variables do not fit it.
+    """
+    layer = classifier.preprocessing
+    if classifier.keras_model is not None:
+        _, net = defenses.split(classifier.keras_model)
+    else:
+        net = _rebuild_saved_network(classifier)
+    copy = precision.search_copy(net, policy)
+
+    def net_fn(z):
+        return copy(z, training=False)
+
+    def model_fn(x):
+        return net_fn(x if layer is None else layer(x, training=False))
+
+    model_fn.keep = net_fn.keep = copy  # Keep the copy (and its variables) alive.
+    return model_fn, (None if layer is None else net_fn)
+
+
+def _rebuild_saved_network(classifier):
+    """The float32 Keras network of a SavedModel export, from its metadata's architecture."""
+    from at2l_tf import models  # Local: loading a model needs no model registry.
+
+    name = classifier.metadata.get("model")
+    try:
+        models.get_entry(name) if name else None
+    except Exception:
+        name = None
+    if not name:
+        raise ModelLoadError(
+            f"cannot make a reduced-precision copy of the SavedModel in {classifier.path}: its "
+            "metadata names no known architecture (a model exported from a .keras file: evaluate "
+            "that file instead, or use --attack_precision=float32)"
+        )
+    shape = tuple(classifier.input_shape)
+    if classifier.preprocessing is not None:
+        shape = tuple(classifier.preprocessing.compute_output_shape((None,) + shape)[1:])
+    net = models.get_model(name, input_shape=shape, num_classes=classifier.num_classes)
+    loaded = (classifier.net_fn or classifier.model_fn).loaded
+    saved = [v for v in loaded.variables if "seed_generator" not in v.name]
+    weights = net.weights
+    saved = saved[len(saved) - len(weights):] if len(saved) >= len(weights) else saved
+    if len(saved) != len(weights) or any(
+        tuple(s.shape) != tuple(w.shape) for s, w in zip(saved, weights)
+    ):
+        raise ModelLoadError(
+            f"the variables of the SavedModel in {classifier.path} do not fit the architecture "
+            f"{name!r} its metadata names; use --attack_precision=float32"
+        )
+    net.set_weights([v.numpy() for v in saved])
+    probe = tf.random.stateless_uniform((2,) + shape, seed=[0, 0])
+    served = (classifier.net_fn or classifier.model_fn)(probe)
+    if not np.allclose(net(probe, training=False).numpy(), served.numpy(), atol=1e-4, rtol=1e-4):
+        raise ModelLoadError(
+            f"the network rebuilt from the metadata of {classifier.path} ({name!r}) does not give "
+            "the served logits; use --attack_precision=float32"
+        )
+    return net

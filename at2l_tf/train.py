@@ -93,6 +93,7 @@ flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the 
 flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the final check.")
 flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size of the final check.")
 flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
+flags.DEFINE_string("eval_attack_precision", _D.eval.attack_precision, "Where the final check's attacks search: float32 | bfloat16 (a bfloat16 copy, same weights) | auto (bfloat16 on a CPU with native bf16). Every verdict is float32.")
 flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
 flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
 flags.DEFINE_enum("serving_input_check", "on", ["on", "off"], "on: the export's serving signature refuses images with NaN, Inf or values outside [0, 1] (INVALID_ARGUMENT in TF Serving); off: for clients that clip upstream.")
@@ -140,6 +141,7 @@ def config_from_flags(f=FLAGS):
             pgd_steps=f.eval_pgd_steps,
             pgd_step_size=f.eval_pgd_step_size,
             autoattack_version=f.eval_autoattack_version,
+            attack_precision=f.eval_attack_precision,
         ),
         preprocessing=config_lib.PreprocessingConfig(
             name=f.preprocessing,

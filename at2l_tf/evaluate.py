@@ -128,9 +128,7 @@ stderr and exit status 1, and nothing is written.
 """
 
 import dataclasses
-import json
 import os
-import sys
 import time
 
 from absl import flags
@@ -138,6 +136,8 @@ from absl import flags
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 import at2l_tf
 from at2l_tf import attacks, data, errors, evaluation, fileio, precision, savedmodel
+from at2l_tf import identity as run_identity
+from at2l_tf.log import log as _log
 from at2l_tf.attacks import iterative
 from at2l_tf.attacks.search import SearchModel
 from at2l_tf.errors import ConfigError
@@ -615,17 +615,7 @@ def open_workdir(workdir, identity):
     if recorded is not None:
         # Every difference, on one line: a changed flag may change others
         # (--pgd_steps changes the default step size).
-        same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
-        diffs = [
-            f"{k}: {recorded.get(k)!r} -> {identity.get(k)!r}"
-            for k in sorted(set(recorded) | set(identity))
-            if not same(recorded.get(k), identity.get(k))
-        ]
-        if diffs:
-            raise ConfigError(
-                f"workdir {workdir} holds an evaluation with other settings ({'; '.join(diffs)}); "
-                "use another --workdir, or delete it to start again"
-            )
+        run_identity.require_same(recorded, identity, where=f"workdir {workdir}", what="an evaluation")
     backup.check_writable(workdir)
     store.start(identity)
     return store
@@ -758,10 +748,6 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     evaluate_from_flags(flags.FLAGS)
-
-
-def _log(msg):
-    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -544,9 +544,9 @@ def _search_copy(config, classifier, layer):
     prec = precision_lib.resolve_attack_precision(config.eval.attack_precision)
     if not prec.mixed:
         return None
-    _log(f"final check: the attacks search on a bfloat16 copy ({prec.reason}); verdicts float32")
+    log(f"final check: the attacks search on a bfloat16 copy ({prec.reason}); verdicts float32")
     if prec.warning:
-        _log(f"warning: {prec.warning}")
+        log(f"warning: {prec.warning}")
     _, net = defenses.compose.split(classifier)
     copy = precision_lib.search_copy(net, prec.policy)
 

@@ -2,7 +2,6 @@
 and its bad input (one line, exit 1, nothing written)."""
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys

@@ -20,6 +20,7 @@ from typing import Optional
 
 from at2l_tf import attacks, data, precision
 from at2l_tf.errors import ConfigError
+from at2l_tf.errors import at_least as _at_least
 from at2l_tf.evaluation import adaptive as adaptive_lib
 
 # The attacks run by default: the paper's FGSM, the PGD-40 figure the project
@@ -258,11 +259,6 @@ def check_eps(name, eps):
     _at_least(name, eps, 0.0)
     if eps > 1:
         raise ConfigError(f"{name} must be <= 1 for images in [0, 1], received {name}={eps}")
-
-
-def _at_least(name, value, low):
-    if value is None or value < low:
-        raise ConfigError(f"{name} must be >= {low}, received {name}={value}")
 
 
 __all__ = [

@@ -358,12 +358,8 @@ class AT2LModel(keras.Model):
             total, _ = self._compute_losses(data, training=True)
             scaled = self.optimizer.scale_loss(total)
         grads = tape.gradient(scaled, kernels)
-        grads = [tf.zeros_like(k) if g is None else tf.convert_to_tensor(g) for k, g in zip(kernels, grads)]
-        # Each replica's loss is its share of the global one: the sum is the gradient.
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         on = tf.cast(self.optimizer.iterations >= self.awp_start_step, tf.float32)
-        deltas = awp_lib.perturbation(kernels, grads, self.awp_gamma * on)
-        return data, awp_lib.perturb(kernels, deltas)
+        return data, awp_lib.perturb(kernels, grads, self.awp_gamma * on)
 
     def test_step(self, data):
         _, out = self._compute_losses(data, training=False)

@@ -58,29 +58,48 @@ def perturbed_weights(weights):
     return [w for w in weights if len(w.shape) >= 2]
 
 
-def perturbation(weights, grads, gamma):
-    """`v_l = γ ||w_l|| g_l / ||g_l||` per layer (0 where g_l is 0 or not finite).
+def perturbation(weight, grad, gamma):
+    """`v_l = γ ||w_l|| g_l / ||g_l||` of one layer (0 where g_l is 0 or not finite).
 
     Args:
-        weights: the variables (float32).
-        grads: the loss gradient of each (the sum over replicas under a strategy).
+        weight: the layer's weight tensor (float32).
+        grad: its loss gradient (summed over replicas under a strategy).
         gamma: γ >= 0 (a float or a scalar tensor).
     """
-    out = []
-    for w, g in zip(weights, grads):
-        w = tf.cast(w.value if hasattr(w, "value") else w, tf.float32)
-        g = tf.zeros_like(w) if g is None else tf.cast(g, tf.float32)
-        g_norm = tf.norm(g)
-        v = gamma * tf.norm(w) * g / (g_norm + NORM_EPS)
-        ok = tf.math.is_finite(g_norm) & (g_norm > 0)
-        out.append(tf.where(ok, v, tf.zeros_like(v)))
-    return out
+    w = tf.cast(weight, tf.float32)
+    g = tf.cast(grad, tf.float32)
+    g_norm = tf.norm(g)
+    v = gamma * tf.norm(w) * g / (g_norm + NORM_EPS)
+    ok = tf.math.is_finite(g_norm) & (g_norm > 0)
+    return tf.where(ok, v, tf.zeros_like(v))
 
 
-def perturb(weights, deltas):
-    """Adds `deltas` to `weights`; returns the saved values for `restore`."""
+def perturb(weights, grads, gamma):
+    """w_l ← w_l + v_l for each of `weights`, from the replica context of a step.
+
+    `grads` are this replica's gradients (its share of the global loss): they
+    are summed over replicas, then every replica's copy of w_l moves by the same
+    v_l. The sum and the update run in the cross-replica context (`merge_call`),
+    as Keras' optimizer updates its variables.
+
+    Returns:
+        The saved values of `weights`, for `restore`.
+    """
     saved = [tf.identity(w.value) for w in weights]
-    assign_in_replica_context(weights, [s + d for s, d in zip(saved, deltas)])
+    variables = [w.value for w in weights]
+    grads = [tf.zeros_like(s) if g is None else tf.convert_to_tensor(g) for s, g in zip(saved, grads)]
+    gamma = tf.convert_to_tensor(gamma, tf.float32)
+
+    def merge(strategy, grads, gamma):
+        reduced = strategy.extended.batch_reduce_to(
+            tf.distribute.ReduceOp.SUM, list(zip(grads, variables))
+        )
+        for var, g in zip(variables, reduced):
+            strategy.extended.update(
+                var, lambda v, g, c: v.assign_add(perturbation(v, g, c)), args=(g, gamma), group=False
+            )
+
+    tf.distribute.get_replica_context().merge_call(merge, args=(grads, gamma))
     return saved
 
 

@@ -1,3 +1,5 @@
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -146,6 +148,15 @@ def test_get_config_round_trips():
     assert clone(x).shape == (2, 10)
 
 
+@functools.lru_cache(maxsize=None)
+def _two_replicas():
+    # One strategy for every test of this file: a second MirroredStrategy over the
+    # same devices in one process restarts the collective instance keys, and
+    # TensorFlow's runtime, which remembers each key's shape, then aborts a
+    # collective of another shape ("Shape mismatch in the collective instance").
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 def test_one_step_under_two_replica_mirrored_strategy_matches_one_device():
     # Global batch of 4 split 2 + 2; the second half repeats the first, so the
     # in-replica negatives have the same logits as the single-device ones.
@@ -159,7 +170,7 @@ def test_one_step_under_two_replica_mirrored_strategy_matches_one_device():
     single = _model("at2l", lambda2=1.0, weights=w0)
     h1 = single.fit(ds, epochs=1, verbose=0).history
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = _two_replicas()
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored = _model("at2l", lambda2=1.0, weights=w0)
@@ -519,7 +530,7 @@ def test_awp_and_weight_average_under_two_replica_mirrored_strategy_match_one_de
     single = _ingredient_model("at2l", lambda2=1.0, awp_gamma=0.05, ema=0.5)
     w0 = single.classifier.get_weights()
     single.fit(ds, epochs=2, verbose=0)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = _two_replicas()
     with strategy.scope():
         mirrored = _ingredient_model("at2l", weights=w0, lambda2=1.0, awp_gamma=0.05, ema=0.5)
     mirrored.fit(ds, epochs=2, verbose=0)

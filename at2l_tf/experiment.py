@@ -409,10 +409,13 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
     pre, total = config.train.pretrain_epochs, config.train.pretrain_epochs + config.train.epochs
     callbacks.append(EpochProgbarLogger(total))  # `Epoch k/total` from one fit call per epoch.
+    # The adversarial phase's own: val_* on the weight average (pre-training does
+    # not update it), and history["train_eps"], the ε warm-up as trained.
+    adversarial_callbacks = [*callbacks]
     if model.weight_average is not None:
-        callbacks.append(SwapForValidation(model.weight_average))  # val_* on the average.
+        adversarial_callbacks.append(SwapForValidation(model.weight_average))
     if config.train.eps_warmup:
-        callbacks.append(_TrainingEpsLogger())  # history["train_eps"]: the ramp as trained.
+        adversarial_callbacks.append(_TrainingEpsLogger())
     epoch, step = backup.position
     meta = backup.meta or {}
     run_state = {
@@ -454,12 +457,13 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
         if epoch < total and config.ensemble.attacks:
             cb = backup_callback("train", epoch, 0, mid_epoch=False)
             extra["ensemble"] = _fit_ensemble(
-                model, config, static_models, train_data, [*callbacks, cb], verbose, start_epoch=epoch
+                model, config, static_models, train_data, [*adversarial_callbacks, cb], verbose,
+                start_epoch=epoch
             )
             extra["ensemble"].pop("history")
             _check_stopped(cb, backup)
         elif epoch < total:
-            _fit_epochs(model, train_data, epoch, step, total, callbacks, verbose,
+            _fit_epochs(model, train_data, epoch, step, total, adversarial_callbacks, verbose,
                         backup_callback("train", epoch, step), stop, backup,
                         eps_of_epoch=lambda e: training_eps(config, e - pre))
     record = {"history": run_state["history"], **extra}

@@ -27,7 +27,7 @@ TARGETS = (
     "at2l_over_at", "pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverhans_eager",
     "apgd_vs_art", "pgd_vs_foolbox",
 )
-FIGURES = TARGETS + ("train_epoch_s", "train_run")
+FIGURES = TARGETS + ("train_epoch_s", "train_run", "recipe_step_s")
 ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art", "apgd_vs_art")
 FOOLBOX_RATIOS = ("pgd_vs_foolbox",)
 DEFENSES = ("none", "at", "at2l")
@@ -55,7 +55,7 @@ def _skipped(name):
     return None
 
 
-TRAINING_FIGURES = ("at2l_over_at", "train_epoch_s", "train_run")
+TRAINING_FIGURES = ("at2l_over_at", "train_epoch_s", "train_run", "recipe_step_s")
 
 
 def _speed(*args, script="speed.py"):
@@ -193,3 +193,21 @@ def test_a_family_knows_only_its_own_figures(tmp_path):
         + ", ".join(TRAINING_FIGURES)
     ]
     assert not out.exists()
+
+
+def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--quick", "--figures=recipe_step_s", f"--output_json={out}", script="speed_training.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["figures"] == ["recipe_step_s"]
+    assert "precision bfloat16" in result["settings"]["recipe"]
+    (record,) = result["models"].values()
+    recipe = record["recipe_step_s"]
+    assert recipe["params"] == 225_034 and recipe["precision"] == "mixed_bfloat16"  # mnist_small
+    assert set(recipe["steps_s"]) == {"plain", "ema", "awp", "ema_awp"}
+    assert all(_positive(v) for v in recipe["steps_s"].values())
+    # AWP adds a forward/backward pass to the step (the attack's 3 steps dominate it).
+    assert 1.0 < recipe["awp_over_plain"] < 2.5 and recipe["ema_over_plain"] < 1.5
+    for other in set(TRAINING_FIGURES) - {"recipe_step_s"}:
+        assert other not in record, other

@@ -6,8 +6,8 @@ AWP trains against a worst case over the weights as well as over the inputs:
 
 with L the whole training loss (any objective of `training.objectives`, plus the
 triplet term when on) and x' the adversarial examples crafted against the
-*unperturbed* weights w. The inner maximum is taken with one normalized ascent
-step per layer (the paper's Eq. 8–9, the authors' `utils_awp.py`):
+*unperturbed* weights w. The inner maximum is approximated by one ascent step,
+normalized per layer to the layer's weight norm (the authors' `utils_awp.py`):
 
     g_l = ∇_{w_l} L(w; x, x'),       v_l = γ · ||w_l|| · g_l / ||g_l||
 

@@ -186,6 +186,20 @@ class TrainConfig:
             `model.keras` and the export are float32 whatever it is). `auto` by
             default: trained in bfloat16, the main recipe lost no robustness
             beyond the seeds' spread (benchmarks/precision_study.py; README).
+        ema: decay d of an exponential moving average of the weights, updated
+            every step (`training.weight_average`; 0: off; Gowal et al. 2020:
+            0.995). The average is what the run returns (`model.keras`, the
+            final check, the export) and what validation measures.
+        eps_warmup_epochs: N: the training attack's ε ramps linearly from 0 to
+            `eps` over the first N adversarial epochs, per epoch
+            (`experiment.training_eps`: epoch e trains at eps·(e + ½)/N), its
+            step size in proportion; 0: the full ε from the first step. `None`
+            (default): the objective's default (`objectives.resolve_eps_warmup`):
+            min(2, epochs − 1) for MART, 0 for the others.
+        awp_gamma: γ of adversarial weight perturbation (`training.awp`; Wu et
+            al. 2020; 0: off; their CIFAR-10 values 5e-3 with TRADES, 1e-2 with AT).
+        awp_warmup_epochs: adversarial epochs trained without AWP before it
+            starts (the authors start it after a few epochs).
     """
 
     defense: str = "at2l"
@@ -204,6 +218,15 @@ class TrainConfig:
     strategy: str = "auto"
     save_every_steps: int = 0
     mixed_precision: str = "auto"
+    ema: float = 0.0
+    eps_warmup_epochs: Optional[int] = None
+    awp_gamma: float = 0.0
+    awp_warmup_epochs: int = 1
+
+    @property
+    def eps_warmup(self):
+        """N, the ε warm-up in epochs: `eps_warmup_epochs` or the objective's default."""
+        return objectives.resolve_eps_warmup(self.defense, self.eps_warmup_epochs, self.epochs)
 
     @property
     def uses_triplet(self):
@@ -264,7 +287,33 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
             )
+        self._validate_ingredients()
         return self
+
+    def _validate_ingredients(self):
+        """Weight averaging, the ε warm-up and AWP."""
+        if self.ema is None or not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0: off), received ema={self.ema}")
+        if self.eps_warmup_epochs is not None:
+            _at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
+            if self.eps_warmup_epochs > 0 and self.defense == "none":
+                raise ConfigError(
+                    f"eps_warmup_epochs ramps the training attack's eps: defense='none' crafts no "
+                    f"adversarial examples, received eps_warmup_epochs={self.eps_warmup_epochs}"
+                )
+            if self.eps_warmup_epochs >= self.epochs > 0 and self.eps_warmup_epochs > 0:
+                raise ConfigError(
+                    f"eps_warmup_epochs must be < epochs so that training ends at the full eps, "
+                    f"received eps_warmup_epochs={self.eps_warmup_epochs} with epochs={self.epochs}"
+                )
+        if self.awp_gamma is None or not self.awp_gamma >= 0:
+            raise ConfigError(f"awp_gamma must be >= 0 (0: off), received awp_gamma={self.awp_gamma}")
+        _at_least("awp_warmup_epochs", self.awp_warmup_epochs, 0)
+        if self.awp_gamma > 0 and self.awp_warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"awp_warmup_epochs must be < epochs or AWP never starts, received "
+                f"awp_warmup_epochs={self.awp_warmup_epochs} with epochs={self.epochs}"
+            )
 
 
 @dataclasses.dataclass
@@ -476,6 +525,11 @@ class ExperimentConfig:
         if self.preprocessing.name != "none":
             raise ConfigError(
                 f"ensemble training works on plain classifiers, received preprocessing={self.preprocessing.name!r}"
+            )
+        if self.train.eps_warmup:
+            raise ConfigError(
+                "ensemble training crafts its adversarial sets at the full eps: it takes no "
+                f"eps warm-up, received eps_warmup_epochs={self.train.eps_warmup}"
             )
         if self.attack.name not in attacks.TRAINING_ATTACKS or attacks.get_entry(self.attack.name).inputs != "images":
             raise ConfigError(f"the validation attack must attack images, received attack={self.attack.name!r}")

@@ -27,6 +27,11 @@ forward pass), `--triplet_distance=linf|l2|l1|cosine` (an alias of the older
 another class, TLA), `--margin` (α). `results.json` records the objective and
 the triplet under `"training"`.
 
+**Training ingredients** (all off by default, composable with every objective):
+`--ema=0.995` averages the weights (the run returns the average), `--eps_warmup_epochs=N`
+ramps ε from 0 over N epochs (on by default for `mart` only), `--awp_gamma=G`
+adds adversarial weight perturbation from epoch `--awp_warmup_epochs` + 1.
+
 Every flag maps onto `at2l_tf.config.ExperimentConfig`, which is validated
 before any data is loaded: a bad value exits with status 1 and one line naming
 it. The run writes checkpoints, TensorBoard logs, `model.keras` and
@@ -87,6 +92,10 @@ flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side 
 flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
 flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
 flags.DEFINE_string("mixed_precision", _D.train.mixed_precision, "Training precision: auto (bfloat16 on a CPU with native bf16, float16 on a GPU of compute capability >= 7.0, else float32) | off | bfloat16 | float16. Evaluation and export are float32 always.")
+flags.DEFINE_float("ema", _D.train.ema, "Weight averaging: decay of an exponential moving average of the weights, updated every step (0: off; Gowal et al. 2020: 0.995). model.keras, the final check, the export and val_* metrics use the average.")
+flags.DEFINE_integer("eps_warmup_epochs", _D.train.eps_warmup_epochs, "ε warm-up: the training attack's eps (and step size) ramps linearly from 0 to --eps over the first N adversarial epochs, per epoch (0: off). Default min(2, epochs - 1) for mart, 0 otherwise.")
+flags.DEFINE_float("awp_gamma", _D.train.awp_gamma, "Adversarial weight perturbation (Wu et al. 2020): γ, each kernel moved by γ·||w|| along its loss gradient before the update (0: off; their CIFAR-10 values: 5e-3 trades, 1e-2 at).")
+flags.DEFINE_integer("awp_warmup_epochs", _D.train.awp_warmup_epochs, "Adversarial epochs before AWP starts.")
 flags.DEFINE_integer("save_every_steps", _D.train.save_every_steps, "Back up every N steps besides every epoch end (0: epoch ends only); a killed run resumes by itself.")
 flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final test-split check.")
 flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
@@ -134,6 +143,10 @@ def config_from_flags(f=FLAGS):
             strategy=f.strategy,
             save_every_steps=f.save_every_steps,
             mixed_precision=f.mixed_precision,
+            ema=f.ema,
+            eps_warmup_epochs=f.eps_warmup_epochs,
+            awp_gamma=f.awp_gamma,
+            awp_warmup_epochs=f.awp_warmup_epochs,
         ),
         eval=config_lib.EvalConfig(
             attacks=tuple(f.eval_attacks),

@@ -295,7 +295,7 @@ class TrainConfig:
         if self.ema is None or not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1) (0: off), received ema={self.ema}")
         if self.eps_warmup_epochs is not None:
-            _at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
+            at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
             if self.eps_warmup_epochs > 0 and self.defense == "none":
                 raise ConfigError(
                     f"eps_warmup_epochs ramps the training attack's eps: defense='none' crafts no "
@@ -308,7 +308,7 @@ class TrainConfig:
                 )
         if self.awp_gamma is None or not self.awp_gamma >= 0:
             raise ConfigError(f"awp_gamma must be >= 0 (0: off), received awp_gamma={self.awp_gamma}")
-        _at_least("awp_warmup_epochs", self.awp_warmup_epochs, 0)
+        at_least("awp_warmup_epochs", self.awp_warmup_epochs, 0)
         if self.awp_gamma > 0 and self.awp_warmup_epochs >= self.epochs:
             raise ConfigError(
                 f"awp_warmup_epochs must be < epochs or AWP never starts, received "

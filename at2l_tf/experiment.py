@@ -486,7 +486,7 @@ def _fit_epochs(model, train_data, epoch, step, end, callbacks, verbose, backup_
         if eps_of_epoch is not None:
             eps = eps_of_epoch(e)
             if eps != model.training_eps:
-                _log(f"epoch {e + 1}: training eps {eps:.4g} (warm-up to {model.attack_params.get('eps'):.4g})")
+                log(f"epoch {e + 1}: training eps {eps:.4g} (warm-up to {model.attack_params.get('eps'):.4g})")
             model.set_training_eps(eps)
         model.fit(
             train_data.epoch(e, skip),

@@ -16,6 +16,7 @@ its 10-step KL attack, 5 epochs, Adam 1e-3 cosine) with one change (`VARIANTS`),
 seeds outermost, and is compared with plain TRADES on the same seeds and images.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -27,6 +28,9 @@ from absl import flags
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
 import triplet_study as machinery  # benchmarks/triplet_study.py: flags, state, runs, evaluation.  # isort: skip
 from at2l_tf.errors import ConfigError  # noqa: E402
+from at2l_tf.log import log as _at2l_log  # noqa: E402
+
+log = functools.partial(_at2l_log, prefix="recipe_ablation")
 
 ROOT = machinery.ROOT
 FLAGS = flags.FLAGS
@@ -49,10 +53,6 @@ VARIANTS = {
     "all": {"label": "all four", "flags": ["--ema=0.995", "--eps_warmup_epochs=1", "--awp_gamma=0.005",
                                            "--awp_warmup_epochs=1", "--model=mnist_wide_silu"]},
 }
-
-
-def _log(msg):
-    print(f"[recipe_ablation] {msg}", file=sys.stderr, flush=True)
 
 
 def train_flags(name):
@@ -86,7 +86,7 @@ def phase_runs(study, names, seeds, budget):
                    "precision": results.get("precision", {}).get("policy"),
                    "fast": machinery.evaluate(os.path.join(workdir, "model.keras"), "fast", FLAGS.test_examples)}
             run["run_seconds"] = round(time.time() - started, 1)
-            _log(f"{key}: clean {run['fast']['clean_accuracy']:.1%}, AutoAttack fast "
+            log(f"{key}: clean {run['fast']['clean_accuracy']:.1%}, AutoAttack fast "
                  f"{run['fast']['robust_accuracy']:.1%} ({run['run_seconds'] / 60:.1f} min)")
             study.state["runs"][key] = run
             study.save()
@@ -168,7 +168,7 @@ def main(argv):
         print(markdown(study.state))
     study.state["complete"] = bool(ok) and all(f"{n}/s{s}" in study.state["runs"] for n in names for s in seeds)
     study.save()
-    _log(f"wrote {FLAGS.output_json} ({'complete' if study.state['complete'] else 'to be continued'})")
+    log(f"wrote {FLAGS.output_json} ({'complete' if study.state['complete'] else 'to be continued'})")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ def define_flags(flag_values=flags.FLAGS):
         (string, "model_dir", None, "SavedModel export (root or version dir) or .keras file."),
         (string, "dataset", None, "mnist | cifar10 | cats_vs_dogs; default the export's."),
         (string, "data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs)."),
+        (string, "image_dir", None, "Folder of class subfolders (dataset image_folder); default "
+         "the one the model was trained on."),
         (string, "split", "test", "train | validation | test."),
         (integer, "image_size", None, "Cats vs Dogs image side; default the model's input."),
         (lst, "attacks", list(DEFAULT_ATTACKS), f"Attacks to run ({known}); empty: clean only."),
@@ -191,9 +193,9 @@ def define_flags(flag_values=flags.FLAGS):
     return flag_values
 
 
-def resolve_eps(f, dataset):
+def resolve_eps(f, dataset, image_dir=None):
     """`--eps`, or the dataset's default radius."""
-    return data.get_spec(dataset).default_eps if f.eps is None else f.eps
+    return data.get_spec(dataset, image_dir=image_dir).default_eps if f.eps is None else f.eps
 
 
 def attack_specs_from_flags(f, eps):
@@ -273,8 +275,10 @@ def validate_flags(f):
         raise ConfigError(f"unknown split {f.split!r}; known splits: {', '.join(data.SPLITS)}")
     if f.image_size is not None:
         _at_least("image_size", f.image_size, 8)
-    if f.dataset is not None:
+    if f.dataset is not None and f.dataset != "image_folder":
         data.get_spec(f.dataset)  # Unknown names fail here.
+    if f.image_dir or f.dataset == "image_folder":
+        data.get_spec("image_folder", f.image_size or 8, f.image_dir)  # A missing folder fails here.
     for path in [f.model_dir, *f.source_model_dir]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"model path does not exist: {path}")
@@ -362,6 +366,7 @@ def evaluation_identity(f, target, dataset, image_size, eps):
         "model_digest": savedmodel.model_digest(target.path),
         "dataset": dataset,
         "data_dir": f.data_dir,
+        "image_dir": f.image_dir,
         "split": f.split,
         "image_size": image_size,
         "attacks": list(f.attacks),
@@ -445,13 +450,14 @@ def evaluate_from_flags(f):
     keras.utils.set_random_seed(f.seed)
     target = savedmodel.load_classifier(f.model_dir)
     meta = target.metadata
-    dataset = f.dataset or meta.get("dataset")
+    dataset = f.dataset or ("image_folder" if f.image_dir else meta.get("dataset"))
+    image_dir = f.image_dir or (meta.get("config") or {}).get("data", {}).get("image_dir")
     if dataset is None:
         raise ConfigError(
             f"--dataset is required: the model at {target.path} records no dataset in its metadata"
         )
     image_size = f.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
-    spec = data.get_spec(dataset, image_size)
+    spec = data.get_spec(dataset, image_size, image_dir)
     check_compatible(target, spec)
     sources = {}
     for path in f.source_model_dir:
@@ -459,7 +465,7 @@ def evaluate_from_flags(f):
         check_compatible(source, spec)
         sources[path] = source.model_fn
 
-    eps = resolve_eps(f, dataset)
+    eps = resolve_eps(f, dataset, image_dir)
     specs = attack_specs_for(f, eps, target, sources)
     workdir = resolve_workdir(f)
     store = None
@@ -484,6 +490,7 @@ def evaluate_from_flags(f):
             validation_size=validation_size,
             image_size=image_size,
             max_examples=f.num_examples,
+            image_dir=image_dir,
         ),
         batch_size=f.batch_size,
         cache=False,

@@ -13,8 +13,10 @@ not kept, as Keras' default); the float images in [0, 1] are `data.load`'s.
 **Splits.** Each class's files, sorted, are permuted with a fixed seed
 (`SPLIT_SEED`, not the training seed: every training seed is judged on the same
 test images) and cut 80% / 10% / 10% into train / validation / test (at least
-one file each), so the splits are a function of the file names alone and the
-evaluate command finds the same test split as the train command.
+one file each); each split is then permuted (classes interleaved). The splits
+are a function of the file names alone, so the evaluate command finds the same
+test split as the train command. `--validation_size` does not apply (0 still
+turns validation off).
 
 **Files that do not decode.** Kaggle's PetImages holds files that are not
 images (zero bytes, or truncated or foreign data named `.jpg`; TFDS drops
@@ -22,7 +24,8 @@ images (zero bytes, or truncated or foreign data named `.jpg`; TFDS drops
 file once, in parallel, with the very decoder of the pipeline, and leaves out
 those that fail, reporting them in one line on stderr ("image_dir: skipped 3
 of 1,200 files that do not decode as images (e.g. PetImages/Cat/666.jpg)").
-Training never meets a bad file mid-epoch; the step count is exact. The scan
+Training never meets a bad file mid-epoch (unless a file changes after the
+scan); the step count is exact. The scan
 costs one decode per file (`benchmarks/pipeline_speed.py` measures the rate).
 
 Why not `keras.utils.image_dataset_from_directory`: it decodes inside its own
@@ -139,8 +142,12 @@ def index(directory):
         for split, chosen in cuts.items():
             parts[split][0].extend(chosen)
             parts[split][1].extend([label] * len(chosen))
-    splits = {s: (np.array(p, dtype=object).astype(str), np.array(l, dtype=np.int64))
-              for s, (p, l) in parts.items()}
+    splits = {}
+    for split, (p, l) in parts.items():
+        # Classes interleaved: the first N files of a split (--max_train_examples, the
+        # evaluation's first images) and a shuffle buffer smaller than the split mix them.
+        order = rng.permutation(len(p))
+        splits[split] = (np.array(p, dtype=str)[order], np.array(l, dtype=np.int64)[order])
     return FolderIndex(directory, classes, splits, tuple(ignored))
 
 
@@ -184,17 +191,14 @@ def describe_skipped(directory, bad, total, ignored=()):
         parts.append(f"skipped {len(bad):,} of {total:,} {_files(total)} that do not decode as "
                      f"images (e.g. {show(bad[0])})")
     if ignored:
-        parts.append(f"ignored {len(ignored):,} {_files(len(ignored))} that {_are(ignored)} not "
-                     f"images by name (e.g. {show(ignored[0])})")
+        one = len(ignored) == 1
+        parts.append(f"ignored {len(ignored):,} {'file that is not an image' if one else 'files that are not images'}"
+                     f" by name (e.g. {show(ignored[0])})")
     return "image_dir: " + "; ".join(parts)
 
 
 def _files(n):
     return "file" if n == 1 else "files"
-
-
-def _are(items):
-    return "is" if len(items) == 1 else "are"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,6 +85,8 @@ def test_splits_are_deterministic_disjoint_stratified_and_skip_bad_files(pets, c
         seen |= set(paths)
         assert set(labels) == {0, 1}, split  # Every split holds both classes.
     assert len(seen) == idx.num_files == 2 * N_GOOD + 3
+    train_labels = list(idx.splits["train"][1])
+    assert train_labels != sorted(train_labels)  # Classes interleaved, not one after the other.
     image_folder.index.cache_clear()
     again = image_folder.index(str(pets))
     for split in idx.splits:

@@ -176,7 +176,7 @@ def _bad_files(directory):
     good = np.zeros(len(paths), dtype=bool)
     for i, _ in ds.ignore_errors().batch(1024).as_numpy_iterator():
         good[i] = True
-    bad = tuple(str(p) for p in paths[~good])
+    bad = tuple(sorted(str(p) for p in paths[~good]))
     if bad or idx.ignored:
         _log(describe_skipped(directory, bad, len(paths), idx.ignored))
     return frozenset(bad), len(paths)

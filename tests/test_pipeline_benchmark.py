@@ -93,3 +93,22 @@ def test_the_recipes_open_with_the_cost_measured_in_the_stored_results():
         assert lines[-1].endswith(f"--recipe={path}")
         record = stored["recipes"][os.path.basename(path)]
         assert record["flagfile"] == path and _positive(record["s_per_step"])
+
+
+def test_the_benchmarks_readme_table_is_the_committed_run():
+    stored = json.load(open(os.path.join(REPO, "benchmarks", "results", "pipeline_speed_cpu.json")))
+    pipe = stored["pipeline"]
+    cached = pipe["epoch_images_per_s"][1:]
+    rows = {
+        "one-off decode check of every file (first load)": f"{pipe['scan_images_per_s']:,.0f}",
+        "first epoch: decode + resize (parallel), cache filling": f"{pipe['epoch_images_per_s'][0]:,.0f}",
+        "later epochs, from the uint8 cache": f"{min(cached):,.0f}–{max(cached):,.0f}",
+        "consumed by the `cats_vs_dogs_at2l` step (AT²L, PGD-5, batch 64) on this CPU":
+            f"{pipe['consumed_images_per_s']:,.0f}",
+        "consumed on one GPU, on paper (2 TFLOP/s sustained; 16× forward FLOPs per image)":
+            f"{pipe['gpu_images_per_s']:,.0f}",
+    }
+    text = open(os.path.join(REPO, "benchmarks", "README.md")).read()
+    for label, value in rows.items():
+        assert f"| {label} | {value} |" in text, label
+    assert stored["settings"]["gpu_tflops"] == 2 and pipe["images"] == 2000 and pipe["image_size"] == 64

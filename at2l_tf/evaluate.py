@@ -101,7 +101,7 @@ from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 import at2l_tf
-from at2l_tf import attacks, data, errors, evaluation, fileio, savedmodel
+from at2l_tf import attacks, data, errors, evaluation, fileio, image_folder, savedmodel
 from at2l_tf.attacks import iterative
 from at2l_tf.errors import ConfigError
 from at2l_tf.training import backup, distribute
@@ -459,6 +459,8 @@ def evaluate_from_flags(f):
     image_size = f.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
     spec = data.get_spec(dataset, image_size, image_dir)
     check_compatible(target, spec)
+    if dataset == "image_folder":  # Label k must name the same class for the model and the folder.
+        image_folder.check_class_names(target.class_names, spec, target.path)
     sources = {}
     for path in f.source_model_dir:
         source = savedmodel.load_classifier(path)

@@ -247,8 +247,10 @@ def training_data(config, strategy, worker):
         val = distribute.distribute_per_worker(
             strategy, data.make_pipeline(val.take(n_val), batch_size=per_replica)
         )
+    if d.dataset != image_folder.NAME:  # A folder's loader caches uint8 images itself, if they fit.
+        examples = examples.cache()
     return TrainingData(
-        examples.cache(), per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
+        examples, per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
     )
 
 

@@ -227,6 +227,16 @@ def get_spec(directory, image_size):
                       classes, os.path.abspath(directory))
 
 
+def check_class_names(model_classes, spec, where):
+    """Raises `DatasetError` unless a model trained on classes `model_classes` (its export's
+    `class_names`, or None: not recorded) sees the same classes, in the same order, in `spec`'s folder."""
+    if model_classes and tuple(model_classes) != tuple(spec.class_names):
+        raise DatasetError(
+            f"the model at {where} was trained on classes {', '.join(model_classes)}; image_dir "
+            f"{spec.directory} has {', '.join(spec.class_names)}"
+        )
+
+
 def cache_budget_bytes():
     """Bytes of resized images a split may cache in memory: a quarter of the physical memory."""
     try:

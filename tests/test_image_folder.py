@@ -147,6 +147,19 @@ def test_train_evaluate_and_the_export_names_the_classes(pets, tmp_path):
     explicit = _run("evaluate", f"--model_dir={export}", f"--image_dir={pets}", "--attacks=",
                     "--num_examples=4", "--batch_size=4", "--workdir=")
     assert explicit.returncode == 0, explicit.stderr[-3000:]
+    # Another folder with two classes of other names: label 0 would mean another class.
+    other = tmp_path / "Birds"
+    rng = np.random.default_rng(1)
+    for name in ("Finch", "Gull"):
+        (other / name).mkdir(parents=True)
+        for i in range(3):
+            _write_jpeg(other / name / f"{i}.jpg", rng, bright=i % 2 == 0)
+    wrong = _run("evaluate", f"--model_dir={export}", f"--image_dir={other}", "--attacks=",
+                 "--num_examples=2", "--workdir=")
+    assert wrong.returncode == 1
+    assert _errors(wrong, "evaluate") == [
+        f"evaluate: error: the model at {clf.path} was trained on classes Cat, Dog; "
+        f"image_dir {other} has Finch, Gull"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "one_class", "file"])

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from at2l_tf import attacks, data, defenses, losses, models, precision
+from at2l_tf import attacks, data, defenses, image_folder, losses, models, precision
 from at2l_tf.errors import ConfigError, at_least
 from at2l_tf.training import objectives
 from at2l_tf.training.objectives import DEFENSES
@@ -27,12 +27,14 @@ class DataConfig:
     """Which data, and how it is batched.
 
     Attributes:
-        dataset: `mnist` (shipped), `cifar10` or `cats_vs_dogs` (TFDS).
+        dataset: `mnist` (shipped), `cifar10` or `cats_vs_dogs` (TFDS), or
+            `image_folder` (the folder `image_dir`, `at2l_tf.image_folder`).
         data_dir: TFDS data directory.
         batch_size: global batch size (split across replicas).
         max_train_examples: cap on training examples (quick runs).
         validation_size: examples carved from train for validation.
-        image_size: Cats vs Dogs side length after resizing.
+        image_size: Cats vs Dogs' and an image folder's side length after resizing.
+        image_dir: `image_folder`'s folder of class subfolders (flag `--image_dir`).
     """
 
     dataset: str = "mnist"
@@ -41,6 +43,7 @@ class DataConfig:
     max_train_examples: Optional[int] = None
     validation_size: int = data.DEFAULT_VALIDATION_SIZE
     image_size: int = data.DEFAULT_IMAGE_SIZE
+    image_dir: Optional[str] = None
 
     def validate(self):
         if self.dataset not in data.available_datasets():
@@ -53,6 +56,13 @@ class DataConfig:
         at_least("validation_size", self.validation_size, 0)
         if self.max_train_examples is not None:
             at_least("max_train_examples", self.max_train_examples, self.batch_size)
+        if (self.dataset == image_folder.NAME) != bool(self.image_dir):
+            raise ConfigError(
+                f"image_dir goes with dataset={image_folder.NAME!r} (set by --image_dir alone), "
+                f"received dataset={self.dataset!r}, image_dir={self.image_dir!r}"
+            )
+        if self.image_dir:
+            image_folder.check_directory(self.image_dir)  # Lists subfolders only.
         return self
 
 
@@ -423,7 +433,7 @@ class ExperimentConfig:
 
     @property
     def spec(self):
-        return data.get_spec(self.data.dataset, self.data.image_size)
+        return data.get_spec(self.data.dataset, self.data.image_size, self.data.image_dir)
 
     @property
     def model_name(self):
@@ -454,7 +464,9 @@ class ExperimentConfig:
         d, t = self.data, self.train
         d.validate()
         entry = models.get_entry(self.model_name)
-        if entry.dataset != d.dataset:
+        # A folder of RGB images takes any model built for RGB images of any size.
+        rgb = d.dataset == image_folder.NAME and entry.dataset in ("cats_vs_dogs", "cifar10")
+        if entry.dataset != d.dataset and not rgb:
             raise ConfigError(
                 f"model {self.model_name!r} is built for {entry.dataset}, not {d.dataset}"
             )

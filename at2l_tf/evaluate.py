@@ -135,7 +135,7 @@ from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 import at2l_tf
-from at2l_tf import attacks, data, errors, evaluation, fileio, precision, savedmodel
+from at2l_tf import attacks, data, errors, evaluation, fileio, image_folder, precision, savedmodel
 from at2l_tf import identity as run_identity
 from at2l_tf.log import log as _log
 from at2l_tf.attacks import iterative
@@ -189,6 +189,8 @@ def define_flags(flag_values=flags.FLAGS):
         (string, "model_dir", None, "SavedModel export (root or version dir) or .keras file."),
         (string, "dataset", None, "mnist | cifar10 | cats_vs_dogs; default the export's."),
         (string, "data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs)."),
+        (string, "image_dir", None, "Folder of class subfolders (dataset image_folder); default "
+         "the one the model was trained on."),
         (string, "split", "test", "train | validation | test."),
         (integer, "image_size", None, "Cats vs Dogs image side; default the model's input."),
         (lst, "attacks", list(DEFAULT_ATTACKS), f"Attacks to run ({known}); empty: clean only."),
@@ -252,7 +254,8 @@ def config_from_flags(f):
     return EvaluationConfig(
         model=ModelSection(model_dir=f.model_dir, source_model_dirs=tuple(f.source_model_dir)),
         images=ImagesSection(
-            dataset=f.dataset, data_dir=f.data_dir, split=f.split, image_size=f.image_size,
+            dataset=f.dataset, data_dir=f.data_dir, image_dir=f.image_dir, split=f.split,
+            image_size=f.image_size,
             num_examples=f.num_examples, batch_size=f.batch_size,
         ),
         attacks=AttacksSection(
@@ -306,6 +309,8 @@ class LoadedModels:
         target: the evaluated `savedmodel.Classifier` (float32).
         sources: `{path: model_fn}` of transfer sources (float32), or `{}`.
         dataset: the dataset's name (flag, else the export's metadata).
+        image_dir: the folder of an `image_folder` dataset (flag, else the
+            one the model was trained on), or `None`.
         image_size: the image side used to load the data.
         spec: `data.get_spec(dataset, image_size)`.
         precision: the resolved `precision.Precision` of the attacks' search.
@@ -320,6 +325,7 @@ class LoadedModels:
     image_size: int
     spec: object
     precision: object
+    image_dir: object = None
     search: object = None
     search_sources: dict = dataclasses.field(default_factory=dict)
 
@@ -367,7 +373,7 @@ def evaluate(config):
     loaded = load_models(config)
     target, dataset = loaded.target, loaded.dataset
     # 4. Attacks.
-    eps = resolve_eps(config, dataset)
+    eps = resolve_eps(config, dataset, loaded.image_dir)
     specs = attack_specs_for(config, eps, loaded)
     # 5. Workdir.
     workdir = out.resolved_workdir()
@@ -437,14 +443,17 @@ def load_models(config):
     """
     target = savedmodel.load_classifier(config.model.model_dir)
     meta = target.metadata
-    dataset = config.images.dataset or meta.get("dataset")
+    dataset = config.images.dataset or (image_folder.NAME if config.images.image_dir else meta.get("dataset"))
+    image_dir = config.images.image_dir or (meta.get("config") or {}).get("data", {}).get("image_dir")
     if dataset is None:
         raise ConfigError(
             f"--dataset is required: the model at {target.path} records no dataset in its metadata"
         )
     image_size = config.images.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
-    spec = data.get_spec(dataset, image_size)
+    spec = data.get_spec(dataset, image_size, image_dir)
     check_compatible(target, spec)
+    if dataset == image_folder.NAME:  # Label k must name the same class for the model and the folder.
+        image_folder.check_class_names(target.class_names, spec, target.path)
     source_models = {}
     for path in config.model.source_model_dirs:
         source = savedmodel.load_classifier(path)
@@ -458,6 +467,7 @@ def load_models(config):
         image_size=image_size,
         spec=spec,
         precision=prec,
+        image_dir=image_dir,
     )
     if prec.mixed:
         if source_models:
@@ -469,10 +479,10 @@ def load_models(config):
     return loaded
 
 
-def resolve_eps(config, dataset):
+def resolve_eps(config, dataset, image_dir=None):
     """`config.attacks.eps`, or the dataset's default radius."""
     eps = config.attacks.eps
-    return data.get_spec(dataset).default_eps if eps is None else eps
+    return data.get_spec(dataset, image_dir=image_dir).default_eps if eps is None else eps
 
 
 def attack_specs(attacks_section, eps):
@@ -572,6 +582,7 @@ def evaluation_identity(config, loaded, eps):
         "model_digest": savedmodel.model_digest(target.path),
         "dataset": loaded.dataset,
         "data_dir": im.data_dir,
+        "image_dir": loaded.image_dir,
         "split": im.split,
         "image_size": loaded.image_size,
         "attacks": list(a.names),
@@ -636,6 +647,7 @@ def evaluation_data(config, loaded):
             validation_size=validation_size,
             image_size=loaded.image_size,
             max_examples=im.num_examples,
+            image_dir=loaded.image_dir,
         ),
         batch_size=im.batch_size,
         cache=False,

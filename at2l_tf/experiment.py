@@ -44,7 +44,7 @@ import keras
 import tensorflow as tf
 
 from at2l_tf import config as config_lib
-from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
+from at2l_tf import data, defenses, evaluation, fileio, image_folder, models, savedmodel
 from at2l_tf import precision as precision_lib
 from at2l_tf.log import log
 from at2l_tf.training import backup as backup_lib
@@ -52,6 +52,7 @@ from at2l_tf.training import distribute, ensemble
 from at2l_tf.training.at2l_model import AT2LModel
 from at2l_tf.training.epoch_progbar import EpochProgbarLogger
 from at2l_tf.training.weight_average import SwapForValidation
+from at2l_tf.training.time_estimate import TimeEstimate
 
 def learning_rate(config, steps_per_epoch=None):
     """The optimizer's learning rate: a float, or a Keras schedule.
@@ -186,6 +187,7 @@ def load_split(config, split, max_examples=None):
         validation_size=d.validation_size,
         image_size=d.image_size,
         max_examples=max_examples,
+        image_dir=d.image_dir,
     )
 
 
@@ -260,7 +262,9 @@ def training_data(config, strategy, worker):
             )
         if val is not None:
             val = data.make_pipeline(val, batch_size=d.batch_size)
-        return TrainingData(examples.cache(), d.batch_size, n // d.batch_size, config.train.seed, val)
+        if d.dataset != image_folder.NAME:  # A folder's loader caches uint8 images itself, if they fit.
+            examples = examples.cache()
+        return TrainingData(examples, d.batch_size, n // d.batch_size, config.train.seed, val)
     # Multi-worker: each worker reads its shard, batched per replica (no rebatching).
     replicas = strategy.num_replicas_in_sync
     local = max(replicas // worker.num_workers, 1)
@@ -278,8 +282,10 @@ def training_data(config, strategy, worker):
         val = distribute.distribute_per_worker(
             strategy, data.make_pipeline(val.take(n_val), batch_size=per_replica)
         )
+    if d.dataset != image_folder.NAME:  # A folder's loader caches uint8 images itself, if they fit.
+        examples = examples.cache()
     return TrainingData(
-        examples.cache(), per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
+        examples, per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
     )
 
 
@@ -464,7 +470,9 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
             extra["ensemble"].pop("history")
             _check_stopped(cb, backup)
         elif epoch < total:
-            _fit_epochs(model, train_data, epoch, step, total, adversarial_callbacks, verbose,
+            # "epoch 1: ~X s/step, ~Y min per epoch, ~Z min for N epochs" after the first steps.
+            estimate = [TimeEstimate(train_data.steps, total - epoch, first_epoch=epoch)] if verbose else []
+            _fit_epochs(model, train_data, epoch, step, total, [*adversarial_callbacks, *estimate], verbose,
                         backup_callback("train", epoch, step), stop, backup,
                         eps_of_epoch=lambda e: training_eps(config, e - pre))
     record = {"history": run_state["history"], **extra}
@@ -586,6 +594,7 @@ def finish(model, config, record, backup, worker, started, verbose):
                 "test": results.get("test"),
             },
             input_check=config.serving_input_check,
+            class_names=getattr(config.spec, "class_names", None),  # An image folder's subfolders.
         )
         results["export_path"] = path
         log(f"exported SavedModel to {path}")

@@ -4,6 +4,10 @@ Layout: `<export_dir>/<version>/` with integer versions, as TF Serving expects.
 The `serving_default` signature takes `images`, float32 `(batch, H, W, C)` in
 [0, 1], and returns `probabilities` (softmax), `classes` (int64 argmax) and
 `logits` (for attacks: gradients of logits do not saturate as softmax does).
+A model trained on a folder of class subfolders (`train --image_dir`) also
+returns `class_name`, the name of the predicted class (a string per image, e.g.
+"Cat"), and lists every name, in label order, under `class_names` in the
+metadata; `load_classifier` gives them as `Classifier.class_names`.
 
 **Domain check.** By default (`input_check=True`) the signature refuses a
 request with a NaN or infinite value, or a value outside [0, 1]: a
@@ -78,7 +82,8 @@ def check_image_domain(images, clip_min=0.0, clip_max=1.0):
         return tf.identity(images)
 
 
-def export_saved_model(model, export_dir, *, version=None, metadata=None, input_check=True):
+def export_saved_model(model, export_dir, *, version=None, metadata=None, input_check=True,
+                       class_names=None):
     """Exports a Keras classifier (images -> logits) as a TF Serving SavedModel.
 
     Args:
@@ -89,6 +94,9 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
             the SavedModel (dataset, model name, training configuration...).
         input_check: the serving signature refuses images with NaN, Inf or
             values outside [0, 1] (`check_image_domain`; module docstring).
+        class_names: the name of each label, in label order; given, the
+            signature also returns `class_name` (string per image) and the
+            metadata records them under `class_names`.
 
     Returns:
         The path of the written version directory.
@@ -108,6 +116,13 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"export version already exists: {final}")
+    num_classes = int(model.output_shape[-1])
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must name the model's {num_classes} classes, received {class_names}"
+            )
     os.makedirs(export_dir, exist_ok=True)
 
     archive = keras.export.ExportArchive()
@@ -117,11 +132,14 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
         if input_check:
             images = check_image_domain(images)
         logits = model(images, training=False)
-        return {
+        out = {
             "logits": logits,
             "probabilities": tf.nn.softmax(logits, axis=-1),
             "classes": tf.argmax(logits, axis=-1),
         }
+        if class_names is not None:  # A constant of the graph: TF Serving needs no metadata.
+            out["class_name"] = tf.gather(tf.constant(class_names), out["classes"])
+        return out
 
     archive.add_endpoint(
         name="serving_default",
@@ -147,7 +165,9 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
         meta = dict(metadata or {})
         meta["preprocessing"] = _describe_layer(layer, tmp)
         meta.setdefault("input_shape", list(input_shape))
-        meta.setdefault("num_classes", int(model.output_shape[-1]))
+        meta.setdefault("num_classes", num_classes)
+        if class_names is not None:
+            meta["class_names"] = class_names
         meta["serving_input_check"] = bool(input_check)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
@@ -206,6 +226,8 @@ class Classifier:
             `None` without a layer.
         keras_model: the float32 Keras model of a `.keras` file (`None` for
             a SavedModel), from which `search_fns` copies the network.
+        class_names: the name of each label (an export of `train --image_dir`),
+            or `None`.
     """
 
     model_fn: object
@@ -216,6 +238,7 @@ class Classifier:
     preprocessing: object = None
     net_fn: object = None
     keras_model: object = dataclasses.field(default=None, repr=False)
+    class_names: tuple = None
 
     @property
     def preprocessing_name(self):
@@ -339,8 +362,10 @@ def load_classifier(path):
             return behind(inputs=z)["logits"]
 
         net_fn.loaded = loaded
+    names = meta.get("class_names")
     return Classifier(
-        model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn
+        model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn,
+        tuple(names) if names else None,
     )
 
 

@@ -8,6 +8,7 @@ r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, 
     python -m at2l_tf.train --defense=at --lambda2=0.5 --triplet_features=embedding \
         --triplet_distance=cosine --triplet_negative=hardest --margin=0.05  # AT + a TLA-style triplet
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
+    python -m at2l_tf.train --image_dir=PetImages --image_size=64   # your own class subfolders
 
 The default is the paper's method. Its triplet term showed no effect distinguishable
 from zero in the full-budget study (`benchmarks/triplet_study.py`; benchmarks/README.md);
@@ -45,6 +46,8 @@ of `TF_CONFIG`; the same command runs on every worker. See the README,
 "Resume and multiple workers", and `at2l_tf.training.backup` / `.distribute`.
 """
 
+import os
+
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
@@ -53,7 +56,8 @@ from at2l_tf import config as config_lib
 _D = config_lib.ExperimentConfig()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs.")
+flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs | image_folder (set by --image_dir).")
+flags.DEFINE_string("image_dir", None, "Train on a folder of class subfolders (PATH/cat/*.jpg, PATH/dog/*.jpg; at2l_tf.image_folder): split 80/10/10, files that do not decode skipped.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
 flags.DEFINE_string("defense", _D.train.defense, "Training objective: none | at (Eq. 1) | at2l (Eq. 2: at + triplet) | tr (clean CE + triplet) | trades | mart.")
@@ -88,7 +92,7 @@ flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.
 flags.DEFINE_string("lr_schedule", _D.train.lr_schedule, "constant | cosine (decay to 0 over all steps).")
 flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.")
 flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examples held out for validation.")
-flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
+flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs' and --image_dir's image side after resizing.")
 flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
 flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
 flags.DEFINE_string("mixed_precision", _D.train.mixed_precision, "Training precision: auto (bfloat16 on a CPU with native bf16, float16 on a GPU of compute capability >= 7.0, else float32) | off | bfloat16 | float16. Evaluation and export are float32 always.")
@@ -111,17 +115,23 @@ flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per 
 
 def config_from_flags(f=FLAGS):
     """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
-    name = f"{f.dataset}_{f.defense}"
+    dataset = f.dataset
+    if f.image_dir and not f["dataset"].present:
+        dataset = "image_folder"
+    # Outputs of a folder are named after it: runs/PetImages_at2l.
+    stem = os.path.basename(os.path.normpath(f.image_dir)) if f.image_dir else dataset
+    name = f"{stem}_{f.defense}"
     if f.preprocessing != "none":
-        name = f"{f.dataset}_{f.preprocessing}_{f.defense}"
+        name = f"{stem}_{f.preprocessing}_{f.defense}"
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(
-            dataset=f.dataset,
+            dataset=dataset,
             data_dir=f.data_dir,
             batch_size=f.batch_size,
             max_train_examples=f.max_train_examples,
             validation_size=f.validation_size,
             image_size=f.image_size,
+            image_dir=f.image_dir,
         ),
         attack=config_lib.AttackConfig(
             name=f.attack, eps=f.eps, steps=f.attack_steps, step_size=f.attack_step_size

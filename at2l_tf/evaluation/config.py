@@ -65,6 +65,8 @@ class ImagesSection:
         dataset: `mnist`, `cifar10`, `cats_vs_dogs`; `None`: the one the
             export's metadata records.
         data_dir: TFDS data directory.
+        image_dir: a folder of class subfolders (dataset `image_folder`, which
+            it implies); `None`: the one the model was trained on, if any.
         split: `train`, `validation` or `test`.
         image_size: Cats vs Dogs image side; `None`: the model's input.
         num_examples: evaluate the first N images of the split.
@@ -73,6 +75,7 @@ class ImagesSection:
 
     dataset: Optional[str] = None
     data_dir: Optional[str] = None
+    image_dir: Optional[str] = None
     split: str = "test"
     image_size: Optional[int] = None
     num_examples: int = 1000
@@ -85,8 +88,11 @@ class ImagesSection:
             raise ConfigError(f"unknown split {self.split!r}; known splits: {', '.join(data.SPLITS)}")
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 8)
-        if self.dataset is not None:
+        if self.dataset is not None and self.dataset != "image_folder":
             data.get_spec(self.dataset)  # Unknown names fail here.
+        if self.image_dir or self.dataset == "image_folder":
+            # A missing folder, or one with fewer than two classes, fails here.
+            data.get_spec("image_folder", self.image_size or 8, self.image_dir)
         return self
 
 

@@ -365,7 +365,7 @@ def load_classifier(path):
     names = meta.get("class_names")
     return Classifier(
         model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn,
-        tuple(names) if names else None,
+        class_names=tuple(names) if names else None,
     )
 
 

@@ -129,7 +129,7 @@ def deprecated_alias(f, old, new):
         return f[new].value
     if f[new].present and f[new].value != f[old].value:
         raise config_lib.ConfigError(
-            f"--{old} is a deprecated alias of --{new}: give only --{new}, "
+            f"--{old} is a deprecated alias of --{new}: give only --{new} (a later one overrides a flagfile's), "
             f"received {f[new].serialize()} and {f[old].serialize()}"
         )
     if old not in _warned:

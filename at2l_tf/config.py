@@ -158,19 +158,21 @@ class TrainConfig:
     """Loss and optimisation.
 
     Attributes:
-        defense: the recipe (`training.objectives`): `none`, `at` (Eq. 1),
+        defense: the recipe (flag `--objective`; `training.objectives`): `none`, `at` (Eq. 1),
             `at2l` (Eq. 2: AT + the triplet term), `tr` (clean CE + the triplet
-            term), `trades` (TRADES) or `mart` (MART).
+            term), `trades` (TRADES) or `mart` (MART). The field keeps the flag's
+            old name (`--defense`, a deprecated alias) as every recorded config
+            (`results.json`, the exports' metadata, tuner searches) carries it.
         lambda1: weight of the adversarial cross-entropy (Eq. 1, 2).
         lambda2: weight λ2 of the triplet term (Eq. 2). `None` (default): 0.5,
             the paper's, for `at2l` and `tr`; 0 (no triplet term) for `at`,
             `trades`, `mart`. A value > 0 adds the term to `at`, `trades` or
             `mart`; `none` ignores it (it crafts no adversarial examples).
         margin: triplet margin α.
-        norm: the triplet distance d (flag `--norm`, alias `--triplet_distance`):
+        norm: the triplet distance d (flag `--triplet_distance`; `--norm` a deprecated alias):
             `linf` (the paper's), `l2`, `l1`, or `cosine` (1 − cos between
             L2-normalized features, TLA). The historical name is kept so that
-            every flagfile and tuner search keeps working.
+            every recorded config and tuner search keeps reading and resuming.
         beta: β of `trades` / `mart`, the weight of the KL term (>= 0).
             `None` (default): 1.0 for TRADES (its published MNIST value, MNIST
             being the default dataset; CIFAR-10: 6), 6.0 for MART (its published
@@ -254,19 +256,21 @@ class TrainConfig:
     def validate(self):
         if self.defense not in DEFENSES:
             raise ConfigError(
-                f"unknown defense {self.defense!r}; known defenses: {', '.join(DEFENSES)}"
+                f"unknown objective {self.defense!r}; known objectives: {', '.join(DEFENSES)}"
             )
         at_least("lambda1", self.lambda1, 0.0)
         if self.lambda2 is not None:
             at_least("lambda2", self.lambda2, 0.0)
         at_least("margin", self.margin, 0.0)
         if self.norm not in losses.NORMS:
-            raise ConfigError(f"unknown norm {self.norm!r}; known norms: {', '.join(losses.NORMS)}")
+            raise ConfigError(
+                f"unknown triplet_distance {self.norm!r}; known: {', '.join(losses.NORMS)}"
+            )
         if self.beta is not None:
             at_least("beta", self.beta, 0.0)
             if not objectives.uses_beta(self.defense):
                 raise ConfigError(
-                    f"beta is the weight of the KL term of trades and mart: defense={self.defense!r} "
+                    f"beta is the weight of the KL term of trades and mart: objective={self.defense!r} "
                     f"takes no beta, received beta={self.beta}"
                 )
         for name, known in (("triplet_features", objectives.TRIPLET_FEATURES),
@@ -276,8 +280,8 @@ class TrainConfig:
                 raise ConfigError(f"unknown {name} {value!r}; known: {', '.join(known)}")
             if value != known[0] and not self.uses_triplet:
                 raise ConfigError(
-                    f"{name}={value!r} needs the triplet term, which defense={self.defense!r} "
-                    + ("does not have (no adversarial examples; clean CE + triplet is --defense=tr)"
+                    f"{name}={value!r} needs the triplet term, which objective={self.defense!r} "
+                    + ("does not have (no adversarial examples; clean CE + triplet is --objective=tr)"
                        if self.defense == "none" else "adds only with --lambda2 > 0")
                 )
         at_least("epochs", self.epochs, 1)
@@ -308,7 +312,7 @@ class TrainConfig:
             at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
             if self.eps_warmup_epochs > 0 and self.defense == "none":
                 raise ConfigError(
-                    f"eps_warmup_epochs ramps the training attack's eps: defense='none' crafts no "
+                    f"eps_warmup_epochs ramps the training attack's eps: objective='none' crafts no "
                     f"adversarial examples, received eps_warmup_epochs={self.eps_warmup_epochs}"
                 )
             if self.eps_warmup_epochs >= self.epochs > 0 and self.eps_warmup_epochs > 0:
@@ -498,8 +502,8 @@ class ExperimentConfig:
         p, t = self.preprocessing, self.train
         if p.name == "defense_gan" and t.defense not in ("none", "tr"):
             raise ConfigError(
-                f"defense_gan classifiers are trained on clean data (defense none) or with "
-                f"triplet regularization (defense tr), received defense={t.defense!r}"
+                f"defense_gan classifiers are trained on clean data (objective none) or with "
+                f"triplet regularization (objective tr), received objective={t.defense!r}"
             )
         if p.name == "random_resize_pad":
             size = self.spec.image_shape[0]
@@ -532,7 +536,7 @@ class ExperimentConfig:
             return
         if self.train.defense not in ("at", "at2l", "tr"):
             raise ConfigError(
-                f"ensemble training needs defense at, at2l or tr, received defense={self.train.defense!r}"
+                f"ensemble training needs objective at, at2l or tr, received objective={self.train.defense!r}"
             )
         if self.preprocessing.name != "none":
             raise ConfigError(

@@ -15,7 +15,7 @@ overwritten.
 
 puts Defense-GAN's projection (L = `--dgan_steps`, R = `--dgan_restarts`) in
 front of a classifier trained without it (on clean data, or with
-`--defense=tr`), as Samangouei et al. do; the export carries a copy of the
+`--objective=tr`), as Samangouei et al. do; the export carries a copy of the
 generator. The projection masks gradients: evaluate the export with
 `evaluate --adaptive=auto` (BPDA through the projection).
 

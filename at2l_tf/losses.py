@@ -37,7 +37,7 @@ choices are the defaults):
 import keras
 import tensorflow as tf
 
-# Distances of the triplet term (the flag keeps its historical name, `--norm`).
+# Distances of the triplet term (`--triplet_distance`; the config field keeps its historical name, `norm`).
 NORMS = ("linf", "l2", "l1", "cosine")
 NEGATIVES = ("random", "hardest")
 

@@ -3,9 +3,9 @@ r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, 
     python -m at2l_tf.train                                  # the paper's AT²L on the shipped MNIST
     python -m at2l_tf.train --flagfile=flags/mnist_reference.flags      # our most robust recipe (TRADES)
     python -m at2l_tf.train --flagfile=flags/mnist_at2l.flags
-    python -m at2l_tf.train --defense=trades --beta=1 --attack_steps=10   # TRADES
-    python -m at2l_tf.train --defense=mart --lambda2=0.5                  # MART + the paper's triplet
-    python -m at2l_tf.train --defense=at --lambda2=0.5 --triplet_features=embedding \
+    python -m at2l_tf.train --objective=trades --beta=1 --attack_steps=10   # TRADES
+    python -m at2l_tf.train --objective=mart --lambda2=0.5                  # MART + the paper's triplet
+    python -m at2l_tf.train --objective=at --lambda2=0.5 --triplet_features=embedding \
         --triplet_distance=cosine --triplet_negative=hardest --margin=0.05  # AT + a TLA-style triplet
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
     python -m at2l_tf.train --image_dir=PetImages --image_size=64   # your own class subfolders
@@ -14,7 +14,7 @@ The default is the paper's method. Its triplet term showed no effect distinguish
 from zero in the full-budget study (`benchmarks/triplet_study.py`; benchmarks/README.md);
 TRADES was the most robust objective there.
 
-**Objectives** (`--defense`; equations in `at2l_tf.training.objectives`):
+**Objectives** (`--objective`; equations in `at2l_tf.training.objectives`):
 `none` (clean CE), `at` (Eq. 1), `at2l` (Eq. 1 + the triplet term, Eq. 2),
 `tr` (clean CE + the triplet term), `trades` (CE + β·KL, x' from TRADES' own
 KL attack), `mart` (boosted CE + β·KL·(1 − p_y)). `--attack*` set the inner
@@ -23,10 +23,13 @@ attack's eps, steps and step size (TRADES uses them for its KL attack).
 `at`, `trades`, `mart`; unset, λ2 is 0.5 for `at2l`/`tr` and 0 for the others,
 so every older flagfile keeps its meaning. Its design space, defaults the
 paper's: `--triplet_features=logits|embedding` (penultimate layer, same
-forward pass), `--triplet_distance=linf|l2|l1|cosine` (an alias of the older
-`--norm`), `--triplet_negative=random|hardest` (the closest clean example of
+forward pass), `--triplet_distance=linf|l2|l1|cosine`,
+`--triplet_negative=random|hardest` (the closest clean example of
 another class, TLA), `--margin` (α). `results.json` records the objective and
-the triplet under `"training"`.
+the triplet under `"training"` (the objective as `"defense"`, its name when
+the first results were recorded). Deprecated aliases, accepted with one warning
+line: `--defense` for `--objective` (the input layers in front of the
+classifier are `--preprocessing`) and `--norm` for `--triplet_distance`.
 
 **Training ingredients** (all off by default, composable with every objective):
 `--ema=0.995` averages the weights (the run returns the average), `--eps_warmup_epochs=N`
@@ -52,6 +55,7 @@ from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 from at2l_tf import config as config_lib
+from at2l_tf.log import log
 
 _D = config_lib.ExperimentConfig()
 
@@ -60,7 +64,8 @@ flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs 
 flags.DEFINE_string("image_dir", None, "Train on a folder of class subfolders (PATH/cat/*.jpg, PATH/dog/*.jpg; at2l_tf.image_folder): split 80/10/10, files that do not decode skipped.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
-flags.DEFINE_string("defense", _D.train.defense, "Training objective: none | at (Eq. 1) | at2l (Eq. 2: at + triplet) | tr (clean CE + triplet) | trades | mart.")
+flags.DEFINE_string("objective", _D.train.defense, "Training objective (the recipe; equations in at2l_tf/training/objectives.py): none (clean CE) | at (Eq. 1) | at2l (Eq. 1 + the triplet term, Eq. 2) | tr (clean CE + triplet) | trades (CE + β·KL) | mart (boosted CE + β·KL·(1 − p_y)).")
+flags.DEFINE_string("defense", None, "Deprecated alias of --objective.")
 flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill | ls_pga (thermometer models).")
 flags.DEFINE_float("eps", None, "L-inf radius of the training attack; default per dataset (MNIST 0.3, else 8/255).")
 flags.DEFINE_integer("attack_steps", _D.attack.steps, "Iterations of iterative training attacks.")
@@ -68,8 +73,8 @@ flags.DEFINE_float("attack_step_size", None, "Step size; default 2.5*eps/steps (
 flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial cross-entropy.")
 flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term; > 0 adds it to at, trades, mart. Default 0.5 for at2l and tr, else 0.")
 flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
-flags.DEFINE_string("norm", _D.train.norm, "Distance of the triplet term: linf | l2 | l1 | cosine (1 - cos of L2-normalized features). Alias: --triplet_distance.")
-flags.DEFINE_alias("triplet_distance", "norm")
+flags.DEFINE_string("triplet_distance", _D.train.norm, "Distance of the triplet term: linf | l2 | l1 | cosine (1 - cos of L2-normalized features).")
+flags.DEFINE_string("norm", None, "Deprecated alias of --triplet_distance.")
 flags.DEFINE_string("triplet_features", _D.train.triplet_features, "Features of the triplet term: logits (paper) | embedding (the penultimate layer's output, TLA).")
 flags.DEFINE_string("triplet_negative", _D.train.triplet_negative, "Negative of the triplet term: random (paper: an in-batch example of the class x' is pushed to) | hardest (TLA: the closest clean example of another class).")
 flags.DEFINE_float("beta", _D.train.beta, "β of trades and mart (weight of the KL term, >= 0); default 1.0 for trades (its MNIST value), 6.0 for mart.")
@@ -107,22 +112,48 @@ flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the fina
 flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size of the final check.")
 flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
 flags.DEFINE_string("eval_attack_precision", _D.eval.attack_precision, "Where the final check's attacks search: float32 | bfloat16 (a bfloat16 copy, same weights) | auto (bfloat16 on a CPU with native bf16). Every verdict is float32.")
-flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
-flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
+flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<objective>.")
+flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<objective>; '' skips.")
 flags.DEFINE_enum("serving_input_check", "on", ["on", "off"], "on: the export's serving signature refuses images with NaN, Inf or values outside [0, 1] (INVALID_ARGUMENT in TF Serving); off: for clients that clip upstream.")
 flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per epoch; default 1 on a terminal, else 2.")
 
 
+# Deprecated flag -> its replacement (the same setting; `deprecated_alias`).
+DEPRECATED = {"defense": "objective", "norm": "triplet_distance"}
+_warned = set()  # Deprecated names already warned about: once per process.
+
+
+def deprecated_alias(f, old, new):
+    """The value of flag `new`, or of its deprecated alias `old` when only that is given.
+
+    Giving `--old` logs one deprecation line (once per process, however often the
+    flags are mapped); giving both with different values is a `ConfigError`.
+    """
+    if not f[old].present:
+        return f[new].value
+    if f[new].present and f[new].value != f[old].value:
+        raise config_lib.ConfigError(
+            f"--{old} is a deprecated alias of --{new}: give only --{new} (a later one overrides a flagfile's), "
+            f"received {f[new].serialize()} and {f[old].serialize()}"
+        )
+    if old not in _warned:
+        _warned.add(old)
+        log(f"warning: --{old} is deprecated; use --{new}")
+    return f[old].value
+
+
 def config_from_flags(f=FLAGS):
     """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
+    objective = deprecated_alias(f, "defense", "objective")
+    triplet_distance = deprecated_alias(f, "norm", "triplet_distance")
     dataset = f.dataset
     if f.image_dir and not f["dataset"].present:
         dataset = "image_folder"
     # Outputs of a folder are named after it: runs/PetImages_at2l.
     stem = os.path.basename(os.path.normpath(f.image_dir)) if f.image_dir else dataset
-    name = f"{stem}_{f.defense}"
+    name = f"{stem}_{objective}"
     if f.preprocessing != "none":
-        name = f"{stem}_{f.preprocessing}_{f.defense}"
+        name = f"{stem}_{f.preprocessing}_{objective}"
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(
             dataset=dataset,
@@ -137,11 +168,11 @@ def config_from_flags(f=FLAGS):
             name=f.attack, eps=f.eps, steps=f.attack_steps, step_size=f.attack_step_size
         ),
         train=config_lib.TrainConfig(
-            defense=f.defense,
+            defense=objective,
             lambda1=f.lambda1,
             lambda2=f.lambda2,
             margin=f.margin,
-            norm=f.norm,
+            norm=triplet_distance,
             beta=f.beta,
             triplet_features=f.triplet_features,
             triplet_negative=f.triplet_negative,

@@ -131,13 +131,13 @@ def test_train_config_errors(tmp_path, change, message):
 def test_defense_gan_classifiers_are_trained_clean_or_with_tr(tmp_path):
     cfg = _cfg(tmp_path, _generator(tmp_path / "gen.keras"))
     cfg.train.defense = "at2l"
-    with pytest.raises(ConfigError, match="defense none.*or with triplet regularization"):
+    with pytest.raises(ConfigError, match="objective none.*or with triplet regularization"):
         cfg.validate()
 
 
 def test_a_wrong_shaped_generator_stops_train_before_training(tmp_path):
     gen = _generator(tmp_path / "gen8.keras", side=8)
-    run = _run("at2l_tf.train", "--preprocessing=defense_gan", f"--generator={gen}", "--defense=none",
+    run = _run("at2l_tf.train", "--preprocessing=defense_gan", f"--generator={gen}", "--objective=none",
                f"--workdir={tmp_path / 'w'}", "--export_dir=", "--max_train_examples=256")
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("train: error:")]

@@ -20,7 +20,7 @@ def test_every_new_flag_reaches_the_built_model(parse):
     from at2l_tf import experiment
 
     cfg = parse(
-        "--defense=mart", "--beta=3.5", "--lambda2=0.7", "--margin=0.2", "--triplet_features=embedding",
+        "--objective=mart", "--beta=3.5", "--lambda2=0.7", "--margin=0.2", "--triplet_features=embedding",
         "--triplet_distance=cosine", "--triplet_negative=hardest", "--attack=ifgsm", "--attack_steps=3",
         "--seed=5",
     ).validate()
@@ -37,33 +37,79 @@ def test_every_new_flag_reaches_the_built_model(parse):
 def test_trades_takes_its_kl_attack_with_the_attack_flags(parse):
     from at2l_tf import experiment
 
-    cfg = parse("--defense=trades", "--attack_steps=40", "--attack_step_size=0.01").validate()
+    cfg = parse("--objective=trades", "--attack_steps=40", "--attack_step_size=0.01").validate()
     assert cfg.training_attack == "trades_kl"
     model = experiment.build_model(cfg)
     assert (model.attack, model.beta, model.uses_triplet) == ("trades_kl", 1.0, False)
     assert model._attack_fn.bound_params == {"eps": 0.3, "steps": 40, "step_size": 0.01}
 
 
-def test_the_norm_flag_and_its_alias_set_one_value(parse):
-    assert parse("--norm=l1").train.norm == "l1"
+def test_the_triplet_distance_flag_sets_the_distance(parse):
+    assert parse("--triplet_distance=l1").train.norm == "l1"
     assert parse("--triplet_distance=cosine").train.norm == "cosine"
+
+
+@pytest.fixture
+def warnings_once(capsys, monkeypatch):
+    """The deprecation lines logged since the test started (the once-per-process memory reset)."""
+    from at2l_tf import train
+
+    monkeypatch.setattr(train, "_warned", set())
+    capsys.readouterr()
+    return lambda: [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+
+
+@pytest.mark.parametrize("old, new, value", [
+    ("defense", "objective", "trades"), ("norm", "triplet_distance", "cosine"),
+])
+def test_a_deprecated_alias_sets_the_same_config_and_says_so_once(parse, warnings_once, old, new, value):
+    expected = parse(f"--{new}={value}").to_dict()
+    assert warnings_once() == []  # Only the old name warns.
+    assert parse(f"--{old}={value}").to_dict() == expected
+    assert parse(f"--{old}={value}").to_dict() == expected  # Mapped again (tune, benchmarks): no new line.
+    assert parse(f"--{old}={value}", f"--{new}={value}").to_dict() == expected  # Agreeing: fine.
+    assert warnings_once() == [f"[at2l_tf] warning: --{old} is deprecated; use --{new}"]
+
+
+def test_a_deprecated_alias_that_disagrees_is_a_one_line_error(parse):
+    with pytest.raises(ConfigError) as info:
+        parse("--objective=trades", "--defense=at")
+    assert str(info.value) == (
+        "--defense is a deprecated alias of --objective: give only --objective "
+        "(a later one overrides a flagfile's), received --objective=trades and --defense=at"
+    )
+    with pytest.raises(ConfigError, match=r"--triplet_distance \(.*\), received --triplet_distance=l2 and --norm=l1$"):
+        parse("--norm=l1", "--triplet_distance=l2")
+
+
+def test_the_default_workdir_names_the_objective(parse, warnings_once):
+    assert parse("--defense=mart").workdir == parse("--objective=mart").workdir == "runs/mnist_mart"
+
+
+def test_no_flagfile_uses_a_deprecated_name():
+    root = os.path.join(ROOT, "flags")
+    for name in sorted(os.listdir(root)):
+        lines = open(os.path.join(root, name)).read().splitlines()
+        old = [line for line in lines[1:] if re.match(r"(#.*)?--(defense|norm|norms|defense_choices)=", line)
+               or re.search(r"\s--(defense|norm|norms|defense_choices)=", line)]
+        assert old == [], name
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        ("--defense=trades --beta=-1", "beta must be >= 0.0, received beta=-1.0"),
-        ("--defense=fgsm_at", "unknown defense 'fgsm_at'; known defenses: none, at, at2l, tr, trades, mart"),
+        ("--objective=trades --beta=-1", "beta must be >= 0.0, received beta=-1.0"),
+        ("--objective=fgsm_at", "unknown objective 'fgsm_at'; known objectives: none, at, at2l, tr, trades, mart"),
         ("--triplet_features=pen", "unknown triplet_features 'pen'; known: logits, embedding"),
-        ("--triplet_distance=l3", "unknown norm 'l3'; known norms: linf, l2, l1, cosine"),
+        ("--triplet_distance=l3", "unknown triplet_distance 'l3'; known: linf, l2, l1, cosine"),
         ("--triplet_negative=semi", "unknown triplet_negative 'semi'; known: random, hardest"),
-        ("--defense=none --triplet_features=embedding",
-         "triplet_features='embedding' needs the triplet term, which defense='none' does not have"),
-        ("--defense=trades --triplet_negative=hardest",
-         "triplet_negative='hardest' needs the triplet term, which defense='trades' adds only with --lambda2 > 0"),
-        ("--defense=at --beta=1", "defense='at' takes no beta, received beta=1.0"),
-        ("--defense=trades --attack=fgsm", "defense 'trades' crafts x' with its own KL attack (trades_kl)"),
-        ("--defense=trades --ensemble_attacks=gra", "ensemble training needs defense at, at2l or tr"),
+        ("--objective=none --triplet_features=embedding",
+         "triplet_features='embedding' needs the triplet term, which objective='none' does not have"),
+        ("--objective=trades --triplet_negative=hardest",
+         "triplet_negative='hardest' needs the triplet term, which objective='trades' adds only with --lambda2 > 0"),
+        ("--objective=at --beta=1", "objective='at' takes no beta, received beta=1.0"),
+        ("--objective=trades --attack=fgsm", "objective 'trades' crafts x' with its own KL attack (trades_kl)"),
+        ("--objective=trades --ensemble_attacks=gra", "ensemble training needs objective at, at2l or tr"),
     ],
 )
 def test_bad_objective_flags_are_one_line_config_errors(parse, args, message):
@@ -92,7 +138,9 @@ _LINEAR_MODEL_TRAIN = textwrap.dedent("""
 def test_bad_input_on_the_command_line_exits_1_with_one_line_and_trains_nothing(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     runs = {  # Started together: each spends most of its time importing TensorFlow.
-        "beta": [sys.executable, "-m", "at2l_tf.train", "--defense=trades", "--beta=-1"],
+        "beta": [sys.executable, "-m", "at2l_tf.train", "--objective=trades", "--beta=-1"],
+        "deprecated": [sys.executable, "-m", "at2l_tf.train", "--defense=at", "--norm=l2", "--eps=-1"],
+        "conflict": [sys.executable, "-m", "at2l_tf.train", "--objective=trades", "--defense=at"],
         "embedding": [sys.executable, "-c", _LINEAR_MODEL_TRAIN, "--model=mnist_linear",
                       "--triplet_features=embedding"],
     }
@@ -103,6 +151,11 @@ def test_bad_input_on_the_command_line_exits_1_with_one_line_and_trains_nothing(
     }
     expected = {
         "beta": "train: error: beta must be >= 0.0, received beta=-1.0",
+        "deprecated": ["[at2l_tf] warning: --defense is deprecated; use --objective",
+                       "[at2l_tf] warning: --norm is deprecated; use --triplet_distance",
+                       "train: error: eps must be >= 0.0, received eps=-1.0"],
+        "conflict": "train: error: --defense is a deprecated alias of --objective: give only --objective "
+                    "(a later one overrides a flagfile's), received --objective=trades and --defense=at",
         "embedding": "train: error: model 'mnist_linear' has no penultimate layer for "
                      "triplet_features='embedding' (its logits layer must take features computed "
                      "by trainable layers)",
@@ -110,17 +163,19 @@ def test_bad_input_on_the_command_line_exits_1_with_one_line_and_trains_nothing(
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=300)
         lines = [line for line in err.splitlines() if line and not line.startswith(TF_CHATTER)]
-        assert (proc.returncode, lines) == (1, [expected[name]]), name
+        want = expected[name] if isinstance(expected[name], list) else [expected[name]]
+        assert (proc.returncode, lines) == (1, want), name
         assert not (tmp_path / name).exists()
 
 
 def _old_meaning(path):
     """What a flagfile meant before the objectives moved: `(objective, λ2 of the triplet or None)`.
 
-    `--defense` defaulted to at2l and `--lambda2` to 0.5; only at2l and tr used λ2.
+    `--defense` (now `--objective`) defaulted to at2l and `--lambda2` to 0.5; only
+    at2l and tr used λ2.
     """
     values = dict(re.findall(r"^--(\w+)=(.*)$", open(path).read(), flags=re.M))
-    defense = values.get("defense", "at2l")
+    defense = values.get("objective", "at2l")
     lambda2 = float(values.get("lambda2", 0.5))
     objective = {"none": "none", "at": "at", "at2l": "at", "tr": "none"}[defense]
     return objective, lambda2 if defense in ("at2l", "tr") else None

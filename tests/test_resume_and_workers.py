@@ -25,7 +25,7 @@ from at2l_tf.training import distribute
 # FGSM adversarial training: deterministic steps, so that a resumed run can be
 # compared with an uninterrupted one; 16 steps of 64 per epoch.
 TINY = (
-    "--max_train_examples=1024", "--batch_size=64", "--validation_size=64", "--defense=at",
+    "--max_train_examples=1024", "--batch_size=64", "--validation_size=64", "--objective=at",
     "--attack=fgsm", "--eval_attacks=fgsm", "--eval_examples=200", "--export_dir=", "--seed=3",
     "--verbose=2",
 )
@@ -92,7 +92,7 @@ def test_two_workers_on_localhost_train_one_model(tmp_path):
     cluster = distribute.localhost_cluster(2)
     workdir, export = tmp_path / "run", tmp_path / "export"
     args = (
-        "--max_train_examples=2048", "--batch_size=128", "--validation_size=128", "--defense=at2l",
+        "--max_train_examples=2048", "--batch_size=128", "--validation_size=128", "--objective=at2l",
         "--attack=fgsm", "--eval_attacks=fgsm", "--eval_examples=50", "--epochs=1", "--verbose=2",
         "--strategy=multi_worker", f"--workdir={workdir}", f"--export_dir={export}",
     )

@@ -18,7 +18,7 @@ from at2l_tf.errors import ConfigError
     [
         ("--eps=-0.1", "eps must be >= 0.0, received eps=-0.1"),
         ("--attack=cw", "unknown training attack 'cw'"),
-        ("--defense=free", "unknown defense 'free'"),
+        ("--objective=free", "unknown objective 'free'"),
         ("--lambda1=-1", "lambda1=-1"),
         ("--lambda2=-2", "lambda2=-2"),
         ("--margin=-0.5", "margin=-0.5"),
@@ -46,8 +46,8 @@ from at2l_tf.errors import ConfigError
         ("--eps_warmup_epochs=-1", "eps_warmup_epochs must be >= 0, received eps_warmup_epochs=-1"),
         ("--eps_warmup_epochs=3 --epochs=3", "eps_warmup_epochs must be < epochs so that training ends at "
          "the full eps, received eps_warmup_epochs=3 with epochs=3"),
-        ("--eps_warmup_epochs=1 --defense=none", "defense='none' crafts no adversarial examples"),
-        ("--eps_warmup_epochs=1 --defense=at --ensemble_attacks=gra",
+        ("--eps_warmup_epochs=1 --objective=none", "objective='none' crafts no adversarial examples"),
+        ("--eps_warmup_epochs=1 --objective=at --ensemble_attacks=gra",
          "ensemble training crafts its adversarial sets at the full eps"),
         ("--awp_gamma=-0.01", "awp_gamma must be >= 0 (0: off), received awp_gamma=-0.01"),
         ("--awp_gamma=0.01 --awp_warmup_epochs=-2", "awp_warmup_epochs must be >= 0, received awp_warmup_epochs=-2"),
@@ -149,9 +149,9 @@ def test_every_objective_and_attack_flag_reaches_the_model(parse):
     from at2l_tf import experiment
 
     cfg = parse(
-        "--defense=tr", "--attack=ifgsm", "--eps=0.2", "--attack_steps=3",
+        "--objective=tr", "--attack=ifgsm", "--eps=0.2", "--attack_steps=3",
         "--attack_step_size=0.05", "--lambda1=0.3", "--lambda2=0.7", "--margin=1.5",
-        "--norm=l2", "--seed=5", "--learning_rate=0.002", "--model=mnist_d",
+        "--triplet_distance=l2", "--seed=5", "--learning_rate=0.002", "--model=mnist_d",
     ).validate()
     model = experiment.build_model(cfg)
     got = {f: getattr(model, f) for f in ("defense", "attack", "lambda1", "lambda2", "margin", "seed")}
@@ -219,23 +219,23 @@ def test_flag_parsing_errors_are_one_line(capsys, args, message):
 def test_eps_warmup_ramps_per_epoch_and_is_on_by_default_for_mart_only(parse):
     from at2l_tf import experiment
 
-    cfg = parse("--defense=trades", "--eps_warmup_epochs=4", "--epochs=6").validate()
+    cfg = parse("--objective=trades", "--eps_warmup_epochs=4", "--epochs=6").validate()
     got = [experiment.training_eps(cfg, e) for e in range(6)]
     # Epoch e < N at eps·(e + ½)/N, the ramp's mean over the epoch; then the full eps.
     assert got == pytest.approx([0.0375, 0.1125, 0.1875, 0.2625, 0.3, 0.3])
     for defense in ("at", "at2l", "tr", "trades", "none"):
-        cfg = parse(f"--defense={defense}", "--epochs=10").validate()
+        cfg = parse(f"--objective={defense}", "--epochs=10").validate()
         assert cfg.train.eps_warmup == 0 and experiment.training_eps(cfg, 0) == 0.3
-    assert parse("--defense=mart", "--epochs=10").validate().train.eps_warmup == 2
-    assert parse("--defense=mart", "--epochs=2").validate().train.eps_warmup == 1  # Ends at the full eps.
-    assert parse("--defense=mart", "--epochs=1").validate().train.eps_warmup == 0
-    assert parse("--defense=mart", "--eps_warmup_epochs=0").validate().train.eps_warmup == 0
+    assert parse("--objective=mart", "--epochs=10").validate().train.eps_warmup == 2
+    assert parse("--objective=mart", "--epochs=2").validate().train.eps_warmup == 1  # Ends at the full eps.
+    assert parse("--objective=mart", "--epochs=1").validate().train.eps_warmup == 0
+    assert parse("--objective=mart", "--eps_warmup_epochs=0").validate().train.eps_warmup == 0
 
 
 def test_ingredient_flags_reach_the_model(parse):
     from at2l_tf import experiment
 
-    cfg = parse("--defense=trades", "--ema=0.995", "--awp_gamma=0.005", "--awp_warmup_epochs=2",
+    cfg = parse("--objective=trades", "--ema=0.995", "--awp_gamma=0.005", "--awp_warmup_epochs=2",
                 "--epochs=5").validate()
     model = experiment.build_model(cfg, steps_per_epoch=7)
     assert (model.ema, model.awp_gamma, model.awp_start_step) == (0.995, 0.005, 14)

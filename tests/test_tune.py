@@ -26,7 +26,7 @@ from at2l_tf.tune import space as hm
 # The training attack is made weak on purpose (1 PGD step of 0.001), so that its
 # accuracy (`val_adv_acc`) and the objective's (APGD-CE at eps 0.3) are far apart.
 TINY = [
-    "--model=mnist_small", "--defense=at2l", "--attack=pgd", "--attack_steps=1",
+    "--model=mnist_small", "--objective=at2l", "--attack=pgd", "--attack_steps=1",
     "--attack_step_size=0.001", "--eps=0.3", "--epochs=1", "--batch_size=64",
     "--max_train_examples=512", "--validation_size=128", "--learning_rate=0.003",
     "--eval_examples=0", "--export_dir=", "--objective_attack=apgd_ce", "--objective_steps=5",
@@ -160,6 +160,7 @@ def test_best_flags_are_accepted_by_train_unchanged(search):
     train_flags = {f.name for f in flags.FLAGS.get_flags_for_module(train)}
     names = [line.split("=")[0].lstrip("-") for line in text.splitlines() if not line.startswith("#")]
     assert names and set(names) <= train_flags, set(names) - train_flags
+    assert "objective" in names and "triplet_distance" in names and not {"defense", "norm"} & set(names)
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["train", f"--flagfile={path}"])
     cfg = train.config_from_flags().validate()
@@ -210,23 +211,23 @@ def test_a_distributed_chief_resumes_a_search_made_on_one_machine(search, monkey
         ("--lambda2_range=0.1,inf", "lambda2_range must be two finite numbers"),
         ("--margin_range=a,b", "margin_range must be two numbers 'min,max', received margin_range=a,b"),
         ("--margin_range=5,1", "margin_range must have min <= max"),
-        ("--norms=linf,l3", "unknown norm 'l3' in norms; known norms: linf, l2, l1"),
+        ("--triplet_distance_choices=linf,l3", "unknown triplet_distance 'l3' in triplet_distance_choices; known: linf, l2, l1"),
         ("--objective_attack=fgsm", "objective_attack must be one of apgd_ce, apgd_dlr, apgd_t, pgd"),
         ("--objective_attack=pgd --objective_steps=1",
          "the objective attack must be stronger than the training attack (pgd, steps=1)"),
         ("--objective_steps=0", "objective_steps must be >= 1, received objective_steps=0"),
         ("--objective_examples=200", "objective_examples must be <= validation_size=128"),
-        ("--defense=none", "defense='none' has no λ1, λ2 or α to tune"),
-        ("--defense=at --lambda1_range=", "nothing to tune: defense='at' uses lambda1"),
+        ("--objective=none", "objective='none' has no λ1, λ2 or α to tune"),
+        ("--objective=at --lambda1_range=", "nothing to tune: objective='at' uses lambda1"),
         ("--tuner=hyperband", "tuner=hyperband trains trials for 1 to --epochs epochs: it needs epochs >= 2"),
         ("--eps=-1", "eps must be >= 0.0, received eps=-1.0"),
-        ("--defense_choices=at,none", "defense 'none' in defense_choices has nothing to tune"),
+        ("--objective_choices=at,none", "objective 'none' in objective_choices has nothing to tune"),
         ("--triplet_negative_choices=semi",
          "unknown triplet_negative 'semi' in triplet_negative_choices; known: random, hardest"),
         ("--triplet_features_choices=pen", "unknown triplet_features 'pen' in triplet_features_choices"),
-        ("--defense=trades --beta_range=0,6", "beta_range is sampled on a log scale: min must be > 0"),
-        ("--defense=trades", "nothing to tune: defense='trades' uses beta"),
-        ("--norms=linf,l3", "known norms: linf, l2, l1, cosine"),
+        ("--objective=trades --beta_range=0,6", "beta_range is sampled on a log scale: min must be > 0"),
+        ("--objective=trades", "nothing to tune: objective='trades' uses beta"),
+        ("--triplet_distance_choices=linf,l3", "in triplet_distance_choices; known: linf, l2, l1, cosine"),
     ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(tmp_path, args, match):
@@ -297,6 +298,37 @@ def test_the_shipped_recipe_parses_and_validates(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_the_deprecated_tune_and_train_names_map_to_the_new_ones_with_one_warning_each(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "_warned", set())
+    new = ["--objective=at", "--triplet_distance=l2", "--objective_choices=at,trades",
+           "--triplet_distance_choices=l2,cosine"]
+    old = ["--defense=at", "--norm=l2", "--defense_choices=at,trades", "--norms=l2,cosine"]
+    tiny = [a for a in TINY if not a.startswith("--objective=")]  # TINY's would disagree.
+    results = []
+    for args in (new, old, old):  # Mapped twice: still one line per deprecated name.
+        _parse(*tiny, f"--tune_dir={tmp_path / 't'}", *args)
+        base, space, _, _ = tune_cli.settings_from_flags()
+        results.append((base.to_dict(), space, tune_cli.base_flag_lines()))
+    assert results[0] == results[1] == results[2]
+    assert space.defenses == ("at", "trades") and space.norms == ("l2", "cosine")
+    lines = dict(results[1][2])
+    assert (lines["objective"], lines["triplet_distance"]) == ("--objective=at", "--triplet_distance=l2")
+    assert not {"defense", "norm"} & set(lines)  # best.flags carries only the new names.
+    warned = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert sorted(warned) == sorted(f"[at2l_tf] warning: --{o} is deprecated; use --{n}" for o, n in (
+        ("defense", "objective"), ("norm", "triplet_distance"), ("defense_choices", "objective_choices"),
+        ("norms", "triplet_distance_choices")))
+
+
+def test_a_deprecated_tune_alias_that_disagrees_is_a_one_line_error(tmp_path):
+    _parse(*TINY, f"--tune_dir={tmp_path / 't'}", "--triplet_distance_choices=linf", "--norms=l2")
+    with pytest.raises(ConfigError, match=r"^--norms is a deprecated alias of --triplet_distance_choices: give "
+                                          r"only --triplet_distance_choices \(.*\), received "
+                                          r"--triplet_distance_choices=linf and --norms=l2$"):
+        tune_cli.settings_from_flags()
+
+
 def test_the_robust_accuracy_callback_survives_kerastuners_deepcopy():
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int64")))
     cb = tune.RobustAccuracy(ds.batch(4), evaluation.AttackSpec("apgd_ce", {"eps": 0.3}), num_examples=4)
@@ -334,7 +366,7 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
     model = _hypermodel(space=FULL)
     record = {"tuned": list(FULL.tuned("at2l")), "objective": {}}
     settings = tune.SearchSettings(tune_dir=str(tmp_path))
-    base_flags = {"defense": "--defense=at2l", "lambda1": "--lambda1=0.25", "margin": "--margin=7.0"}
+    base_flags = {"objective": "--objective=at2l", "lambda1": "--lambda1=0.25", "margin": "--margin=7.0"}
     reporter = tune.Reporter(settings, model.base_config, hm.ObjectiveAttack(), record, base_flags, model)
     values = reporter.effective({"defense": "at", "lambda1": 0.7, "lambda2": 0.3, "beta": 2.0,
                                  "triplet_features": "embedding", "triplet_negative": "hardest"})
@@ -345,7 +377,8 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
                "trials": []}
     text = reporter.best_flags_text(summary)
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    assert "--defense=at" in lines and "--lambda1=0.7" in lines
+    assert "--objective=at" in lines and "--lambda1=0.7" in lines and "--triplet_distance=linf" in lines
+    assert not any(line.startswith(("--defense", "--norm")) for line in lines)  # Deprecated names.
     assert not any(line.startswith(("--lambda2", "--beta")) for line in lines)
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["train", *lines])
@@ -355,7 +388,7 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
                                "base_config": model.base_config.to_dict(),
                                "objective": {"name": "apgd_ce", "steps": 1, "restarts": 1, "eps": 0.3,
                                              "num_examples": 1}})
-    assert table.splitlines()[0].split()[:9] == ["trial", "status", "defense", "λ1", "λ2", "α", "norm", "β",
+    assert table.splitlines()[0].split()[:9] == ["trial", "status", "objective", "λ1", "λ2", "α", "distance", "β",
                                                   "features"]
 
 

@@ -27,7 +27,7 @@ from at2l_tf.errors import ConfigError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TINY = [
-    "--model=mnist_small", "--defense=at", "--attack=fgsm", "--eps=0.3", "--epochs=1",
+    "--model=mnist_small", "--objective=at", "--attack=fgsm", "--eps=0.3", "--epochs=1",
     "--batch_size=64", "--max_train_examples=256", "--validation_size=64", "--learning_rate=0.003",
     "--eval_examples=0", "--export_dir=", "--objective_attack=apgd_ce", "--objective_steps=2",
     "--objective_examples=64", "--verbose=0",

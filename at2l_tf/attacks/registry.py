@@ -174,7 +174,7 @@ register("ls_pga", ls_pga, "linf",
              Param("step_size", float, "signed step in logit space ξ (0.01)", low=0.0,
                    low_exclusive=True),
          ], training=True, inputs="thermometer")
-# TRADES' inner attack; `--defense=trades` picks it whatever `--attack` says.
+# TRADES' inner attack; `--objective=trades` picks it whatever `--attack` says.
 register("trades_kl", trades.trades_kl, "linf",
          "TRADES' KL attack: label-free PGD on KL(f(x) || f(x')) from x + 0.001 N(0, 1) (Zhang et al., 2019)",
          [_STEPS, _STEP], training=True)

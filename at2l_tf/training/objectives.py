@@ -23,7 +23,7 @@ with `g` the logits (paper) or the penultimate features, `d` the distance
 and `x_n` the in-batch negative (`losses.triplet_term`). It needs x', so
 with `none` it is not available (clean CE + triplet is the `tr` recipe).
 
-**Recipes.** The `--defense` names (`DEFENSES`) are recipes: an objective and
+**Recipes.** The `--objective` names (`DEFENSES`) are recipes: an objective and
 whether the paper's triplet term is on by default (`RECIPES`):
 
     none -> none          at -> at          at2l -> at + triplet (Eq. 2)
@@ -64,7 +64,7 @@ TRIPLET_FEATURES = ("logits", "embedding")
 TRIPLET_DISTANCES = losses.NORMS
 TRIPLET_NEGATIVES = losses.NEGATIVES
 
-# --defense -> (objective, the paper's triplet term on by default).
+# --objective -> (objective, the paper's triplet term on by default).
 RECIPES = {
     "none": ("none", False),
     "at": ("at", False),
@@ -206,7 +206,7 @@ class TRADES(Objective):
         # The KL attack is part of the method: it replaces the CE attack `--attack` names.
         if configured not in ("pgd", "trades_kl"):
             raise ValueError(
-                "defense 'trades' crafts x' with its own KL attack (trades_kl): leave --attack "
+                "objective 'trades' crafts x' with its own KL attack (trades_kl): leave --attack "
                 f"at pgd or set it to trades_kl, received attack={configured!r}"
             )
         return "trades_kl"

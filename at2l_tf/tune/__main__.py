@@ -1,4 +1,4 @@
-r"""Search AT²L's λ1, λ2, α and logit norm with KerasTuner (and the objective, β and
+r"""Search AT²L's λ1, λ2, α and triplet distance with KerasTuner (and the objective, β and
 the triplet's features and negatives, on request).
 
     python -m at2l_tf.tune --flagfile=flags/mnist_at2l.flags --max_train_examples=10000 \
@@ -9,27 +9,31 @@ the triplet's features and negatives, on request).
 
 Every flag of `python -m at2l_tf.train` is accepted and makes the *base*
 configuration; each trial is the base with λ1 (`--lambda1`), λ2
-(`--lambda2`), α (`--margin`) and the logit distance (`--norm`) drawn from
-`--lambda1_range` (uniform), `--lambda2_range` and `--margin_range`
-(log-uniform) and `--norms`. A trial trains for the base's `--epochs` on its
+(`--lambda2`), α (`--margin`) and the triplet distance (`--triplet_distance`)
+drawn from `--lambda1_range` (uniform), `--lambda2_range` and `--margin_range`
+(log-uniform) and `--triplet_distance_choices`. A trial trains for the base's `--epochs` on its
 `--max_train_examples`, with the base `--seed` (same initial weights and
-data order in every trial). Only the hyperparameters the `--defense` uses
-are searched (`at`: λ1; `at2l`: all four; `tr`: λ2, α, norm; `trades`,
+data order in every trial). Only the hyperparameters the `--objective` uses
+are searched (`at`: λ1; `at2l`: all four; `tr`: λ2, α, distance; `trades`,
 `mart`: β; with a base `--lambda2` > 0, `at`, `trades` and `mart` add the
 triplet's). An empty range (`--lambda1_range=`) keeps the base value;
 `min,min` fixes it.
 
 **More axes, off by default** (so a search keeps the meaning it had):
-`--defense_choices=at,at2l,trades,mart` draws each trial's objective (a trial
+`--objective_choices=at,at2l,trades,mart` draws each trial's objective (a trial
 takes only the values its objective uses: an `at` trial stays plain AT),
 `--beta_range=0.5,8` searches β of trades / mart (log-uniform),
 `--triplet_features_choices=logits,embedding` and
 `--triplet_negative_choices=random,hardest` the triplet term's design, and
-`cosine` joins `--norms`. E.g. AT vs TRADES vs MART, with and without the
-paper's triplet: `--defense_choices=at,at2l,trades,mart --beta_range=1,6`.
+`cosine` joins `--triplet_distance_choices`. E.g. AT vs TRADES vs MART, with and
+without the paper's triplet: `--objective_choices=at,at2l,trades,mart --beta_range=1,6`.
+`--defense_choices` and `--norms` are deprecated aliases of `--objective_choices`
+and `--triplet_distance_choices` (one warning line), as train's `--defense` and
+`--norm` are of `--objective` and `--triplet_distance`.
 
-**Objective.** `val_robust_acc`, maximised: the accuracy under a stronger
-attack than the training one — APGD-CE, 20 iterations, 1 restart, at the
+**What a search maximises** (the tuning objective, not the training
+`--objective`): `val_robust_acc`, the accuracy under a stronger attack than
+the training one — APGD-CE, 20 iterations, 1 restart, at the
 training eps, on the first 1,000 validation images by default
 (`--objective_attack`, `--objective_steps`, `--objective_restarts`,
 `--objective_examples`) — measured after every epoch, on a float32 copy of the
@@ -44,14 +48,14 @@ Bayesian optimisation would spend them all on its initial random points
 `--max_trials` as a cap.
 
 **Output** in `--tune_dir` (KerasTuner's project directory; default
-`runs/tune_<dataset>_<defense>`): one line per trial start and end on
+`runs/tune_<dataset>_<objective>`): one line per trial start and end on
 stderr, Keras' per-epoch lines (`--verbose=2`, the default here), a table of
 all trials on stdout at the end, and
 
 * `search.json`: the settings of the search (checked on resume);
 * `summary.json`: every trial (hyperparameters, objective, metrics at its
   best epoch, seconds) and the best one; rewritten after every trial;
-* `best.flags`: the base flags with the best λ1, λ2, α, norm substituted,
+* `best.flags`: the base flags with the best λ1, λ2, α, distance substituted,
   for `python -m at2l_tf.train --flagfile=<tune_dir>/best.flags`.
 
 **Resume.** A second run with the same `--tune_dir` continues the search:
@@ -59,39 +63,13 @@ finished trials are kept (not retrained), a trial interrupted half-way is
 run again, and `--max_trials` may be raised to extend it. The other
 settings must be the same (compared with `search.json`); `--overwrite`
 deletes the search and starts again. Bad input — an unknown tuner, a range
-with min > max, a non-positive log range, an unknown norm, objective, features
+with min > max, a non-positive log range, an unknown distance, objective, features
 or negative — exits with status 1 and one line, before anything is written.
 
 **Distributed** (KerasTuner's own mode: one chief runs the oracle, workers run
-the trials). Each process runs the same command, with the same flags and
-`--tune_dir`, and three environment variables: `KERASTUNER_TUNER_ID` (an ID
-containing `chief` makes the chief, every worker needs its own ID),
-`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` (where the chief listens).
-E.g. a chief and two workers on one machine:
-
-    export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000
-    KERASTUNER_TUNER_ID=chief   python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags &
-    KERASTUNER_TUNER_ID=worker0 python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags &
-    KERASTUNER_TUNER_ID=worker1 python -m at2l_tf.tune --flagfile=flags/mnist_tune.flags
-
-The **chief** validates the flags and `--tune_dir` as above (resume,
-`--overwrite`), writes `search.json`, and serves trials to the workers until
-they are all done, logging each trial's start and end with the worker that
-ran it; it alone writes `summary.json` (after every trial; `seconds` is the
-time from handing a trial out to its result coming back) and `best.flags`, and
-prints the table. It trains nothing itself. A chief whose search is already
-finished writes its outputs and exits without waiting for workers. A
-**worker** validates the same flags, waits for the chief (up to
-`--wait_for_chief` seconds), refuses to start if the chief's `search.json`
-records other settings, then runs trials until the chief has no more: it
-logs one line per trial start and end and writes the trials' checkpoints
-into `--tune_dir`, but no `summary.json`, `best.flags` or table. Workers read
-and write the chief's `--tune_dir`: run them on the chief's machine or give
-them the directory on a shared filesystem. A worker killed mid-trial and
-restarted with the same ID runs its trial again; the chief waits for it
-(KerasTuner's chief exits only when every trial it handed out has ended).
-A half-set environment (an IP without a port or an ID, a port that is not a
-number) is a one-line error.
+the trials, each process the same command with `KERASTUNER_TUNER_ID`,
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` set): see docs/usage.md,
+"Distributed search"; `--wait_for_chief` bounds a worker's wait.
 """
 
 # The entry point: the tune flags are defined here and only here; the library
@@ -111,7 +89,7 @@ from at2l_tf.tune.settings import SearchSettings, default_tune_dir
 _S = space_lib.SearchSpace()
 _O = space_lib.ObjectiveAttack()
 # Train flags that are not part of the recipe (display only).
-_NOT_RECIPE = ("verbose", "triplet_distance")  # The alias would repeat --norm.
+_NOT_RECIPE = ("verbose", *train.DEPRECATED)  # best.flags carries their replacements.
 
 
 def _range_default(r):
@@ -122,13 +100,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("tuner", "random", "random | bayesian | hyperband (KerasTuner).")
 flags.DEFINE_integer("max_trials", 10, "Trials in all (a resumed search counts the finished ones).")
 flags.DEFINE_integer("executions_per_trial", 1, "Trainings per trial, seeds seed, seed+1, ...; the objective is their mean.")
-flags.DEFINE_string("tune_dir", None, "KerasTuner project directory; default runs/tune_<dataset>_<defense>. Resumed if it exists.")
+flags.DEFINE_string("tune_dir", None, "KerasTuner project directory; default runs/tune_<dataset>_<objective>. Resumed if it exists.")
 flags.DEFINE_bool("overwrite", False, "Delete the search in --tune_dir and start again.")
 flags.DEFINE_list("lambda1_range", _range_default(_S.lambda1_range), "λ1 range 'min,max', uniform; empty keeps --lambda1.")
 flags.DEFINE_list("lambda2_range", _range_default(_S.lambda2_range), "λ2 range 'min,max', log-uniform; empty keeps --lambda2.")
 flags.DEFINE_list("margin_range", _range_default(_S.margin_range), "α range 'min,max', log-uniform; empty keeps --margin.")
-flags.DEFINE_list("norms", list(_S.norms), "Triplet distances to choose from (linf, l2, l1, cosine); empty keeps --norm.")
-flags.DEFINE_list("defense_choices", list(_S.defenses), "Objectives to choose from (at, at2l, tr, trades, mart); empty keeps --defense.")
+flags.DEFINE_list("triplet_distance_choices", list(_S.norms), "Triplet distances to choose from (linf, l2, l1, cosine); empty keeps --triplet_distance.")
+flags.DEFINE_list("norms", None, "Deprecated alias of --triplet_distance_choices.")
+flags.DEFINE_list("objective_choices", list(_S.defenses), "Objectives to choose from (at, at2l, tr, trades, mart); empty keeps --objective.")
+flags.DEFINE_list("defense_choices", None, "Deprecated alias of --objective_choices.")
 flags.DEFINE_list("beta_range", [], "β range 'min,max' of trades / mart, log-uniform; empty keeps --beta.")
 flags.DEFINE_list("triplet_features_choices", list(_S.triplet_features), "Triplet features to choose from (logits, embedding); empty keeps --triplet_features.")
 flags.DEFINE_list("triplet_negative_choices", list(_S.triplet_negatives), "Triplet negatives to choose from (random, hardest); empty keeps --triplet_negative.")
@@ -146,8 +126,8 @@ def settings_from_flags(f=FLAGS):
         lambda1_range=_parse_range("lambda1_range", f.lambda1_range),
         lambda2_range=_parse_range("lambda2_range", f.lambda2_range),
         margin_range=_parse_range("margin_range", f.margin_range),
-        norms=_choices(f.norms),
-        defenses=_choices(f.defense_choices),
+        norms=_choices(train.deprecated_alias(f, "norms", "triplet_distance_choices")),
+        defenses=_choices(train.deprecated_alias(f, "defense_choices", "objective_choices")),
         beta_range=_parse_range("beta_range", f.beta_range),
         triplet_features=_choices(f.triplet_features_choices),
         triplet_negatives=_choices(f.triplet_negative_choices),
@@ -186,12 +166,18 @@ def _parse_range(name, values):
 
 
 def base_flag_lines(f=FLAGS):
-    """`[(name, "--name=value")]` for every train flag that has a value, in definition order."""
+    """`[(name, "--name=value")]` for every train flag that has a value, in definition order.
+
+    A deprecated alias given (`--defense`) is written as its replacement (`--objective`).
+    """
     lines = []
     for flag in f.get_flags_for_module(train):
         if flag.name in _NOT_RECIPE:
             continue
         text = flag.serialize()
+        old = next((o for o, new in train.DEPRECATED.items() if new == flag.name), None)
+        if old and f[old].present:
+            text = f"--{flag.name}={train.deprecated_alias(f, old, flag.name)}"
         if text:  # None-valued flags (the dataset's defaults) are left out.
             lines.append((flag.name, text))
     return lines

@@ -1,4 +1,4 @@
-"""KerasTuner hypermodel of AT²L: λ1, λ2, α and the logit norm as hyperparameters,
+"""KerasTuner hypermodel of AT²L: λ1, λ2, α and the triplet distance as hyperparameters,
 and optionally the objective (`defense`), β, and the triplet's features and negatives.
 
 The loss being tuned (Eq. 1 and 2 of the paper):
@@ -108,9 +108,11 @@ class RobustAccuracy(keras.callbacks.Callback):
 class AT2LHyperModel(keras_tuner.HyperModel):
     """Builds and trains one AT²L configuration per trial.
 
-    Hyperparameters (names as the train flags): `defense` (choice), `lambda1`
-    (λ1, uniform), `lambda2` (λ2, log-uniform), `margin` (α, log-uniform),
-    `norm` (choice), `beta` (β, log-uniform), `triplet_features` and
+    Hyperparameters (named as the `TrainConfig` fields, which recorded searches
+    carry; `report.FLAG_NAMES` gives the two train flags named otherwise):
+    `defense` (`--objective`, choice), `lambda1` (λ1, uniform), `lambda2` (λ2,
+    log-uniform), `margin` (α, log-uniform), `norm` (`--triplet_distance`,
+    choice), `beta` (β, log-uniform), `triplet_features` and
     `triplet_negative` (choices), each only if an objective of the search uses
     it (`used_by`) and its range is given; a range with min == max is a fixed value.
 

@@ -13,8 +13,11 @@ from at2l_tf.tune.settings import BEST_FLAGS_FILE, SUMMARY_FILE, tuner_seed
 
 # Reported for every search; the other axes of `space.ALL_HYPERPARAMETERS` when searched.
 HYPERPARAMETERS = ("lambda1", "lambda2", "margin", "norm")
-SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "norm", "defense": "defense",
+SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "distance", "defense": "objective",
            "beta": "β", "triplet_features": "features", "triplet_negative": "negative"}
+# The train flag of a hyperparameter whose name (kept in summary.json and KerasTuner's
+# trials, so that recorded searches still read and resume) is the flag's old one.
+FLAG_NAMES = {"defense": "objective", "norm": "triplet_distance"}
 
 
 class Reporter:
@@ -157,14 +160,17 @@ class Reporter:
         ]
         values = best["hyperparameters"]
         lines = []
-        for name, text in self.base_flags.items():
+        hyperparameter = {flag: name for name, flag in FLAG_NAMES.items()}
+        for flag, text in self.base_flags.items():
+            name = hyperparameter.get(flag, flag)
             if name in values:
-                text = _flag_line(name, values[name], text)
+                text = _flag_line(flag, values[name], text)
             if text:
                 lines.append(text)
         for name in self.names:  # In case the base flags did not carry one.
-            if name not in self.base_flags and values[name] is not None:
-                lines.append(_flag_line(name, values[name]))
+            flag = FLAG_NAMES.get(name, name)
+            if flag not in self.base_flags and values[name] is not None:
+                lines.append(_flag_line(flag, values[name]))
         return "\n".join(header + lines) + "\n"
 
 

@@ -76,7 +76,7 @@ class Search:
             log(f"kept from the base flags: {', '.join(f'{SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
         if unused:
             which = ", ".join(space.defenses) if space.defenses else base.train.defense
-            log(f"defense={which} does not use {', '.join(SYMBOLS[n] for n in unused)}: not tuned")
+            log(f"objective={which} does not use {', '.join(SYMBOLS[n] for n in unused)}: not tuned")
 
     def run(self, tuner, reporter):
         """Runs the trials (or, on a chief, serves them)."""

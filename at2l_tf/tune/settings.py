@@ -40,7 +40,7 @@ class SearchSettings:
 
 
 def default_tune_dir(config):
-    """`runs/tune_<dataset>[_<preprocessing>]_<defense>`, beside train's default workdir."""
+    """`runs/tune_<dataset>[_<preprocessing>]_<objective>`, beside train's default workdir."""
     parts = [config.data.dataset, config.train.defense]
     if config.preprocessing.name != "none":
         parts.insert(1, config.preprocessing.name)

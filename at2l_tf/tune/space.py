@@ -78,9 +78,11 @@ class SearchSpace:
             between logits of a trained MNIST model run to tens, so α = 0.5
             constrains little (DESIGN.md, "Known pitfalls"): the default
             reaches 20.
-        norms: triplet distances `d` to choose from (`linf`, `l2`, `l1`, `cosine`).
-        defenses: objectives (train's `--defense` names) to choose from; empty
-            keeps the base config's.
+        norms: triplet distances `d` to choose from (`linf`, `l2`, `l1`, `cosine`;
+            flag `--triplet_distance_choices`).
+        defenses: objectives (train's `--objective` names; flag
+            `--objective_choices`) to choose from; empty keeps the base config's.
+            The field names are the flags' old ones, as `search.json` records them.
         beta_range: β of trades / mart, log-uniform (min > 0).
         triplet_features: triplet features to choose from (`logits`, `embedding`).
         triplet_negatives: triplet negatives to choose from (`random`, `hardest`).
@@ -106,12 +108,12 @@ class SearchSpace:
         for d in self.defenses:
             if d not in TUNED_BY_DEFENSE:
                 raise ConfigError(
-                    f"defense {d!r} in defense_choices has nothing to tune; choose among "
+                    f"objective {d!r} in objective_choices has nothing to tune; choose among "
                     f"{', '.join(TUNED_BY_DEFENSE)}"
                 )
         if not self.defenses and defense not in TUNED_BY_DEFENSE:
             raise ConfigError(
-                f"defense={defense!r} has no λ1, λ2 or α to tune: use --defense="
+                f"objective={defense!r} has no λ1, λ2 or α to tune: use --objective="
                 f"{' | '.join(TUNED_BY_DEFENSE)}"
             )
         for name, log in (("lambda1_range", False), ("lambda2_range", True), ("margin_range", True),
@@ -130,7 +132,9 @@ class SearchSpace:
                 raise ConfigError(f"{name} must have min >= 0, {received}")
         for norm in self.norms:
             if norm not in NORMS:
-                raise ConfigError(f"unknown norm {norm!r} in norms; known norms: {', '.join(NORMS)}")
+                raise ConfigError(
+                    f"unknown triplet_distance {norm!r} in triplet_distance_choices; known: {', '.join(NORMS)}"
+                )
         for name, values, known in (
             ("triplet_features_choices", self.triplet_features, objectives.TRIPLET_FEATURES),
             ("triplet_negative_choices", self.triplet_negatives, objectives.TRIPLET_NEGATIVES),
@@ -142,7 +146,7 @@ class SearchSpace:
             uses = sorted({n for d in (self.defenses or (defense,)) for n in used_by(d, lambda2)},
                           key=ALL_HYPERPARAMETERS.index)
             raise ConfigError(
-                f"nothing to tune: defense={defense!r} uses {', '.join(uses)}, "
+                f"nothing to tune: objective={defense!r} uses {', '.join(uses)}, "
                 "and every one of their ranges is empty"
             )
         return self

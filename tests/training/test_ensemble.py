@@ -159,7 +159,7 @@ def test_static_models_of_another_shape_or_missing_are_refused(tmp_path):
         (["--ensemble_attacks=gra", "--static_models=/no/such/model.keras"],
          "static model does not exist: /no/such/model.keras"),
         (["--static_models=x.keras"], "--static_models needs --ensemble_attacks"),
-        (["--ensemble_attacks=gra", "--defense=none"], "ensemble training needs defense at, at2l or tr"),
+        (["--ensemble_attacks=gra", "--objective=none"], "ensemble training needs objective at, at2l or tr"),
         (["--ensemble_attacks=gra", "--regenerate_every=0"], "regenerate_every must be >= 1"),
         (["--pretrain_epochs=-1"], "pretrain_epochs must be >= 0"),
     ],

@@ -20,7 +20,7 @@ def _headers(text):
 def test_a_two_epoch_run_not_on_a_terminal_prints_epoch_1_of_2_and_2_of_2(tmp_path):
     # The train command with its output piped (not a terminal: one line per epoch).
     run = subprocess.run(
-        [sys.executable, "-m", "at2l_tf.train", "--defense=none", "--epochs=2",
+        [sys.executable, "-m", "at2l_tf.train", "--objective=none", "--epochs=2",
          "--max_train_examples=256", "--batch_size=64", "--validation_size=64",
          "--eval_examples=16", "--eval_attacks=fgsm", f"--workdir={tmp_path / 'run'}",
          "--export_dir="],

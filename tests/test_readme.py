@@ -189,11 +189,6 @@ def test_tables_1_and_2_are_the_committed_runs():
         assert len(lines) >= 4 and all(line in bench for line in lines), name
 
 
-def test_seeds_study_table_is_the_committed_run():
-    lines = _printed_table("seeds_study.py", "seeds_study_mnist.json")
-    assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
-
-
 def test_ensemble_figures_table_is_the_committed_run():
     lines = _printed_table("ensemble_figures.py", "figures", "ensemble_figures_mnist.json")
     assert len(lines) == 9 and all(line in _bench().splitlines() for line in lines)

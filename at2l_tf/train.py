@@ -10,7 +10,7 @@ r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, 
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
 
 The default is the paper's method. Its triplet term showed no effect distinguishable
-from zero in the full-budget study (`benchmarks/triplet_study.py`; benchmarks/README.md);
+from zero in the full-budget study (`benchmarks/studies/triplet.py`; benchmarks/README.md);
 TRADES was the most robust objective there.
 
 **Objectives** (`--defense`; equations in `at2l_tf.training.objectives`):

@@ -20,6 +20,7 @@ the time left (estimated from the steps done). The report's table is printed
 at the end, and by `--markdown_from=<its JSON>` at any time.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,6 +29,7 @@ from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
 import studylib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from studylib import note  # isort: skip
 from at2l_tf import train as train_command  # noqa: E402,F401  (defines every train flag)
 from at2l_tf.errors import ConfigError  # noqa: E402
 
@@ -74,23 +76,9 @@ def given_train_flags():
     return list(dict.fromkeys(out))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    study = load(FLAGS.study)
-    if FLAGS.markdown_from:
-        with open(FLAGS.markdown_from) as f:
-            print((study.markdown or studylib.markdown)(json.load(f)))
-        return
-    if FLAGS.plot_from:
-        if not study.plot:
-            raise ConfigError(f"study {study.name!r} draws no plot")
-        with open(FLAGS.plot_from) as f:
-            record = json.load(f)
-        studylib._log(f"wrote {study.plot(record, FLAGS.plot_png or _png(FLAGS.plot_from))}")
-        return
-    if not FLAGS.output_json:
-        raise ConfigError("--output_json is required (the study's state)")
+def configured(study):
+    """`(study, variants, seeds)` as this command line narrows and overrides them; bad values
+    raise a one-line ConfigError before anything runs."""
     names = FLAGS.variants or [v.name for v in study.variants]
     known = [v.name for v in study.variants]
     unknown = [n for n in names if n not in known]
@@ -106,43 +94,50 @@ def main(argv):
     for s in seeds:
         if not s.isdigit():
             raise ConfigError(f"seeds must be non-negative integers, received {s!r}")
+    for name in ("trials", "test_examples", "bootstrap_replicates"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, received {name}={getattr(FLAGS, name)}")
     if study.tuning and FLAGS.trials is not None:
-        if FLAGS.trials < 1:
-            raise ConfigError(f"trials must be >= 1, received trials={FLAGS.trials}")
-        study = studylib.dataclasses.replace(study, tuning=studylib.dataclasses.replace(study.tuning, trials=FLAGS.trials))
+        study = dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, trials=FLAGS.trials))
     if FLAGS.test_examples is not None:
-        if FLAGS.test_examples < 1:
-            raise ConfigError(f"test_examples must be >= 1, received test_examples={FLAGS.test_examples}")
-        study = studylib.dataclasses.replace(
-            study, evaluation=studylib.dataclasses.replace(study.evaluation, examples=FLAGS.test_examples))
-    if FLAGS.bootstrap_replicates < 1:
-        raise ConfigError(f"bootstrap_replicates must be >= 1, received {FLAGS.bootstrap_replicates}")
-    train_flags = given_train_flags()
+        study = dataclasses.replace(study, evaluation=dataclasses.replace(study.evaluation, examples=FLAGS.test_examples))
+    return study, names, [int(s) for s in seeds]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    study = load(FLAGS.study)
+    markdown = study.markdown or studylib.markdown
+    if FLAGS.markdown_from or FLAGS.plot_from:
+        with open(FLAGS.markdown_from or FLAGS.plot_from) as f:
+            record = json.load(f)
+        if FLAGS.markdown_from:
+            print(markdown(record))
+        elif not study.plot:
+            raise ConfigError(f"study {study.name!r} draws no plot")
+        else:
+            note(f"wrote {study.plot(record, FLAGS.plot_png or _png(FLAGS.plot_from))}")
+        return
+    if not FLAGS.output_json:
+        raise ConfigError("--output_json is required (the study's state)")
+    study, names, seeds = configured(study)
     driver = studylib.Driver(  # Checks every variant's configuration before anything is written.
-        study, variants=names, seeds=[int(s) for s in seeds], train_flags=train_flags,
+        study, variants=names, seeds=seeds, train_flags=given_train_flags(),
         study_dir=FLAGS.study_dir or os.path.join("runs", study.name),
         budget=studylib.Budget(FLAGS.max_hours), replicates=FLAGS.bootstrap_replicates)
-    state = driver.state = studylib.State(FLAGS.output_json, study.name)
-    state.data["settings"] = {
-        "variants": [{"name": n, "label": study.variant(n).label, "flags": list(study.variant(n).flags)} for n in names],
-        "labels": {v.name: v.label for v in study.variants},
-        "recipe": [*study.recipe, *train_flags], "seeds": [int(s) for s in seeds],
-        # autoattack None: the train command's final check (the recipe's --eval_* flags).
-        "evaluation": studylib.dataclasses.asdict(study.evaluation),
-        "pairs": [list(p) for p in study.pairs if p[0] in names and p[1] in names],
-        "tuning": studylib.dataclasses.asdict(study.tuning) if study.tuning else None,
-        "pilot": studylib.dataclasses.asdict(study.pilot) if study.pilot else None,
-        "replicates": FLAGS.bootstrap_replicates,
-    }
+    driver.state = studylib.State(FLAGS.output_json, study.name)
+    driver.state.data["settings"] = driver.settings()
     driver.run(FLAGS.phases)
-    if "report" in FLAGS.phases and state.data["runs"]:
+    state = driver.state.data
+    if "report" in FLAGS.phases and state["runs"]:
         if study.plot:
             try:
-                studylib._log(f"wrote {study.plot(state.data, FLAGS.plot_png or _png(FLAGS.output_json))}")
+                note(f"wrote {study.plot(state, FLAGS.plot_png or _png(FLAGS.output_json))}")
             except ConfigError as e:
-                studylib._log(f"no plot: {e}")
-        print((study.markdown or studylib.markdown)(state.data))
-    studylib._log(f"wrote {FLAGS.output_json} ({'complete' if state.data['complete'] else 'to be continued'})")
+                note(f"no plot: {e}")
+        print(markdown(state))
+    note(f"wrote {FLAGS.output_json} ({'complete' if state['complete'] else 'to be continued'})")
 
 
 def _png(json_path):

@@ -18,6 +18,23 @@ stops before a step that would not finish in time). The report gives, per
 variant, mean ± std over seeds and, per pair, the paired difference (per seed;
 with per-example correctness, a 95% interval from the bootstrap of
 `at2l_tf.evaluation.paired`).
+
+Adding a study is one file, `benchmarks/studies/<name>.py`, e.g.:
+
+    from studylib import Evaluation, Study, Variant
+
+    STUDY = Study(
+        name="cosine",
+        variants=(Variant("base", (), "TRADES"), Variant("cosine", ("--lr_schedule=cosine",), "+ cosine")),
+        recipe=("--flagfile=flags/mnist_reference.flags", "--eval_examples=0"),
+        seeds=(0, 1, 2),
+        evaluation=Evaluation(autoattack="fast", examples=1000),
+        pairs=(("base", "cosine"),),
+    )
+
+run by `python benchmarks/study.py --study=cosine --output_json=...`; without its own
+`markdown`, its table is the generic one (per variant mean ± std over seeds, per pair
+the per-seed differences and the paired interval).
 """
 
 import contextlib
@@ -40,7 +57,8 @@ from at2l_tf.log import log
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 
-def _log(msg):
+def note(msg):
+    """One line on stderr, `[study] msg`."""
     log(msg, prefix="study")
 
 
@@ -176,7 +194,7 @@ class Budget:
         estimate = statistics.mean(done) if done else 0
         if self.deadline is None or time.time() + estimate <= self.deadline:
             return True
-        _log(f"stopping before {what}: about {estimate / 60:.0f} min, "
+        note(f"stopping before {what}: about {estimate / 60:.0f} min, "
              f"{max(self.deadline - time.time(), 0) / 60:.0f} min left of --max_hours")
         return False
 
@@ -202,6 +220,21 @@ class Driver:
                                   "sets it); drop it from the command")
         for v in self.variants:  # Every variant's configuration is checked before any work.
             parse_config(self.run_flags(v, seeds[0]) if seeds else [])
+
+    def settings(self):
+        """What the JSON records of the study as run: variants, recipe, seeds, evaluation, pairs."""
+        study, names = self.study, [v.name for v in self.variants]
+        return {
+            "variants": [{"name": v.name, "label": v.label, "flags": list(v.flags)} for v in self.variants],
+            "labels": {v.name: v.label for v in study.variants},
+            "recipe": [*study.recipe, *self.train_flags], "seeds": self.seeds,
+            # autoattack None: the train command's final check (the recipe's --eval_* flags).
+            "evaluation": dataclasses.asdict(study.evaluation),
+            "pairs": [list(p) for p in study.pairs if p[0] in names and p[1] in names],
+            "tuning": dataclasses.asdict(study.tuning) if study.tuning else None,
+            "pilot": dataclasses.asdict(study.pilot) if study.pilot else None,
+            "replicates": self.replicates,
+        }
 
     def run_flags(self, variant, seed, epochs=None):
         """The train-command flags of `variant`'s run with `seed` (tuned weights included)."""
@@ -250,7 +283,7 @@ class Driver:
             if v.tune is None or tuning.get(v.name, {}).get("complete"):
                 continue
             if v.design_from and not tuning.get(v.design_from, {}).get("complete"):
-                _log(f"tuning {v.name} waits for {v.design_from}'s search")
+                note(f"tuning {v.name} waits for {v.design_from}'s search")
                 continue
             if not self.budget.allows([x["seconds"] for x in tuning.values() if x.get("seconds")],
                                       f"the search of {v.name}"):
@@ -282,7 +315,7 @@ class Driver:
             return True  # Chosen already, or given (--epochs).
         v = self.study.variant(p.variant)
         if not self.tuned(v):
-            _log(f"the pilot waits for {v.name}'s search")
+            note(f"the pilot waits for {v.name}'s search")
             return False
         if not self.budget.allows([], "the pilot"):
             return False
@@ -295,7 +328,7 @@ class Driver:
         for epoch in range(1, p.epochs + 1):
             weights = os.path.join(workdir, "checkpoints", f"epoch-{epoch:02d}.weights.h5")
             curve.append(validation_robust_accuracy(workdir, weights))
-            _log(f"pilot epoch {epoch}: APGD-CE validation robust accuracy {curve[-1]:.1%}")
+            note(f"pilot epoch {epoch}: APGD-CE validation robust accuracy {curve[-1]:.1%}")
         chosen = next(i + 1 for i, a in enumerate(curve) if a >= max(curve) - p.tolerance)
         self.state.data["pilot"] = {
             "complete": True, "seconds": res["train_seconds"], "val_robust_acc": curve,
@@ -309,7 +342,7 @@ class Driver:
         if self.study.pilot:
             epochs = (self.state.data["pilot"] or {}).get("chosen_epochs")
             if not epochs and "epochs" not in {_flag_name(f) for f in self.train_flags}:
-                _log("the runs wait for the pilot's choice of epochs (or --epochs)")
+                note("the runs wait for the pilot's choice of epochs (or --epochs)")
                 return False
             self.state.data["epochs"] = epochs
         runs = self.state.data["runs"]
@@ -319,7 +352,7 @@ class Driver:
                 if key in runs:
                     continue
                 if not self.tuned(v):
-                    _log(f"{key} waits for its search")
+                    note(f"{key} waits for its search")
                     continue
                 if not self.budget.allows([r["run_seconds"] for r in runs.values() if "run_seconds" in r],
                                           f"run {key}"):
@@ -346,7 +379,7 @@ class Driver:
                 if seed in self.seeds[:n]:
                     run[version] = autoattack(model, version, ev.examples, ev.eps)
         run["run_seconds"] = round(time.time() - started, 1)
-        _log(f"{variant.name}/s{seed}: clean {run['clean_accuracy']:.1%}, robust {run['robust_accuracy']:.1%} "
+        note(f"{variant.name}/s{seed}: clean {run['clean_accuracy']:.1%}, robust {run['robust_accuracy']:.1%} "
              f"({run['run_seconds'] / 60:.1f} min)")
         return run
 
@@ -368,7 +401,7 @@ def _flag_name(flag):
 
 def _subprocess(cmd, what):
     """Runs a command of the package; returns its seconds (ConfigError if it fails)."""
-    _log(f"{what}: {' '.join(cmd[1:])}")
+    note(f"{what}: {' '.join(cmd[1:])}")
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr)  # stdout is the study's markdown.
     if proc.returncode != 0:

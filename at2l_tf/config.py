@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from at2l_tf import attacks, data, defenses, losses, models, precision
+from at2l_tf import attacks, data, defenses, image_folder, losses, models, precision
 from at2l_tf.errors import ConfigError, at_least
 from at2l_tf.training import objectives
 from at2l_tf.training.objectives import DEFENSES
@@ -27,12 +27,14 @@ class DataConfig:
     """Which data, and how it is batched.
 
     Attributes:
-        dataset: `mnist` (shipped), `cifar10` or `cats_vs_dogs` (TFDS).
+        dataset: `mnist` (shipped), `cifar10` or `cats_vs_dogs` (TFDS), or
+            `image_folder` (the folder `image_dir`, `at2l_tf.image_folder`).
         data_dir: TFDS data directory.
         batch_size: global batch size (split across replicas).
         max_train_examples: cap on training examples (quick runs).
         validation_size: examples carved from train for validation.
-        image_size: Cats vs Dogs side length after resizing.
+        image_size: Cats vs Dogs' and an image folder's side length after resizing.
+        image_dir: `image_folder`'s folder of class subfolders (flag `--image_dir`).
     """
 
     dataset: str = "mnist"
@@ -41,6 +43,7 @@ class DataConfig:
     max_train_examples: Optional[int] = None
     validation_size: int = data.DEFAULT_VALIDATION_SIZE
     image_size: int = data.DEFAULT_IMAGE_SIZE
+    image_dir: Optional[str] = None
 
     def validate(self):
         if self.dataset not in data.available_datasets():
@@ -53,6 +56,13 @@ class DataConfig:
         at_least("validation_size", self.validation_size, 0)
         if self.max_train_examples is not None:
             at_least("max_train_examples", self.max_train_examples, self.batch_size)
+        if (self.dataset == image_folder.NAME) != bool(self.image_dir):
+            raise ConfigError(
+                f"image_dir goes with dataset={image_folder.NAME!r} (set by --image_dir alone), "
+                f"received dataset={self.dataset!r}, image_dir={self.image_dir!r}"
+            )
+        if self.image_dir:
+            image_folder.check_directory(self.image_dir)  # Lists subfolders only.
         return self
 
 
@@ -186,6 +196,20 @@ class TrainConfig:
             `model.keras` and the export are float32 whatever it is). `auto` by
             default: trained in bfloat16, the main recipe lost no robustness
             beyond the seeds' spread (benchmarks/studies/precision.py; README).
+        ema: decay d of an exponential moving average of the weights, updated
+            every step (`training.weight_average`; 0: off; Gowal et al. 2020:
+            0.995). The average is what the run returns (`model.keras`, the
+            final check, the export) and what validation measures.
+        eps_warmup_epochs: N: the training attack's ε ramps linearly from 0 to
+            `eps` over the first N adversarial epochs, per epoch
+            (`experiment.training_eps`: epoch e trains at eps·(e + ½)/N), its
+            step size in proportion; 0: the full ε from the first step. `None`
+            (default): the objective's default (`objectives.resolve_eps_warmup`):
+            min(2, epochs − 1) for MART, 0 for the others.
+        awp_gamma: γ of adversarial weight perturbation (`training.awp`; Wu et
+            al. 2020; 0: off; their CIFAR-10 values 5e-3 with TRADES, 1e-2 with AT).
+        awp_warmup_epochs: adversarial epochs trained without AWP before it
+            starts (the authors start it after a few epochs).
     """
 
     defense: str = "at2l"
@@ -204,6 +228,15 @@ class TrainConfig:
     strategy: str = "auto"
     save_every_steps: int = 0
     mixed_precision: str = "auto"
+    ema: float = 0.0
+    eps_warmup_epochs: Optional[int] = None
+    awp_gamma: float = 0.0
+    awp_warmup_epochs: int = 1
+
+    @property
+    def eps_warmup(self):
+        """N, the ε warm-up in epochs: `eps_warmup_epochs` or the objective's default."""
+        return objectives.resolve_eps_warmup(self.defense, self.eps_warmup_epochs, self.epochs)
 
     @property
     def uses_triplet(self):
@@ -264,7 +297,33 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; known strategies: {', '.join(STRATEGIES)}"
             )
+        self._validate_ingredients()
         return self
+
+    def _validate_ingredients(self):
+        """Weight averaging, the ε warm-up and AWP."""
+        if self.ema is None or not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0: off), received ema={self.ema}")
+        if self.eps_warmup_epochs is not None:
+            at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
+            if self.eps_warmup_epochs > 0 and self.defense == "none":
+                raise ConfigError(
+                    f"eps_warmup_epochs ramps the training attack's eps: defense='none' crafts no "
+                    f"adversarial examples, received eps_warmup_epochs={self.eps_warmup_epochs}"
+                )
+            if self.eps_warmup_epochs >= self.epochs > 0 and self.eps_warmup_epochs > 0:
+                raise ConfigError(
+                    f"eps_warmup_epochs must be < epochs so that training ends at the full eps, "
+                    f"received eps_warmup_epochs={self.eps_warmup_epochs} with epochs={self.epochs}"
+                )
+        if self.awp_gamma is None or not self.awp_gamma >= 0:
+            raise ConfigError(f"awp_gamma must be >= 0 (0: off), received awp_gamma={self.awp_gamma}")
+        at_least("awp_warmup_epochs", self.awp_warmup_epochs, 0)
+        if self.awp_gamma > 0 and self.awp_warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"awp_warmup_epochs must be < epochs or AWP never starts, received "
+                f"awp_warmup_epochs={self.awp_warmup_epochs} with epochs={self.epochs}"
+            )
 
 
 @dataclasses.dataclass
@@ -320,6 +379,9 @@ class EvalConfig:
         pgd_step_size: PGD step size of the final check.
         autoattack_version: `fast` (APGD-CE + APGD-T, 100 iterations each) or
             `standard` (+ Square, 5,000 queries).
+        attack_precision: where the attacks' forward and backward passes run:
+            `float32`, `bfloat16` (a bfloat16 copy of the classifier) or `auto`
+            (`precision.resolve_attack_precision`); every verdict is float32.
     """
 
     attacks: tuple = ("fgsm", "pgd", "autoattack")
@@ -327,6 +389,7 @@ class EvalConfig:
     pgd_steps: int = 40
     pgd_step_size: float = 0.01
     autoattack_version: str = "fast"
+    attack_precision: str = "float32"
 
     def validate(self):
         for name in self.attacks:
@@ -337,6 +400,11 @@ class EvalConfig:
         attacks.get_entry("autoattack").user_params[0].check(
             self.autoattack_version, "eval_autoattack_version"
         )
+        if self.attack_precision not in precision.ATTACK_CHOICES:
+            raise ConfigError(
+                f"eval_attack_precision must be one of {', '.join(precision.ATTACK_CHOICES)}, "
+                f"received eval_attack_precision={self.attack_precision!r}"
+            )
         return self
 
 
@@ -365,7 +433,7 @@ class ExperimentConfig:
 
     @property
     def spec(self):
-        return data.get_spec(self.data.dataset, self.data.image_size)
+        return data.get_spec(self.data.dataset, self.data.image_size, self.data.image_dir)
 
     @property
     def model_name(self):
@@ -396,7 +464,9 @@ class ExperimentConfig:
         d, t = self.data, self.train
         d.validate()
         entry = models.get_entry(self.model_name)
-        if entry.dataset != d.dataset:
+        # A folder of RGB images takes any model built for RGB images of any size.
+        rgb = d.dataset == image_folder.NAME and entry.dataset in ("cats_vs_dogs", "cifar10")
+        if entry.dataset != d.dataset and not rgb:
             raise ConfigError(
                 f"model {self.model_name!r} is built for {entry.dataset}, not {d.dataset}"
             )
@@ -467,6 +537,11 @@ class ExperimentConfig:
         if self.preprocessing.name != "none":
             raise ConfigError(
                 f"ensemble training works on plain classifiers, received preprocessing={self.preprocessing.name!r}"
+            )
+        if self.train.eps_warmup:
+            raise ConfigError(
+                "ensemble training crafts its adversarial sets at the full eps: it takes no "
+                f"eps warm-up, received eps_warmup_epochs={self.train.eps_warmup}"
             )
         if self.attack.name not in attacks.TRAINING_ATTACKS or attacks.get_entry(self.attack.name).inputs != "images":
             raise ConfigError(f"the validation attack must attack images, received attack={self.attack.name!r}")

@@ -12,6 +12,7 @@ shape `spec.image_shape` and `label` an int64 class index:
 * `cats_vs_dogs`: through TFDS. Upstream has only a train split, so it is sliced
   80% / 10% / 10% into train / validation / test with TFDS split slicing;
   images are resized to `image_size` x `image_size`; label 0 = cat, 1 = dog.
+* `image_folder`: a folder of class subfolders (`image_dir`), see `at2l_tf.image_folder`.
 
 The TFDS datasets go through TFDS's own builders, as `tfds.load` does: the
 first use downloads the upstream archive into `data_dir` (checksums as TFDS
@@ -38,6 +39,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from at2l_tf import image_folder
 from at2l_tf.errors import DatasetError
 
 SPLITS = ("train", "validation", "test")
@@ -64,12 +66,14 @@ class DatasetSpec:
     default_model: str
 
 
-def get_spec(name, image_size=DEFAULT_IMAGE_SIZE):
-    """Returns the `DatasetSpec` of `name`.
+def get_spec(name, image_size=DEFAULT_IMAGE_SIZE, image_dir=None):
+    """Returns the `DatasetSpec` of `name` (`image_folder`: of the folder `image_dir`).
 
     Raises:
         DatasetError: if `name` is not a known dataset.
     """
+    if name == image_folder.NAME:
+        return image_folder.get_spec(image_dir, image_size)
     if name == "mnist":
         return DatasetSpec("mnist", 10, (28, 28, 1), 0.3, "mnist_small")
     if name == "cifar10":
@@ -89,7 +93,7 @@ def get_spec(name, image_size=DEFAULT_IMAGE_SIZE):
 
 def available_datasets():
     """Names accepted by `load` and `--dataset`."""
-    return ("mnist", "cifar10", "cats_vs_dogs")
+    return ("mnist", "cifar10", "cats_vs_dogs", image_folder.NAME)
 
 
 # --------------------------------------------------------------------- MNIST
@@ -307,6 +311,7 @@ def load(
     validation_size=DEFAULT_VALIDATION_SIZE,
     image_size=DEFAULT_IMAGE_SIZE,
     max_examples=None,
+    image_dir=None,
 ):
     """Loads one split as an unbatched dataset of `(float32 image in [0, 1], int64 label)`.
 
@@ -317,11 +322,12 @@ def load(
         validation_size: examples moved from train to validation (MNIST, CIFAR-10).
         image_size: square side of Cats vs Dogs images after resizing.
         max_examples: keep only the first `max_examples` examples (quick runs).
+        image_dir: the folder of class subfolders of `image_folder` (`at2l_tf.image_folder`).
 
     Returns:
         A `tf.data.Dataset`; images have shape `get_spec(name, image_size).image_shape`.
     """
-    spec = get_spec(name, image_size)
+    spec = get_spec(name, image_size, image_dir)
     _check_split(split)
     if max_examples is not None and max_examples < 1:
         raise DatasetError(f"max_examples must be >= 1, received max_examples={max_examples}")
@@ -330,6 +336,8 @@ def load(
         if max_examples is not None:
             images, labels = images[:max_examples], labels[:max_examples]
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    elif name == image_folder.NAME:
+        ds = image_folder.load(image_dir, split, spec.image_shape[0], max_examples)
     else:
         ds = _load_tfds(name, split, data_dir, validation_size)
         if max_examples is not None:

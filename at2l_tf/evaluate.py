@@ -10,6 +10,26 @@ r"""Evaluate a trained classifier: clean error, error under attacks, and the wor
     python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_at2l --num_examples=10000 \
         --output_json=aa.json --record      # resumable (aa.work/), recorded in the version
     python -m at2l_tf.evaluate --show=savedmodels/mnist_at2l   # what was recorded
+    python -m at2l_tf.evaluate --model_dir=savedmodels/mnist_reference \
+        --attack_precision=bfloat16      # attacks search in bfloat16, verdicts float32
+
+**From Python.** The command maps its flags onto an `EvaluationConfig`
+(`at2l_tf.evaluation.config`: one small dataclass per concern, each checking
+its own fields) and calls `evaluate(config)`, which returns the report:
+
+    from at2l_tf import evaluate as ev
+
+    report = ev.evaluate(ev.EvaluationConfig(
+        model=ev.ModelSection(model_dir="savedmodels/mnist_reference"),
+        images=ev.ImagesSection(num_examples=1000, batch_size=250),
+        attacks=ev.AttacksSection(names=("apgd_ce", "apgd_t"), eps=0.3,
+                                  params={"apgd_ce": {"steps": 50}}),
+        output=ev.OutputSection(output_json="aa.json", verbose=0),
+    ))
+    print(report["robust_accuracy"])
+
+`evaluate` runs in phases (config → strategy → models → attacks → workdir →
+data → measure → finish), each a function of this module.
 
 `--model_dir` is a SavedModel export of `python -m at2l_tf.train` (the export
 root, whose newest version is used, or one version directory) or a `.keras`
@@ -52,6 +72,21 @@ White-box by default: each attack is crafted on the evaluated model. With
 and transferred to the target (black-box, the paper's Fig. 2); the rows name
 their source, and are labelled `<attack>@<source>` when there are several.
 
+**Attack precision.** `--attack_precision=bfloat16` runs the attacks' forward
+and backward passes on a bfloat16 copy of the classifier (the same weights;
+the defence layer stays float32 in front of it), while the projection onto the
+eps-ball, the bookkeeping and every verdict — clean, each attack, each
+AutoAttack stage, the worst case — are the float32 model's: APGD counts an
+iterate as fooling only when the float32 model misclassifies it, Square keeps a
+candidate only when its float32 margin is better (`attacks.search`). `auto` is
+bfloat16 on a CPU with native bfloat16 (`avx512_bf16`, `amx_bf16`), else
+float32; the default is float32. The JSON says `attack_precision`, and each
+attack's `search`: `rejected`, the candidates that fooled the copy but not the
+float32 model (not counted; per AutoAttack stage too), and
+`fooled_search_only`, the returned examples that fool only the copy (counted
+robust). A SavedModel is copied from the architecture its metadata names
+(exports of `train`); for other exports, evaluate the `.keras` file.
+
 **Resume.** Each batch's results, per attack (per example: right or wrong,
 perturbation norms; the time and seed), are written as they come to a work
 directory, `--workdir` (default beside `--output_json`: `report.json` ->
@@ -61,7 +96,7 @@ with the same JSON as an uninterrupted run (but for the times: `seconds` at the
 top, per attack, and per AutoAttack stage); Ctrl-C stops at once, keeps what is
 finished and exits with status 130. A workdir is continued only by the same
 evaluation: another model (version or weights), other images, another eps,
-seed or attack parameter is refused with one line naming every difference,
+seed, attack parameter or attack precision is refused with one line naming every difference,
 and nothing in it is touched; `--output_json`, `--verbose`, `--strategy` and
 `--record` may change. A finished workdir stays: the same command rebuilds the
 JSON from it without attacking again (e.g. to add `--record`); delete it to
@@ -92,26 +127,28 @@ whose input shape is not the dataset's image shape, ...) ends with one line on
 stderr and exit status 1, and nothing is written.
 """
 
-import json
+import dataclasses
 import os
-import sys
 import time
 
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 import at2l_tf
-from at2l_tf import attacks, data, errors, evaluation, fileio, savedmodel
+from at2l_tf import attacks, data, errors, evaluation, fileio, image_folder, precision, savedmodel
+from at2l_tf import identity as run_identity
+from at2l_tf.log import log as _log
 from at2l_tf.attacks import iterative
+from at2l_tf.attacks.search import SearchModel
 from at2l_tf.errors import ConfigError
+from at2l_tf.evaluation.config import (  # noqa: F401  (re-exported: the Python API)
+    ATTACK_PRECISIONS, DEFAULT_ATTACKS, STRATEGIES, AttacksSection, EvaluationConfig,
+    ImagesSection, ModelSection, OutputSection,
+)
 from at2l_tf.training import backup, distribute
 
 import keras  # noqa: E402  (after `cli`, which quiets TensorFlow's start-up logs)
 
-# The attacks run by default: the paper's FGSM, the PGD-40 figure the project
-# used to report, and AutoAttack, whose worst case is the figure to quote.
-DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
-STRATEGIES = ("default", "multi_worker")
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 
 
@@ -152,6 +189,8 @@ def define_flags(flag_values=flags.FLAGS):
         (string, "model_dir", None, "SavedModel export (root or version dir) or .keras file."),
         (string, "dataset", None, "mnist | cifar10 | cats_vs_dogs; default the export's."),
         (string, "data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs)."),
+        (string, "image_dir", None, "Folder of class subfolders (dataset image_folder); default "
+         "the one the model was trained on."),
         (string, "split", "test", "train | validation | test."),
         (integer, "image_size", None, "Cats vs Dogs image side; default the model's input."),
         (lst, "attacks", list(DEFAULT_ATTACKS), f"Attacks to run ({known}); empty: clean only."),
@@ -166,6 +205,10 @@ def define_flags(flag_values=flags.FLAGS):
          "adaptive attack: BPDA for thermometer, EOT for random_resize_pad) | none (naive, masked) "
          "| bpda | eot."),
         (integer, "eot_draws", evaluation.adaptive.DEFAULT_EOT_DRAWS, "Random draws averaged by EOT."),
+        (string, "attack_precision", "float32", "Where the attacks' forward and backward passes "
+         "run: float32 | bfloat16 (a bfloat16 copy of the classifier, same weights) | auto "
+         "(bfloat16 on a CPU with native bfloat16). Every verdict (clean, per attack and stage, "
+         "worst case) is the float32 model's."),
         (lst, "source_model_dir", [], "Craft attacks on these models (transfer, black-box)."),
         (string, "output_json", None, "Also write the report here as JSON (atomically)."),
         (string, "workdir", None, "Keep each batch's results here as they come, so that the same "
@@ -191,131 +234,315 @@ def define_flags(flag_values=flags.FLAGS):
     return flag_values
 
 
-def resolve_eps(f, dataset):
-    """`--eps`, or the dataset's default radius."""
-    return data.get_spec(dataset).default_eps if f.eps is None else f.eps
+# --- The command: flags -> config. ---------------------------------------------------------
 
 
-def attack_specs_from_flags(f, eps):
-    """Maps parsed flags onto one `AttackSpec` per name in `--attacks`.
+def config_from_flags(f):
+    """The `EvaluationConfig` of parsed flags (not validated: `evaluate` validates).
 
-    Each attack gets `eps` and `seed` if it takes them, and its own
-    `--<attack>_<param>` flags; unset flags resolve to the function's
-    defaults here (`step_size=None` stays `None`: it depends on eps and
-    steps, and the attack computes it), so the report records the values used.
+    Every set `--<attack>_<param>` flag goes into `attacks.params` (also for
+    attacks not in `--attacks`, so that a bad value is refused all the same).
+
+    Raises:
+        ConfigError: an `--eps_sweep` value that is not a number.
+    """
+    params = {}
+    for flag, entry, param in attack_flags():
+        value = f[flag].value
+        if value is not None:
+            params.setdefault(entry.name, {})[param.name] = value
+    return EvaluationConfig(
+        model=ModelSection(model_dir=f.model_dir, source_model_dirs=tuple(f.source_model_dir)),
+        images=ImagesSection(
+            dataset=f.dataset, data_dir=f.data_dir, image_dir=f.image_dir, split=f.split,
+            image_size=f.image_size,
+            num_examples=f.num_examples, batch_size=f.batch_size,
+        ),
+        attacks=AttacksSection(
+            names=tuple(f.attacks), eps=f.eps, eps_sweep=tuple(parse_eps_sweep(f.eps_sweep)),
+            seed=f.seed, params=params, adaptive=f.adaptive, eot_draws=f.eot_draws,
+            precision=f.attack_precision,
+        ),
+        output=OutputSection(
+            output_json=f.output_json, workdir=f.workdir, curve_output=f.curve_output,
+            record=f.record, verbose=f.verbose,
+        ),
+        strategy=f.strategy,
+    )
+
+
+def parse_eps_sweep(values):
+    """`--eps_sweep` as floats (checked by `AttacksSection.validate`)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise ConfigError(f"eps_sweep values must be numbers, received {v!r}") from None
+    return out
+
+
+def evaluate_from_flags(f):
+    """Runs the command on parsed flags: `--show`, or `evaluate(config_from_flags(f))`.
 
     Args:
         f: parsed flag values (see `define_flags`).
-        eps: the L-inf radius (see `resolve_eps`).
+
+    Returns:
+        The report dict (see `evaluate`); with `--show`, the records printed.
+    """
+    if f.show:
+        print(evaluation.record.format_records(f.show))
+        return evaluation.record.read_records(f.show)
+    return evaluate(config_from_flags(f))
+
+
+# --- The library: config -> report. --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedModels:
+    """Phase 2's result: the target, the transfer sources, the data spec, and
+    the reduced-precision copies the attacks search on (if any).
+
+    Attributes:
+        target: the evaluated `savedmodel.Classifier` (float32).
+        sources: `{path: model_fn}` of transfer sources (float32), or `{}`.
+        dataset: the dataset's name (flag, else the export's metadata).
+        image_dir: the folder of an `image_folder` dataset (flag, else the
+            one the model was trained on), or `None`.
+        image_size: the image side used to load the data.
+        spec: `data.get_spec(dataset, image_size)`.
+        precision: the resolved `precision.Precision` of the attacks' search.
+        search: `(model_fn, net_fn)` of the target's bfloat16 copy, or `None`
+            for a float32 search.
+        search_sources: `{path: model_fn}` of the sources' bfloat16 copies.
+    """
+
+    target: object
+    sources: dict
+    dataset: str
+    image_size: int
+    spec: object
+    precision: object
+    image_dir: object = None
+    search: object = None
+    search_sources: dict = dataclasses.field(default_factory=dict)
+
+
+def evaluate(config):
+    """Measures a model's robustness as `config` says; returns the report.
+
+    Phases, in order (one way, as `experiment.run`):
+
+    1. **config**: `config.validate()`, before anything is loaded;
+    2. **strategy**: `multi_worker` first (it must exist before any other
+       TensorFlow op), then the seed;
+    3. **models** (`load_models`): the target, the sources, the dataset's spec,
+       the attacks' precision and the bfloat16 copies it needs;
+    4. **attacks** (`attack_specs_for`): one `AttackSpec` per attack, adaptive
+       through a defence layer, on a `SearchModel` when the search is bfloat16;
+    5. **workdir** (`open_workdir`): refuse another evaluation's results;
+    6. **data**: the first `num_examples` images of the split;
+    7. **measure**: `evaluation.robustness_report` (and the eps sweep);
+    8. **finish** (chief only): masking checks, the table on stdout, the JSON,
+       the robustness record.
+
+    Args:
+        config: an `EvaluationConfig`.
+
+    Returns:
+        The report dict (also written to `config.output.output_json`); on a
+        worker other than the chief, its report without the chief's additions.
+
+    Raises:
+        ConfigError, DatasetError, FileNotFoundError, ModelLoadError: bad
+            input, one line naming it; nothing is written.
+        errors.Interrupted: Ctrl-C; the results so far are in the workdir, and
+            the same call continues from them.
+    """
+    # 1. Config.
+    config.validate()
+    a, out = config.attacks, config.output
+    # 2. Strategy: MultiWorkerMirroredStrategy first, before any other TensorFlow op.
+    worker = distribute.worker_from_env(config.strategy)
+    strategy = distribute.make_strategy(config.strategy) if config.strategy == "multi_worker" else None
+    started = time.time()
+    keras.utils.set_random_seed(a.seed)
+    # 3. Models.
+    loaded = load_models(config)
+    target, dataset = loaded.target, loaded.dataset
+    # 4. Attacks.
+    eps = resolve_eps(config, dataset, loaded.image_dir)
+    specs = attack_specs_for(config, eps, loaded)
+    # 5. Workdir.
+    workdir = out.resolved_workdir()
+    store = None
+    if workdir:
+        store = open_workdir(workdir, evaluation_identity(config, loaded, eps))
+    if worker.is_chief:
+        _warn_weak_attacks(specs, eps)
+        if loaded.precision.warning:
+            _log(f"warning: {loaded.precision.warning}")
+    # 6. Data.
+    ds = evaluation_data(config, loaded)
+    partition = evaluation.Partition()
+    if worker.num_workers > 1:
+        partition = evaluation.Partition(
+            index=worker.shard_index,
+            count=worker.num_workers,
+            gather=lambda payload: distribute.all_gather_bytes(strategy, worker, payload),
+            name=f"{worker.name}: ",
+        )
+    mode = (f"transfer from {', '.join(config.model.source_model_dirs)}"
+            if loaded.sources else "white-box")
+    names = ", ".join(a.names) or "clean only"
+    search_note = "" if loaded.search is None else "; attacks search in bfloat16, verdicts float32"
+    _log(
+        f"evaluating {target.path} on the first {config.images.num_examples} {dataset} "
+        f"{config.images.split} images ({mode}): {names}, eps={eps:.4g}{search_note}"
+        + (f"; worker {worker.name} of {worker.num_workers}" if worker.num_workers > 1 else "")
+        + (f"; results kept in {workdir}" if workdir else "")
+    )
+    # 7. Measure.
+    try:
+        report = evaluation.robustness_report(
+            target.model_fn,
+            ds,
+            specs,
+            sources=_attack_sources(loaded) or None,
+            num_examples=config.images.num_examples,
+            verbose=out.verbose,
+            per_example=True,
+            store=store,
+            partition=partition,
+        )
+        curve = None
+        if a.eps_sweep:
+            curve = run_eps_sweep(config, loaded, ds, list(a.eps_sweep), out.curve_stem(), workdir,
+                                  partition, write=worker.is_chief)
+    except KeyboardInterrupt:
+        if workdir:
+            kept = (f"the results of every finished batch and attack are in {workdir}; run the "
+                    "same command again to continue")
+        else:
+            kept = "nothing was kept (no --workdir or --output_json)"
+        raise errors.Interrupted(f"interrupted; {kept}") from None
+    # 8. Finish.
+    return finish(config, loaded, report, ds, eps, curve, worker, started)
+
+
+def load_models(config):
+    """Phase 3: the target and sources (float32), the data spec, and the bfloat16
+    copies the attacks search on when `config.attacks.precision` asks for them.
+
+    Raises:
+        ConfigError: no dataset known; a model that does not take the
+            dataset's images or classes.
+        ModelLoadError: a model that cannot be read, or (bfloat16) copied.
+    """
+    target = savedmodel.load_classifier(config.model.model_dir)
+    meta = target.metadata
+    dataset = config.images.dataset or (image_folder.NAME if config.images.image_dir else meta.get("dataset"))
+    image_dir = config.images.image_dir or (meta.get("config") or {}).get("data", {}).get("image_dir")
+    if dataset is None:
+        raise ConfigError(
+            f"--dataset is required: the model at {target.path} records no dataset in its metadata"
+        )
+    image_size = config.images.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
+    spec = data.get_spec(dataset, image_size, image_dir)
+    check_compatible(target, spec)
+    if dataset == image_folder.NAME:  # Label k must name the same class for the model and the folder.
+        image_folder.check_class_names(target.class_names, spec, target.path)
+    source_models = {}
+    for path in config.model.source_model_dirs:
+        source = savedmodel.load_classifier(path)
+        check_compatible(source, spec)
+        source_models[path] = source
+    prec = precision.resolve_attack_precision(config.attacks.precision)
+    loaded = LoadedModels(
+        target=target,
+        sources={p: s.model_fn for p, s in source_models.items()},
+        dataset=dataset,
+        image_size=image_size,
+        spec=spec,
+        precision=prec,
+        image_dir=image_dir,
+    )
+    if prec.mixed:
+        if source_models:
+            loaded.search_sources = {
+                p: savedmodel.search_fns(s, prec.policy)[0] for p, s in source_models.items()
+            }
+        else:
+            loaded.search = savedmodel.search_fns(target, prec.policy)
+    return loaded
+
+
+def resolve_eps(config, dataset, image_dir=None):
+    """`config.attacks.eps`, or the dataset's default radius."""
+    eps = config.attacks.eps
+    return data.get_spec(dataset, image_dir=image_dir).default_eps if eps is None else eps
+
+
+def attack_specs(attacks_section, eps):
+    """One `AttackSpec` per attack of `attacks_section`, at radius `eps`.
+
+    Each attack gets `eps` and `seed` if it takes them, and its own parameters;
+    unset ones resolve to the function's defaults here (`step_size=None` stays
+    `None`: it depends on eps and steps, and the attack computes it), so the
+    report records the values used.
 
     Returns:
         A list of `evaluation.AttackSpec`.
-
-    Raises:
-        ConfigError: for an unknown attack name.
     """
     specs = []
-    for name in f.attacks:
+    for name in attacks_section.names:
         entry = attacks.get_entry(name)
         params = {}
         if "eps" in entry.params:
             params["eps"] = eps
         if "seed" in entry.params:
-            params["seed"] = f.seed
+            params["seed"] = attacks_section.seed
         for param in entry.user_params:
-            value = f[entry.flag_name(param)].value
-            params[param.name] = entry.default(param.name) if value is None else value
+            params[param.name] = attacks_section.value(name, param)
         if "step_size" in params and "steps" in params:  # Record the iterative default used.
             params["step_size"] = iterative.default_step(eps, params["steps"], params["step_size"])
         specs.append(evaluation.AttackSpec(name, {k: v for k, v in params.items() if v is not None}))
     return specs
 
 
-def validate_flags(f):
-    """Checks every flag that can be checked without loading anything.
-
-    Raises:
-        ConfigError: naming the first bad value.
-        DatasetError: for an unknown `--dataset` or `--split`.
-        FileNotFoundError: if `--model_dir` or a `--source_model_dir` does not exist.
-    """
-    if not f.model_dir:
-        raise ConfigError("--model_dir is required (or --show=MODEL_DIR to print a record)")
-    if f.strategy not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {f.strategy!r} for evaluate; known: {', '.join(STRATEGIES)}"
-        )
-    if f.record and f.source_model_dir:
-        raise ConfigError("--record records a white-box evaluation: drop --source_model_dir")
-    if f.record and os.path.isfile(f.model_dir):
-        raise ConfigError(
-            f"--record writes into a SavedModel version directory; {f.model_dir} is a file"
-        )
-    for name in f.attacks:
-        attacks.get_entry(name)  # Lists the known attacks.
-    if len(set(f.attacks)) != len(f.attacks):
-        dup = next(a for a in f.attacks if f.attacks.count(a) > 1)
-        raise ConfigError(f"attack {dup!r} is listed twice in --attacks={','.join(f.attacks)}")
-    if f.eps is not None:
-        _check_eps("eps", f.eps)
-    sweep = parse_eps_sweep(f.eps_sweep)
-    if sweep and not f.attacks:
-        raise ConfigError("--eps_sweep needs at least one attack in --attacks")
-    _at_least("num_examples", f.num_examples, 1)
-    _at_least("batch_size", f.batch_size, 1)
-    evaluation.adaptive.check_mode(f.adaptive)
-    _at_least("eot_draws", f.eot_draws, 1)
-    if f.source_model_dir and any(attacks.get_entry(a).inputs != "images" for a in f.attacks):
-        raise ConfigError("attacks behind a defence layer (ls_pga) are white-box: drop --source_model_dir")
-    for flag, _, param in attack_flags():
-        param.check(f[flag].value, flag)
-    if f.split not in data.SPLITS:
-        raise ConfigError(f"unknown split {f.split!r}; known splits: {', '.join(data.SPLITS)}")
-    if f.image_size is not None:
-        _at_least("image_size", f.image_size, 8)
-    if f.dataset is not None:
-        data.get_spec(f.dataset)  # Unknown names fail here.
-    for path in [f.model_dir, *f.source_model_dir]:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model path does not exist: {path}")
-
-
-def parse_eps_sweep(values):
-    """`--eps_sweep` as floats, checked: each in [0, 1], strictly increasing."""
-    out = []
-    for v in values:
-        try:
-            eps = float(v)
-        except ValueError:
-            raise ConfigError(f"eps_sweep values must be numbers, received {v!r}") from None
-        _check_eps("eps_sweep", eps)
-        if out and eps <= out[-1]:
-            raise ConfigError(f"eps_sweep must increase, received {','.join(values)}")
-        out.append(eps)
-    return out
-
-
-def _check_eps(name, eps):
-    _at_least(name, eps, 0.0)
-    if eps > 1:
-        raise ConfigError(f"{name} must be <= 1 for images in [0, 1], received {name}={eps}")
-
-
-def attack_specs_for(f, eps, target, sources):
-    """`attack_specs_from_flags`, then, white-box, each attack on what it must
+def attack_specs_for(config, eps, loaded):
+    """Phase 4: `attack_specs`, then, white-box, each attack on what it must
     differentiate (`evaluation.adaptive.adapt`: BPDA / EOT through the target's
-    defence layer under `--adaptive`, LS-PGA behind the thermometer)."""
-    specs = attack_specs_from_flags(f, eps)
-    if sources:
-        return specs
+    defence layer, LS-PGA behind the thermometer); with a bfloat16 search,
+    each on a `SearchModel` pairing the bfloat16 function with its float32
+    twin (which gives the verdicts)."""
+    specs = attack_specs(config.attacks, eps)
+    if loaded.sources:
+        return specs  # The sources' copies: `_attack_sources`.
+    target, a = loaded.target, config.attacks
     return evaluation.adaptive.adapt(
-        specs,
-        layer=target.preprocessing,
-        net_fn=target.net_fn,
-        model_fn=target.model_fn,
-        mode=f.adaptive,
-        eot_draws=f.eot_draws,
+        specs, layer=target.preprocessing, net_fn=target.net_fn, model_fn=target.model_fn,
+        mode=a.adaptive, eot_draws=a.eot_draws, search=loaded.search,
     )
+
+
+def _attack_sources(loaded):
+    """`{path: model_fn}` the attacks craft on: the sources, or their `SearchModel`s."""
+    if not loaded.search_sources:
+        return loaded.sources
+    return {p: SearchModel(loaded.search_sources[p], fn) for p, fn in loaded.sources.items()}
+
+
+def _warn_weak_attacks(specs, eps):
+    for attack in specs:
+        steps, step_size = attack.params.get("steps"), attack.params.get("step_size")
+        if steps and step_size is not None and steps * step_size < eps:
+            _log(
+                f"warning: {attack.name} makes {steps} steps of {step_size:.4g}, which cannot "
+                f"reach eps={eps:.4g} from x: a weak attack; raise its steps or step size"
+            )
 
 
 def check_compatible(classifier, spec):
@@ -336,17 +563,7 @@ def check_compatible(classifier, spec):
         )
 
 
-def resolve_workdir(f):
-    """`--workdir`; unset, `<output_json without .json>.work` beside `--output_json`
-    (or `None`, nothing kept, without it); `''`: `None`."""
-    if f.workdir is not None:
-        return f.workdir or None
-    if f.output_json:
-        return os.path.splitext(f.output_json)[0] + ".work"
-    return None
-
-
-def evaluation_identity(f, target, dataset, image_size, eps):
+def evaluation_identity(config, loaded, eps):
     """The settings that decide an evaluation's figures, as a flat dict keyed by flag name.
 
     A workdir holding results of another identity is refused. Left out: where
@@ -355,28 +572,33 @@ def evaluation_identity(f, target, dataset, image_size, eps):
     attack's parameters are in as they resolve (unset flags: the attack's
     defaults); the model is in by its resolved path and digest
     (`savedmodel.model_digest`), so a new version under the same export root
-    is another evaluation.
+    is another evaluation; the attacks' precision is in as it resolves
+    (`auto` is bfloat16 on one CPU and float32 on another).
     """
+    target, a, im = loaded.target, config.attacks, config.images
+    sources = config.model.source_model_dirs
     ident = {
         "model_dir": os.path.abspath(target.path),
         "model_digest": savedmodel.model_digest(target.path),
-        "dataset": dataset,
-        "data_dir": f.data_dir,
-        "split": f.split,
-        "image_size": image_size,
-        "attacks": list(f.attacks),
+        "dataset": loaded.dataset,
+        "data_dir": im.data_dir,
+        "image_dir": loaded.image_dir,
+        "split": im.split,
+        "image_size": loaded.image_size,
+        "attacks": list(a.names),
         "eps": eps,
-        "eps_sweep": list(f.eps_sweep),
-        "num_examples": f.num_examples,
-        "batch_size": f.batch_size,
-        "seed": f.seed,
-        "adaptive": f.adaptive,
-        "eot_draws": f.eot_draws,
-        "source_model_dir": [os.path.abspath(p) for p in f.source_model_dir],
-        "source_model_digest": [savedmodel.model_digest(p) for p in f.source_model_dir],
+        "eps_sweep": [float(e) for e in a.eps_sweep],
+        "num_examples": im.num_examples,
+        "batch_size": im.batch_size,
+        "seed": a.seed,
+        "adaptive": a.adaptive,
+        "eot_draws": a.eot_draws,
+        "attack_precision": "float32" if not loaded.precision.mixed else "bfloat16",
+        "source_model_dir": [os.path.abspath(p) for p in sources],
+        "source_model_digest": [savedmodel.model_digest(p) for p in sources],
         "package_version": at2l_tf.__version__,
     }
-    for spec in attack_specs_from_flags(f, eps):
+    for spec in attack_specs(a, eps):
         entry = attacks.get_entry(spec.name)
         flag_of = {p.name: entry.flag_name(p) for p in entry.user_params}
         for name, value in spec.params.items():
@@ -404,144 +626,57 @@ def open_workdir(workdir, identity):
     if recorded is not None:
         # Every difference, on one line: a changed flag may change others
         # (--pgd_steps changes the default step size).
-        same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
-        diffs = [
-            f"{k}: {recorded.get(k)!r} -> {identity.get(k)!r}"
-            for k in sorted(set(recorded) | set(identity))
-            if not same(recorded.get(k), identity.get(k))
-        ]
-        if diffs:
-            raise ConfigError(
-                f"workdir {workdir} holds an evaluation with other settings ({'; '.join(diffs)}); "
-                "use another --workdir, or delete it to start again"
-            )
+        run_identity.require_same(recorded, identity, where=f"workdir {workdir}", what="an evaluation")
     backup.check_writable(workdir)
     store.start(identity)
     return store
 
 
-def evaluate_from_flags(f):
-    """Runs the command on parsed flags: validate, load, attack, print, write.
-
-    Args:
-        f: parsed flag values (see `define_flags`).
-
-    Returns:
-        The report dict (also written to `--output_json` when given); with
-        `--show`, the records printed.
-
-    Raises:
-        errors.Interrupted: Ctrl-C; the results so far are in the workdir, and
-            the same command continues from them.
-    """
-    if f.show:
-        print(evaluation.record.format_records(f.show))
-        return evaluation.record.read_records(f.show)
-    validate_flags(f)
-    # MultiWorkerMirroredStrategy first: it must exist before any other TensorFlow op.
-    worker = distribute.worker_from_env(f.strategy)
-    strategy = distribute.make_strategy(f.strategy) if f.strategy == "multi_worker" else None
-    started = time.time()
-    keras.utils.set_random_seed(f.seed)
-    target = savedmodel.load_classifier(f.model_dir)
-    meta = target.metadata
-    dataset = f.dataset or meta.get("dataset")
-    if dataset is None:
-        raise ConfigError(
-            f"--dataset is required: the model at {target.path} records no dataset in its metadata"
-        )
-    image_size = f.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
-    spec = data.get_spec(dataset, image_size)
-    check_compatible(target, spec)
-    sources = {}
-    for path in f.source_model_dir:
-        source = savedmodel.load_classifier(path)
-        check_compatible(source, spec)
-        sources[path] = source.model_fn
-
-    eps = resolve_eps(f, dataset)
-    specs = attack_specs_for(f, eps, target, sources)
-    workdir = resolve_workdir(f)
-    store = None
-    if workdir:
-        store = open_workdir(workdir, evaluation_identity(f, target, dataset, image_size, eps))
-    for attack in specs:
-        steps, step_size = attack.params.get("steps"), attack.params.get("step_size")
-        if steps and step_size is not None and steps * step_size < eps and worker.is_chief:
-            _log(
-                f"warning: {attack.name} makes {steps} steps of {step_size:.4g}, which cannot "
-                f"reach eps={eps:.4g} from x: a weak attack; raise its steps or step size"
-            )
-    # The split the model was trained with (the validation split depends on it).
-    validation_size = (meta.get("config") or {}).get("data", {}).get(
+def evaluation_data(config, loaded):
+    """Phase 6: the first `num_examples` images of the split, batched, as the
+    model was trained (the validation split depends on its validation size)."""
+    im = config.images
+    validation_size = (loaded.target.metadata.get("config") or {}).get("data", {}).get(
         "validation_size", data.DEFAULT_VALIDATION_SIZE
     )
-    ds = data.make_pipeline(
+    return data.make_pipeline(
         data.load(
-            dataset,
-            f.split,
-            data_dir=f.data_dir,
+            loaded.dataset,
+            im.split,
+            data_dir=im.data_dir,
             validation_size=validation_size,
-            image_size=image_size,
-            max_examples=f.num_examples,
+            image_size=loaded.image_size,
+            max_examples=im.num_examples,
+            image_dir=loaded.image_dir,
         ),
-        batch_size=f.batch_size,
+        batch_size=im.batch_size,
         cache=False,
     )
-    partition = evaluation.Partition()
-    if worker.num_workers > 1:
-        partition = evaluation.Partition(
-            index=worker.shard_index,
-            count=worker.num_workers,
-            gather=lambda payload: distribute.all_gather_bytes(strategy, worker, payload),
-            name=f"{worker.name}: ",
-        )
-    mode = f"transfer from {', '.join(f.source_model_dir)}" if sources else "white-box"
-    _log(
-        f"evaluating {target.path} on the first {f.num_examples} {dataset} {f.split} images "
-        f"({mode}): {', '.join(f.attacks) or 'clean only'}, eps={eps:.4g}"
-        + (f"; worker {worker.name} of {worker.num_workers}" if worker.num_workers > 1 else "")
-        + (f"; results kept in {workdir}" if workdir else "")
-    )
-    try:
-        report = evaluation.robustness_report(
-            target.model_fn,
-            ds,
-            specs,
-            sources=sources or None,
-            num_examples=f.num_examples,
-            verbose=f.verbose,
-            per_example=True,
-            store=store,
-            partition=partition,
-        )
-        sweep = parse_eps_sweep(f.eps_sweep)
-        curve = None
-        if sweep:
-            stem = f.curve_output or (
-                os.path.splitext(f.output_json)[0] + "_curve" if f.output_json else "robustness_curve"
-            )
-            curve = run_eps_sweep(f, target, ds, sweep, sources, stem, workdir, partition,
-                                  write=worker.is_chief)
-    except KeyboardInterrupt:
-        if workdir:
-            kept = (f"the results of every finished batch and attack are in {workdir}; run the "
-                    "same command again to continue")
-        else:
-            kept = "nothing was kept (no --workdir or --output_json)"
-        raise errors.Interrupted(f"interrupted; {kept}") from None
+
+
+def finish(config, loaded, report, ds, eps, curve, worker, started):
+    """Phase 8: the report's settings; on the chief, the masking checks, the
+    table on stdout, the JSON and the robustness record."""
+    a, out, target = config.attacks, config.output, loaded.target
+    meta = target.metadata
     per_example = report.pop("per_example")
+    sources = config.model.source_model_dirs
     report.update(
-        model_dir=f.model_dir,
+        model_dir=config.model.model_dir,
         model_path=target.path,
-        dataset=dataset,
-        split=f.split,
+        dataset=loaded.dataset,
+        split=config.images.split,
         eps=eps,
-        seed=f.seed,
-        source_model_dirs=list(f.source_model_dir),
+        seed=a.seed,
+        source_model_dirs=list(sources),
         preprocessing=target.preprocessing_name,
-        adaptive=None if sources else f.adaptive,
+        adaptive=None if sources else a.adaptive,
     )
+    if loaded.precision.mixed:
+        report["attack_precision"] = {
+            "search": "bfloat16", "verdicts": "float32", "choice": loaded.precision.choice,
+            "reason": loaded.precision.reason,
+        }
     for key in ("model", "defense"):
         if key in meta:
             report[key] = meta[key]
@@ -565,20 +700,20 @@ def evaluate_from_flags(f):
     print(evaluation.format_report(report))
     for flag in report.get("flags", []):
         _log(f"warning: {flag['message']}")
-    if f.output_json:
-        fileio.atomic_write_json(f.output_json, report)
-        _log(f"wrote {f.output_json}")
-    if f.record:
+    if out.output_json:
+        fileio.atomic_write_json(out.output_json, report)
+        _log(f"wrote {out.output_json}")
+    if out.record:
         record = evaluation.record.make_record(
-            report, evaluated_by="evaluate", dataset=dataset, split=f.split, eps=eps, seed=f.seed,
-            preprocessing=target.preprocessing_name, adaptive=f.adaptive,
+            report, evaluated_by="evaluate", dataset=loaded.dataset, split=config.images.split,
+            eps=eps, seed=a.seed, preprocessing=target.preprocessing_name, adaptive=a.adaptive,
         )
         _log(f"recorded the robustness in {evaluation.record.write_record(target.path, record)}")
     return report
 
 
-def run_eps_sweep(f, target, ds, sweep, sources, stem, workdir=None, partition=None, write=True):
-    """Accuracy against eps for each attack of `--attacks` and their worst case.
+def run_eps_sweep(config, loaded, ds, sweep, stem, workdir=None, partition=None, write=True):
+    """Accuracy against eps for each attack of `config` and their worst case.
 
     Each eps keeps its results in `<workdir>/sweep-NN/` (resumable as the main
     report). Writes `<stem>.csv` and `<stem>.png` (if `write`) and returns
@@ -593,12 +728,12 @@ def run_eps_sweep(f, target, ds, sweep, sources, stem, workdir=None, partition=N
             store = evaluation.store.ResultStore(os.path.join(workdir, f"sweep-{i:02d}"))
             store.start({"eps": eps})  # The workdir's identity covers the sweep.
         rep = evaluation.robustness_report(
-            target.model_fn,
+            loaded.target.model_fn,
             ds,
-            attack_specs_for(f, eps, target, sources),
-            sources=sources or None,
-            num_examples=f.num_examples,
-            verbose=f.verbose,
+            attack_specs_for(config, eps, loaded),
+            sources=_attack_sources(loaded) or None,
+            num_examples=config.images.num_examples,
+            verbose=config.output.verbose,
             store=store,
             partition=partition,
         )
@@ -614,8 +749,8 @@ def run_eps_sweep(f, target, ds, sweep, sources, stem, workdir=None, partition=N
     if write:
         csv_path = evaluation.plots.write_curve_csv(csv_path, sweep, curves)
         png_path = evaluation.plots.plot_curves(
-            png_path, sweep, curves, title=os.path.basename(f.model_dir.rstrip("/")),
-            num_examples=f.num_examples,
+            png_path, sweep, curves, title=os.path.basename(config.model.model_dir.rstrip("/")),
+            num_examples=config.images.num_examples,
         )
         _log(f"wrote {csv_path} and {png_path}")
     return {"eps": sweep, "curves": curves, "csv": csv_path, "png": png_path}
@@ -625,15 +760,6 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     evaluate_from_flags(flags.FLAGS)
-
-
-def _at_least(name, value, low):
-    if value is None or value < low:
-        raise ConfigError(f"{name} must be >= {low}, received {name}={value}")
-
-
-def _log(msg):
-    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,15 @@ import keras
 import tensorflow as tf
 
 from at2l_tf import config as config_lib
-from at2l_tf import data, defenses, evaluation, fileio, models, savedmodel
+from at2l_tf import data, defenses, evaluation, fileio, image_folder, models, savedmodel
 from at2l_tf import precision as precision_lib
 from at2l_tf.log import log
 from at2l_tf.training import backup as backup_lib
 from at2l_tf.training import distribute, ensemble
 from at2l_tf.training.at2l_model import AT2LModel
 from at2l_tf.training.epoch_progbar import EpochProgbarLogger
+from at2l_tf.training.weight_average import SwapForValidation
+from at2l_tf.training.time_estimate import TimeEstimate
 
 def learning_rate(config, steps_per_epoch=None):
     """The optimizer's learning rate: a float, or a Keras schedule.
@@ -69,6 +71,23 @@ def learning_rate(config, steps_per_epoch=None):
     return keras.optimizers.schedules.CosineDecay(t.learning_rate, t.epochs * steps_per_epoch)
 
 
+def training_eps(config, epoch):
+    """The training attack's ε in adversarial epoch `epoch` (0-based, after pre-training).
+
+    With an ε warm-up of N epochs (`TrainConfig.eps_warmup`), epoch e < N trains
+    at `eps · (e + ½) / N` — the mean over the epoch of the linear ramp from 0 at
+    the start of training to `eps` at the end of epoch N − 1 — and later epochs
+    at `eps`. Per epoch, not per step: the attacks take ε as a Python number,
+    fixed in the compiled step, and the run compiles one step per `fit` call,
+    i.e. per epoch. The ε of an epoch depends on its index only, which the
+    backup records, so a run resumed mid-ramp trains at the same ε.
+    """
+    n = config.train.eps_warmup
+    if n <= 0 or epoch >= n:
+        return config.eps
+    return config.eps * (epoch + 0.5) / n
+
+
 def resolve_precision(config, hardware=None):
     """The `precision.Precision` that `config.train.mixed_precision` means on this
     machine (or on `hardware`)."""
@@ -78,7 +97,8 @@ def resolve_precision(config, hardware=None):
 def build_model(config, strategy=None, steps_per_epoch=None, precision=None):
     """Builds and compiles the `AT2LModel` of `config` (under `strategy`'s scope).
 
-    `steps_per_epoch` is needed by learning-rate schedules only. `precision`
+    `steps_per_epoch` is needed by learning-rate schedules and AWP's warm-up
+    (`awp_warmup_epochs` × steps per epoch optimizer steps) only. `precision`
     (a `precision.Precision`; default: resolved from the config) decides the
     dtype policy of the network; the wrapper, its metrics and the defence
     layer stay float32, and float16 gets a `LossScaleOptimizer`.
@@ -102,10 +122,25 @@ def build_model(config, strategy=None, steps_per_epoch=None, precision=None):
             triplet_features=config.train.triplet_features,
             triplet_negative=config.train.triplet_negative,
             seed=config.train.seed,
+            ema=config.train.ema,
+            awp_gamma=config.train.awp_gamma,
+            awp_start_step=_awp_start_step(config, steps_per_epoch),
         )
         optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
         model.compile(optimizer=precision_lib.wrap_optimizer(optimizer, precision))
     return model
+
+
+def _awp_start_step(config, steps_per_epoch):
+    t = config.train
+    if t.awp_gamma <= 0 or t.awp_warmup_epochs == 0:
+        return 0
+    if not steps_per_epoch or steps_per_epoch < 1:
+        raise ValueError(
+            f"awp_warmup_epochs={t.awp_warmup_epochs} needs the number of steps per epoch, "
+            f"received steps_per_epoch={steps_per_epoch}"
+        )
+    return t.awp_warmup_epochs * steps_per_epoch
 
 
 def build_classifier(config, policy="float32"):
@@ -152,6 +187,7 @@ def load_split(config, split, max_examples=None):
         validation_size=d.validation_size,
         image_size=d.image_size,
         max_examples=max_examples,
+        image_dir=d.image_dir,
     )
 
 
@@ -226,7 +262,9 @@ def training_data(config, strategy, worker):
             )
         if val is not None:
             val = data.make_pipeline(val, batch_size=d.batch_size)
-        return TrainingData(examples.cache(), d.batch_size, n // d.batch_size, config.train.seed, val)
+        if d.dataset != image_folder.NAME:  # A folder's loader caches uint8 images itself, if they fit.
+            examples = examples.cache()
+        return TrainingData(examples, d.batch_size, n // d.batch_size, config.train.seed, val)
     # Multi-worker: each worker reads its shard, batched per replica (no rebatching).
     replicas = strategy.num_replicas_in_sync
     local = max(replicas // worker.num_workers, 1)
@@ -244,8 +282,10 @@ def training_data(config, strategy, worker):
         val = distribute.distribute_per_worker(
             strategy, data.make_pipeline(val.take(n_val), batch_size=per_replica)
         )
+    if d.dataset != image_folder.NAME:  # A folder's loader caches uint8 images itself, if they fit.
+        examples = examples.cache()
     return TrainingData(
-        examples.cache(), per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
+        examples, per_replica, steps, config.train.seed, val, strategy=strategy, elements_per_step=local
     )
 
 
@@ -341,6 +381,10 @@ def run(config, *, verbose=None):
     scratch = None if worker.is_chief else tempfile.mkdtemp(prefix=f"at2l-{worker.name}-")
     try:
         record = fit(model, config, train_data, backup, strategy, worker, static_models, verbose, scratch)
+        if model.weight_average is not None:
+            # The run returns the averaged weights: model.keras, the check, the export.
+            model.weight_average.finalize()
+            record["weights"] = f"exponential moving average, decay {config.train.ema:g} per step"
         record["train_seconds"] = round(time.time() - started, 1)
         record["weights_sha256"] = distribute.weights_digest(model.classifier)
         record["precision"] = precision_lib.summary_line(precision)
@@ -372,6 +416,13 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
     pre, total = config.train.pretrain_epochs, config.train.pretrain_epochs + config.train.epochs
     callbacks.append(EpochProgbarLogger(total))  # `Epoch k/total` from one fit call per epoch.
+    # The adversarial phase's own: val_* on the weight average (pre-training does
+    # not update it), and history["train_eps"], the ε warm-up as trained.
+    adversarial_callbacks = [*callbacks]
+    if model.weight_average is not None:
+        adversarial_callbacks.append(SwapForValidation(model.weight_average))
+    if config.train.eps_warmup:
+        adversarial_callbacks.append(_TrainingEpsLogger())
     epoch, step = backup.position
     meta = backup.meta or {}
     run_state = {
@@ -413,13 +464,17 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
         if epoch < total and config.ensemble.attacks:
             cb = backup_callback("train", epoch, 0, mid_epoch=False)
             extra["ensemble"] = _fit_ensemble(
-                model, config, static_models, train_data, [*callbacks, cb], verbose, start_epoch=epoch
+                model, config, static_models, train_data, [*adversarial_callbacks, cb], verbose,
+                start_epoch=epoch
             )
             extra["ensemble"].pop("history")
             _check_stopped(cb, backup)
         elif epoch < total:
-            _fit_epochs(model, train_data, epoch, step, total, callbacks, verbose,
-                        backup_callback("train", epoch, step), stop, backup)
+            # "epoch 1: ~X s/step, ~Y min per epoch, ~Z min for N epochs" after the first steps.
+            estimate = [TimeEstimate(train_data.steps, total - epoch, first_epoch=epoch)] if verbose else []
+            _fit_epochs(model, train_data, epoch, step, total, [*adversarial_callbacks, *estimate], verbose,
+                        backup_callback("train", epoch, step), stop, backup,
+                        eps_of_epoch=lambda e: training_eps(config, e - pre))
     record = {"history": run_state["history"], **extra}
     if pre:
         record["pretrain_history"] = run_state["pretrain_history"]
@@ -428,10 +483,19 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     return record
 
 
-def _fit_epochs(model, train_data, epoch, step, end, callbacks, verbose, backup_cb, stop, backup):
-    """Epochs `epoch`..`end - 1` of `model`, one `fit` call each, the first from `step`."""
+def _fit_epochs(model, train_data, epoch, step, end, callbacks, verbose, backup_cb, stop, backup,
+                eps_of_epoch=None):
+    """Epochs `epoch`..`end - 1` of `model`, one `fit` call each, the first from `step`.
+
+    `eps_of_epoch(e)`: the training attack's ε in epoch `e` (an ε warm-up), or None.
+    """
     for e in range(epoch, end):
         skip = step if e == epoch else 0
+        if eps_of_epoch is not None:
+            eps = eps_of_epoch(e)
+            if eps != model.training_eps:
+                log(f"epoch {e + 1}: training eps {eps:.4g} (warm-up to {model.attack_params.get('eps'):.4g})")
+            model.set_training_eps(eps)
         model.fit(
             train_data.epoch(e, skip),
             initial_epoch=e,
@@ -443,6 +507,14 @@ def _fit_epochs(model, train_data, epoch, step, end, callbacks, verbose, backup_
             shuffle=False,
         )
         _check_stopped(backup_cb, backup)
+
+
+class _TrainingEpsLogger(keras.callbacks.Callback):
+    """Adds the epoch's training ε to its logs (`history["train_eps"]` in `results.json`)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and getattr(self.model, "crafts_adversarial", False):
+            logs["train_eps"] = float(self.model.training_eps)
 
 
 def _check_stopped(backup_cb, backup):
@@ -493,8 +565,10 @@ def finish(model, config, record, backup, worker, started, verbose):
             cache=False,
         )
         layer, model_fn, net_fn = defenses.compose.inference_fns(classifier)
+        search = _search_copy(config, classifier, layer)
         specs = evaluation.adaptive.adapt(  # BPDA / EOT through a defence layer.
-            final_attack_specs(config), layer=layer, net_fn=net_fn, model_fn=model_fn
+            final_attack_specs(config), layer=layer, net_fn=net_fn, model_fn=model_fn,
+            search=search,
         )
         report = evaluation.robustness_report(
             model_fn,
@@ -503,6 +577,9 @@ def finish(model, config, record, backup, worker, started, verbose):
             num_examples=config.eval.num_examples,
             verbose=1 if verbose == 1 else 0,
         )
+        if search is not None:
+            report["attack_precision"] = {"search": "bfloat16", "verdicts": "float32",
+                                          "choice": config.eval.attack_precision}
         results["test"] = report
         print(evaluation.format_report(report))
     if config.export_dir:
@@ -517,6 +594,7 @@ def finish(model, config, record, backup, worker, started, verbose):
                 "test": results.get("test"),
             },
             input_check=config.serving_input_check,
+            class_names=getattr(config.spec, "class_names", None),  # An image folder's subfolders.
         )
         results["export_path"] = path
         log(f"exported SavedModel to {path}")
@@ -530,6 +608,28 @@ def finish(model, config, record, backup, worker, started, verbose):
     backup.remove()
     log(f"wrote {os.path.join(workdir, 'results.json')} ({time.time() - started:.0f} s in all)")
     return results
+
+
+def _search_copy(config, classifier, layer):
+    """`(model_fn, net_fn)` of a bfloat16 copy of `classifier`'s network (the float32
+    `layer` in front) when `config.eval.attack_precision` searches in bfloat16, else None.
+    The final check's verdicts stay the float32 classifier's (`attacks.search`)."""
+    prec = precision_lib.resolve_attack_precision(config.eval.attack_precision)
+    if not prec.mixed:
+        return None
+    log(f"final check: the attacks search on a bfloat16 copy ({prec.reason}); verdicts float32")
+    if prec.warning:
+        log(f"warning: {prec.warning}")
+    _, net = defenses.compose.split(classifier)
+    copy = precision_lib.search_copy(net, prec.policy)
+
+    def search_net_fn(z):
+        return copy(z, training=False)
+
+    def search_model_fn(x):
+        return search_net_fn(x if layer is None else layer(x, training=False))
+
+    return search_model_fn, (None if layer is None else search_net_fn)
 
 
 def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, start_epoch=None):
@@ -569,6 +669,12 @@ def _describe_training(train):
     o = d["objective"]
     params = " ".join(f"{'λ1' if k == 'lambda1' else 'β'} {v:g}" for k, v in o.items() if k in ("lambda1", "beta"))
     text = f"objective={o['name']}{f' ({params})' if params else ''} "
+    if train.ema:
+        text += f"ema={train.ema:g} "
+    if train.eps_warmup:
+        text += f"eps_warmup={train.eps_warmup} epoch(s) "
+    if train.awp_gamma:
+        text += f"awp γ {train.awp_gamma:g} from epoch {train.awp_warmup_epochs + 1} "
     t = d["triplet"]
     if t:
         text += (f"triplet={t['features']}/{t['distance']}/{t['negative']} "
@@ -582,6 +688,7 @@ __all__ = [
     "build_classifier",
     "build_model",
     "default_verbosity",
+    "training_eps",
     "final_attack_specs",
     "finish",
     "fit",

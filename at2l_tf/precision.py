@@ -270,6 +270,69 @@ def _all_layers(model):
         stack.extend(getattr(layer, "layers", []) or [])
 
 
+ATTACK_CHOICES = ("float32", "bfloat16", "auto")
+
+
+def resolve_attack_precision(choice, hardware=None):
+    """The `Precision` the attacks of an evaluation search in (`--attack_precision`).
+
+    `float32`; `bfloat16` (asked for: one warning line on a CPU without native
+    bfloat16, where it is emulated and slower); `auto`: bfloat16 on a CPU with
+    native bfloat16 (`avx512_bf16`, `amx_bf16`), else float32 (a GPU's
+    float16 is not offered: its range needs loss scaling, which an attack's
+    gradient does not have). The verdicts are float32 whatever this says
+    (`attacks.search`).
+
+    Raises:
+        ValueError: an unknown choice (one line naming it).
+    """
+    if choice not in ATTACK_CHOICES:
+        raise ValueError(
+            f"attack_precision must be one of {', '.join(ATTACK_CHOICES)}, "
+            f"received attack_precision={choice!r}"
+        )
+    if choice == "float32":
+        return Precision(choice, "float32", "asked for")
+    hw = detect_hardware() if hardware is None else hardware
+    native = hw.native_bf16
+    if choice == "auto":
+        if native:
+            return Precision(choice, "mixed_bfloat16", f"{hw.cpu_model} has native bfloat16 "
+                             f"({', '.join(native)})")
+        return Precision(choice, "float32", f"{hw.cpu_model} has no native bfloat16 "
+                         f"(no {' or '.join(NATIVE_BF16_FLAGS)})")
+    warning = None
+    if not native:
+        warning = (
+            f"--attack_precision=bfloat16 on {hw.cpu_model}, which has no native bfloat16 "
+            f"(no {' or '.join(NATIVE_BF16_FLAGS)}): it is emulated and will likely be slower"
+        )
+    return Precision(choice, "mixed_bfloat16", "asked for", warning)
+
+
+def search_copy(model, policy="mixed_bfloat16"):
+    """A copy of the Keras network `model` computing under `policy`, with the same weights.
+
+    For attacks that search in reduced precision (`attacks.search`): every
+    layer is rebuilt under `policy` except the input and the `logits` layer,
+    which stays float32 (as the package's models build it), and the weights
+    are copied (mixed-precision variables are float32: they copy exactly).
+    Give it the network behind a defence layer (`defenses.split`): the layer,
+    whose numerics are the defence, stays float32 in front of the copy.
+    """
+    name = policy.policy if isinstance(policy, Precision) else str(policy)
+
+    def rebuild(layer):
+        config = layer.get_config()
+        if layer.name != "logits" and not isinstance(layer, keras.layers.InputLayer):
+            config = dict(config, dtype=name)
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def summary_line(precision, hardware=None):
     """A JSON-able record of the decision for `results.json`."""
     hw = hardware or detect_hardware()
@@ -282,6 +345,7 @@ def summary_line(precision, hardware=None):
 
 
 __all__ = [
+    "ATTACK_CHOICES",
     "CHOICES",
     "Hardware",
     "Precision",
@@ -291,6 +355,8 @@ __all__ = [
     "policies_of",
     "policy_scope",
     "resolve",
+    "resolve_attack_precision",
+    "search_copy",
     "summary_line",
     "to_float32",
     "wrap_optimizer",

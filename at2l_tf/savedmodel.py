@@ -4,6 +4,10 @@ Layout: `<export_dir>/<version>/` with integer versions, as TF Serving expects.
 The `serving_default` signature takes `images`, float32 `(batch, H, W, C)` in
 [0, 1], and returns `probabilities` (softmax), `classes` (int64 argmax) and
 `logits` (for attacks: gradients of logits do not saturate as softmax does).
+A model trained on a folder of class subfolders (`train --image_dir`) also
+returns `class_name`, the name of the predicted class (a string per image, e.g.
+"Cat"), and lists every name, in label order, under `class_names` in the
+metadata; `load_classifier` gives them as `Classifier.class_names`.
 
 **Domain check.** By default (`input_check=True`) the signature refuses a
 request with a NaN or infinite value, or a value outside [0, 1]: a
@@ -42,6 +46,7 @@ import tempfile
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from at2l_tf import defenses, precision
@@ -77,7 +82,8 @@ def check_image_domain(images, clip_min=0.0, clip_max=1.0):
         return tf.identity(images)
 
 
-def export_saved_model(model, export_dir, *, version=None, metadata=None, input_check=True):
+def export_saved_model(model, export_dir, *, version=None, metadata=None, input_check=True,
+                       class_names=None):
     """Exports a Keras classifier (images -> logits) as a TF Serving SavedModel.
 
     Args:
@@ -88,6 +94,9 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
             the SavedModel (dataset, model name, training configuration...).
         input_check: the serving signature refuses images with NaN, Inf or
             values outside [0, 1] (`check_image_domain`; module docstring).
+        class_names: the name of each label, in label order; given, the
+            signature also returns `class_name` (string per image) and the
+            metadata records them under `class_names`.
 
     Returns:
         The path of the written version directory.
@@ -107,6 +116,13 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"export version already exists: {final}")
+    num_classes = int(model.output_shape[-1])
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must name the model's {num_classes} classes, received {class_names}"
+            )
     os.makedirs(export_dir, exist_ok=True)
 
     archive = keras.export.ExportArchive()
@@ -116,11 +132,14 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
         if input_check:
             images = check_image_domain(images)
         logits = model(images, training=False)
-        return {
+        out = {
             "logits": logits,
             "probabilities": tf.nn.softmax(logits, axis=-1),
             "classes": tf.argmax(logits, axis=-1),
         }
+        if class_names is not None:  # A constant of the graph: TF Serving needs no metadata.
+            out["class_name"] = tf.gather(tf.constant(class_names), out["classes"])
+        return out
 
     archive.add_endpoint(
         name="serving_default",
@@ -146,7 +165,9 @@ def export_saved_model(model, export_dir, *, version=None, metadata=None, input_
         meta = dict(metadata or {})
         meta["preprocessing"] = _describe_layer(layer, tmp)
         meta.setdefault("input_shape", list(input_shape))
-        meta.setdefault("num_classes", int(model.output_shape[-1]))
+        meta.setdefault("num_classes", num_classes)
+        if class_names is not None:
+            meta["class_names"] = class_names
         meta["serving_input_check"] = bool(input_check)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
@@ -203,6 +224,10 @@ class Classifier:
         preprocessing: the defence layer in front of the network, or `None`.
         net_fn: the network behind `preprocessing` (its outputs -> logits);
             `None` without a layer.
+        keras_model: the float32 Keras model of a `.keras` file (`None` for
+            a SavedModel), from which `search_fns` copies the network.
+        class_names: the name of each label (an export of `train --image_dir`),
+            or `None`.
     """
 
     model_fn: object
@@ -212,6 +237,8 @@ class Classifier:
     metadata: dict
     preprocessing: object = None
     net_fn: object = None
+    keras_model: object = dataclasses.field(default=None, repr=False)
+    class_names: tuple = None
 
     @property
     def preprocessing_name(self):
@@ -303,6 +330,7 @@ def load_classifier(path):
             metadata={},
             preprocessing=layer,
             net_fn=net_fn,
+            keras_model=model,
         )
     version_dir = resolve_saved_model_dir(path)
     loaded = _load_saved_model(version_dir)
@@ -334,6 +362,82 @@ def load_classifier(path):
             return behind(inputs=z)["logits"]
 
         net_fn.loaded = loaded
+    names = meta.get("class_names")
     return Classifier(
-        model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn
+        model_fn, tuple(spec.shape[1:]), num_classes, version_dir, meta, layer, net_fn,
+        class_names=tuple(names) if names else None,
     )
+
+
+def search_fns(classifier, policy="mixed_bfloat16"):
+    """`(model_fn, net_fn)` of a copy of `classifier`'s network under `policy`, same weights.
+
+    What attacks search on with `--attack_precision=bfloat16` (`attacks.search`;
+    the verdicts stay `classifier`'s, float32). The defence layer, if any, is
+    `classifier.preprocessing` itself, float32, in front of the copy; `net_fn`
+    is the copy alone (`None` without a layer). A `.keras` file's network is
+    copied directly; a SavedModel's is rebuilt from the architecture its
+    metadata names (exports of `train`), its weights read from the SavedModel
+    and checked against the served logits.
+
+    Raises:
+        ModelLoadError: a SavedModel whose metadata names no known architecture
+            (e.g. one made by `export` from a `.keras` file: evaluate that file
+            instead), or whose variables do not fit it.
+    """
+    layer = classifier.preprocessing
+    if classifier.keras_model is not None:
+        _, net = defenses.split(classifier.keras_model)
+    else:
+        net = _rebuild_saved_network(classifier)
+    copy = precision.search_copy(net, policy)
+
+    def net_fn(z):
+        return copy(z, training=False)
+
+    def model_fn(x):
+        return net_fn(x if layer is None else layer(x, training=False))
+
+    model_fn.keep = net_fn.keep = copy  # Keep the copy (and its variables) alive.
+    return model_fn, (None if layer is None else net_fn)
+
+
+def _rebuild_saved_network(classifier):
+    """The float32 Keras network of a SavedModel export, from its metadata's architecture."""
+    from at2l_tf import models  # Local: loading a model needs no model registry.
+
+    name = classifier.metadata.get("model")
+    try:
+        models.get_entry(name) if name else None
+    except Exception:
+        name = None
+    if not name:
+        raise ModelLoadError(
+            f"cannot make a reduced-precision copy of the SavedModel in {classifier.path}: its "
+            "metadata names no known architecture (a model exported from a .keras file: evaluate "
+            "that file instead, or use --attack_precision=float32)"
+        )
+    shape = tuple(classifier.input_shape)
+    if classifier.preprocessing is not None:
+        shape = tuple(classifier.preprocessing.compute_output_shape((None,) + shape)[1:])
+    net = models.get_model(name, input_shape=shape, num_classes=classifier.num_classes)
+    loaded = (classifier.net_fn or classifier.model_fn).loaded
+    saved = [v for v in loaded.variables if "seed_generator" not in v.name]
+    weights = net.weights
+    saved = saved[len(saved) - len(weights):] if len(saved) >= len(weights) else saved
+    if len(saved) != len(weights) or any(
+        tuple(s.shape) != tuple(w.shape) for s, w in zip(saved, weights)
+    ):
+        raise ModelLoadError(
+            f"the variables of the SavedModel in {classifier.path} do not fit the architecture "
+            f"{name!r} its metadata names; use --attack_precision=float32"
+        )
+    net.set_weights([v.numpy() for v in saved])
+    probe = tf.random.stateless_uniform((2,) + shape, seed=[0, 0])
+    served = (classifier.net_fn or classifier.model_fn)(probe)
+    if not np.allclose(net(probe, training=False).numpy(), served.numpy(), atol=1e-4, rtol=1e-4):
+        raise ModelLoadError(
+            f"the network rebuilt from the metadata of {classifier.path} ({name!r}) does not give "
+            "the served logits; use --attack_precision=float32"
+        )
+    return net

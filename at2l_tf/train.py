@@ -8,6 +8,7 @@ r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, 
     python -m at2l_tf.train --defense=at --lambda2=0.5 --triplet_features=embedding \
         --triplet_distance=cosine --triplet_negative=hardest --margin=0.05  # AT + a TLA-style triplet
     python -m at2l_tf.train --dataset=cats_vs_dogs --data_dir=~/tensorflow_datasets
+    python -m at2l_tf.train --image_dir=PetImages --image_size=64   # your own class subfolders
 
 The default is the paper's method. Its triplet term showed no effect distinguishable
 from zero in the full-budget study (`benchmarks/studies/triplet.py`; benchmarks/README.md);
@@ -27,6 +28,11 @@ forward pass), `--triplet_distance=linf|l2|l1|cosine` (an alias of the older
 another class, TLA), `--margin` (α). `results.json` records the objective and
 the triplet under `"training"`.
 
+**Training ingredients** (all off by default, composable with every objective):
+`--ema=0.995` averages the weights (the run returns the average), `--eps_warmup_epochs=N`
+ramps ε from 0 over N epochs (on by default for `mart` only), `--awp_gamma=G`
+adds adversarial weight perturbation from epoch `--awp_warmup_epochs` + 1.
+
 Every flag maps onto `at2l_tf.config.ExperimentConfig`, which is validated
 before any data is loaded: a bad value exits with status 1 and one line naming
 it. The run writes checkpoints, TensorBoard logs, `model.keras` and
@@ -40,6 +46,8 @@ of `TF_CONFIG`; the same command runs on every worker. See the README,
 "Resume and multiple workers", and `at2l_tf.training.backup` / `.distribute`.
 """
 
+import os
+
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
@@ -48,7 +56,8 @@ from at2l_tf import config as config_lib
 _D = config_lib.ExperimentConfig()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs.")
+flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs | image_folder (set by --image_dir).")
+flags.DEFINE_string("image_dir", None, "Train on a folder of class subfolders (PATH/cat/*.jpg, PATH/dog/*.jpg; at2l_tf.image_folder): split 80/10/10, files that do not decode skipped.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
 flags.DEFINE_string("defense", _D.train.defense, "Training objective: none | at (Eq. 1) | at2l (Eq. 2: at + triplet) | tr (clean CE + triplet) | trades | mart.")
@@ -83,16 +92,21 @@ flags.DEFINE_float("learning_rate", _D.train.learning_rate, "Adam learning rate.
 flags.DEFINE_string("lr_schedule", _D.train.lr_schedule, "constant | cosine (decay to 0 over all steps).")
 flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.")
 flags.DEFINE_integer("validation_size", _D.data.validation_size, "Training examples held out for validation.")
-flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs image side after resizing.")
+flags.DEFINE_integer("image_size", _D.data.image_size, "Cats vs Dogs' and --image_dir's image side after resizing.")
 flags.DEFINE_integer("seed", _D.train.seed, "Random seed.")
 flags.DEFINE_string("strategy", _D.train.strategy, "auto | default | mirrored (tf.distribute.MirroredStrategy) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
 flags.DEFINE_string("mixed_precision", _D.train.mixed_precision, "Training precision: auto (bfloat16 on a CPU with native bf16, float16 on a GPU of compute capability >= 7.0, else float32) | off | bfloat16 | float16. Evaluation and export are float32 always.")
+flags.DEFINE_float("ema", _D.train.ema, "Weight averaging: decay of an exponential moving average of the weights, updated every step (0: off; Gowal et al. 2020: 0.995). model.keras, the final check, the export and val_* metrics use the average.")
+flags.DEFINE_integer("eps_warmup_epochs", _D.train.eps_warmup_epochs, "ε warm-up: the training attack's eps (and step size) ramps linearly from 0 to --eps over the first N adversarial epochs, per epoch (0: off). Default min(2, epochs - 1) for mart, 0 otherwise.")
+flags.DEFINE_float("awp_gamma", _D.train.awp_gamma, "Adversarial weight perturbation (Wu et al. 2020): γ, each kernel moved by γ·||w|| along its loss gradient before the update (0: off; their CIFAR-10 values: 5e-3 trades, 1e-2 at).")
+flags.DEFINE_integer("awp_warmup_epochs", _D.train.awp_warmup_epochs, "Adversarial epochs before AWP starts.")
 flags.DEFINE_integer("save_every_steps", _D.train.save_every_steps, "Back up every N steps besides every epoch end (0: epoch ends only); a killed run resumes by itself.")
 flags.DEFINE_list("eval_attacks", list(_D.eval.attacks), "Attacks of the final test-split check.")
 flags.DEFINE_integer("eval_examples", _D.eval.num_examples, "Test images of the final check (0 skips it).")
 flags.DEFINE_integer("eval_pgd_steps", _D.eval.pgd_steps, "PGD steps of the final check.")
 flags.DEFINE_float("eval_pgd_step_size", _D.eval.pgd_step_size, "PGD step size of the final check.")
 flags.DEFINE_string("eval_autoattack_version", _D.eval.autoattack_version, "AutoAttack of the final check: fast (APGD-CE + APGD-T) | standard (+ Square).")
+flags.DEFINE_string("eval_attack_precision", _D.eval.attack_precision, "Where the final check's attacks search: float32 | bfloat16 (a bfloat16 copy, same weights) | auto (bfloat16 on a CPU with native bf16). Every verdict is float32.")
 flags.DEFINE_string("workdir", None, "Output directory; default runs/<dataset>_<defense>.")
 flags.DEFINE_string("export_dir", None, "SavedModel export root; default savedmodels/<dataset>_<defense>; '' skips.")
 flags.DEFINE_enum("serving_input_check", "on", ["on", "off"], "on: the export's serving signature refuses images with NaN, Inf or values outside [0, 1] (INVALID_ARGUMENT in TF Serving); off: for clients that clip upstream.")
@@ -101,17 +115,23 @@ flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per 
 
 def config_from_flags(f=FLAGS):
     """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
-    name = f"{f.dataset}_{f.defense}"
+    dataset = f.dataset
+    if f.image_dir and not f["dataset"].present:
+        dataset = "image_folder"
+    # Outputs of a folder are named after it: runs/PetImages_at2l.
+    stem = os.path.basename(os.path.normpath(f.image_dir)) if f.image_dir else dataset
+    name = f"{stem}_{f.defense}"
     if f.preprocessing != "none":
-        name = f"{f.dataset}_{f.preprocessing}_{f.defense}"
+        name = f"{stem}_{f.preprocessing}_{f.defense}"
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(
-            dataset=f.dataset,
+            dataset=dataset,
             data_dir=f.data_dir,
             batch_size=f.batch_size,
             max_train_examples=f.max_train_examples,
             validation_size=f.validation_size,
             image_size=f.image_size,
+            image_dir=f.image_dir,
         ),
         attack=config_lib.AttackConfig(
             name=f.attack, eps=f.eps, steps=f.attack_steps, step_size=f.attack_step_size
@@ -133,6 +153,10 @@ def config_from_flags(f=FLAGS):
             strategy=f.strategy,
             save_every_steps=f.save_every_steps,
             mixed_precision=f.mixed_precision,
+            ema=f.ema,
+            eps_warmup_epochs=f.eps_warmup_epochs,
+            awp_gamma=f.awp_gamma,
+            awp_warmup_epochs=f.awp_warmup_epochs,
         ),
         eval=config_lib.EvalConfig(
             attacks=tuple(f.eval_attacks),
@@ -140,6 +164,7 @@ def config_from_flags(f=FLAGS):
             pgd_steps=f.eval_pgd_steps,
             pgd_step_size=f.eval_pgd_step_size,
             autoattack_version=f.eval_autoattack_version,
+            attack_precision=f.eval_attack_precision,
         ),
         preprocessing=config_lib.PreprocessingConfig(
             name=f.preprocessing,

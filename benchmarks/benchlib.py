@@ -12,8 +12,9 @@ import sys
 import time
 import warnings
 
-from mdtable import markdown_only  # noqa: F401  (re-exported for the speed scripts)
-from provenance import git_commit, machine, peak_rss_mb, provenance, version, versions  # noqa: F401
+# Re-exported for the speed scripts (speed_attack_precision.py reads `_cpuinfo`).
+from mdtable import markdown_only  # noqa: F401
+from provenance import _cpuinfo, git_commit, machine, peak_rss_mb, provenance, version, versions  # noqa: F401
 
 # The speed targets of issue 5, as speed.py checks them: name -> (comparison, threshold).
 TARGETS = {

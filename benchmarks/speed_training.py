@@ -26,6 +26,13 @@ Figures, per model (the JSON keys under `models.<name>`):
   a child process: `wall_s` and `peak_rss_mb`, the peak resident memory of a
   training run. `--quick`: 512 training images, 100 checked. `--notrain_run`
   skips it.
+* `recipe_step_s`: the compiled TRADES step (β 6, its KL attack with
+  `--train_pgd_steps` steps) under `--recipe_precision` (default bfloat16),
+  plain and with each training ingredient — weight averaging (`ema` 0.995),
+  AWP (`awp` γ 5e-3, on from the first step), both — timed in the same rounds;
+  with the model's parameter count (`params`) and the ratios `ema_over_plain`,
+  `awp_over_plain`. E.g. the larger network:
+  `python benchmarks/speed_training.py --models=mnist_wide_silu --figures=recipe_step_s`.
 * also `train_step_s` (and `train_step_cpu_s`, `train_step_rounds_s`),
   `at2l_over_at_paired` and `at2l_over_at_cpu` (cross-checks less sensitive to
   load), `at_over_none`, and under `xla` the same steps compiled with
@@ -66,11 +73,22 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     "quick_epoch_steps", 3, "With --quick: fit steps timed and extrapolated to an epoch."
 )
+flags.DEFINE_enum(
+    "recipe_precision", "bfloat16", ["off", "bfloat16"],
+    "Precision of the recipe_step_s figure (the TRADES step with each training ingredient).",
+)
 FLAGS = flags.FLAGS
 
-FIGURES = ("at2l_over_at", "train_epoch_s", "train_run")
+FIGURES = ("at2l_over_at", "train_epoch_s", "train_run", "recipe_step_s")
 XLA_FIGURES = ("at2l_over_at",)
 DEFENSES = ("none", "at", "at2l")
+# recipe_step_s: the TRADES step, plain and with each training ingredient (AT2LModel arguments).
+RECIPE_VARIANTS = {
+    "plain": {},
+    "ema": {"ema": 0.995},
+    "awp": {"awp_gamma": 5e-3},
+    "ema_awp": {"ema": 0.995, "awp_gamma": 5e-3},
+}
 MNIST_TRAIN_EXAMPLES = 55000  # 60,000 minus the default 5,000 validation images.
 
 
@@ -79,6 +97,7 @@ def configure(cfg, figures, pick):
     cfg["train_steps_per_round"] = pick(FLAGS.train_steps_per_round, 3, 1)
     cfg["train_pgd_steps"] = pick(FLAGS.train_pgd_steps, 5, 3)
     cfg["quick_epoch_steps"] = FLAGS.quick_epoch_steps
+    cfg["recipe_precision"] = FLAGS.recipe_precision
     if not FLAGS.train_run and "train_run" in figures:
         figures.remove("train_run")
     cfg["train_run"] = "train_run" in figures
@@ -91,6 +110,8 @@ def settings(cfg):
         "quick_epoch_steps": cfg["quick_epoch_steps"] if cfg["quick"] else None,
         "train_attack": f"pgd, {cfg['train_pgd_steps']} steps, step 2.5*eps/steps, random start",
         "train": "AT2LModel defaults: lambda1=1, lambda2=0.5, margin=0.5, Adam(1e-3)",
+        "recipe": (f"trades beta 6, trades_kl {cfg['train_pgd_steps']} steps, Adam(1e-3), "
+                   f"precision {cfg['recipe_precision']}; ema 0.995, awp gamma 5e-3 from step 1"),
     }
 
 
@@ -101,6 +122,8 @@ def measure(model_name, cfg, record, figures, peers):
         bench_train(model_name, benchlib.mnist_arrays("train"), cfg, record, figures)
     if cfg["train_run"]:
         bench_train_run(model_name, cfg, record)
+    if "recipe_step_s" in figures:
+        bench_recipe_steps(model_name, benchlib.mnist_arrays("train"), cfg, record)
 
 
 def table_rows(table):
@@ -124,6 +147,10 @@ def table_rows(table):
                 f"XLA train speed-up, {d}",
                 table.cells(lambda r: r["xla"]["train_step_speedup"][d], ".2f"),
             )
+    if table.have("recipe_step_s"):
+        table.row("parameters", table.cells(lambda r: r["recipe_step_s"]["params"], ",d"))
+        for v in RECIPE_VARIANTS:
+            table.row(f"TRADES step s, {v}", table.cells(lambda r: r["recipe_step_s"]["steps_s"][v], ".3f"))
     if table.have("train_run"):
         table.row("train command s", table.cells(lambda r: r["train_run"]["wall_s"], ".0f"))
         table.row(
@@ -307,6 +334,50 @@ def _time_train_epochs(model_name, cfg, record, variants):
     record["sections"]["train_epoch"] = s.record
     record["train_epoch_s"] = epoch
 
+
+def bench_recipe_steps(model_name, train_arrays, cfg, record):
+    """`recipe_step_s`: the compiled TRADES step with each training ingredient, interleaved."""
+    from at2l_tf import precision
+
+    ((x, y),) = benchlib.batches(*train_arrays, 1, cfg["batch_size"])
+    fixed = tf.data.Dataset.from_tensors((x, y)).repeat()
+    policy = precision.POLICY_OF[cfg["recipe_precision"]]
+
+    def build(kwargs):
+        keras.utils.set_random_seed(cfg["seed"])
+        with precision.policy_scope(policy):
+            clf = models.get_model(model_name)
+        model = AT2LModel(
+            clf, defense="trades", beta=6.0, attack="pgd",
+            attack_params={"eps": cfg["eps"], "steps": cfg["train_pgd_steps"]}, seed=cfg["seed"], **kwargs,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.optimizer.build(model.classifier.trainable_weights)
+        model.make_train_function()
+        it, fn = iter(fixed), model.train_function
+
+        def step():
+            return float(fn(it)["loss"])
+
+        return clf, step
+
+    built = {name: build(kwargs) for name, kwargs in RECIPE_VARIANTS.items()}
+    with benchlib.Section(f"{model_name}: TRADES steps with the training ingredients ({policy})") as s:
+        wall, _, _ = benchlib.interleaved(
+            {name: step for name, (_, step) in built.items()},
+            repeats=cfg["repeats"], warmup=cfg["warmup"], calls=cfg["train_steps_per_round"],
+        )
+    med = {name: statistics.median(t) for name, t in wall.items()}
+    record["sections"]["recipe_steps"] = s.record
+    record["recipe_step_s"] = {
+        "params": int(built["plain"][0].count_params()),
+        "precision": policy,
+        "steps_s": {name: round(v, 4) for name, v in med.items()},
+        "ema_over_plain": round(med["ema"] / med["plain"], 3),
+        "awp_over_plain": round(med["awp"] / med["plain"], 3),
+    }
+    del built
+    gc.collect()
 
 
 # Runs the train command as `python -m at2l_tf.train` would, then writes the

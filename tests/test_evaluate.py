@@ -207,7 +207,7 @@ def test_flags_map_onto_attack_parameters():
         "--autoattack_version=fast",
         "--seed=5",
     )
-    specs = {s.name: s.params for s in evaluate.attack_specs_from_flags(fv, eps=0.2)}
+    specs = {s.name: s.params for s in evaluate.attack_specs(evaluate.config_from_flags(fv).attacks, eps=0.2)}
     assert specs["fgsm"] == {"eps": 0.2}
     assert specs["ifgsm"] == {"eps": 0.2, "steps": 4, "step_size": pytest.approx(0.125)}
     assert specs["pgd"] == {"eps": 0.2, "seed": 5, "steps": 40, "step_size": 0.02, "restarts": 3}

@@ -44,3 +44,27 @@ def test_small_cnn_learns_real_mnist_in_one_short_epoch():
     model.fit(train, epochs=1, verbose=0)
     _, accuracy = model.evaluate(test, verbose=0)
     assert accuracy > 0.95
+
+
+def test_wide_silu_model_has_its_stated_size_and_trains_one_trades_step_in_bfloat16():
+    import tensorflow as tf
+
+    from at2l_tf import precision
+    from at2l_tf.training import AT2LModel
+
+    model = models.get_model("mnist_wide_silu")
+    assert model.count_params() == 1_313_226  # As stated in its docstring and the README.
+    assert {l.get_config().get("activation") for l in model.layers[1:-1]} >= {"silu"}
+    keras.utils.set_random_seed(0)
+    with precision.policy_scope("mixed_bfloat16"):
+        clf = models.get_model("mnist_wide_silu")
+    assert precision.policies_of(clf) >= {"mixed_bfloat16"}
+    trainer = AT2LModel(clf, defense="trades", attack="pgd", attack_params={"eps": 0.3, "steps": 2})
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x, y = data.load_mnist_arrays("validation")
+    ds = tf.data.Dataset.from_tensor_slices((x[:16].astype("float32") / 255.0, y[:16])).batch(16)
+    before = [w.copy() for w in clf.get_weights()]
+    history = trainer.fit(ds, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    assert all(w.dtype == np.float32 for w in clf.get_weights())
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, clf.get_weights()))

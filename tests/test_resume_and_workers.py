@@ -272,3 +272,57 @@ def test_ctrl_c_writes_a_backup_and_the_same_call_resumes(tmp_path, mock_cats, m
     # λ2 unset (None) is the at2l default, 0.5.
     with pytest.raises(ConfigError, match=r"holds a finished run .*train.lambda2: None -> 0.25"):
         experiment.run(other, verbose=0)
+
+
+def _ingredients_config(tmp_path, name):
+    # MNIST, FGSM AT (deterministic), float32: a resumed run can match an uninterrupted one.
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=64),
+        attack=config_lib.AttackConfig(name="fgsm"),
+        train=config_lib.TrainConfig(defense="at", epochs=3, eps_warmup_epochs=2, ema=0.9, seed=2,
+                                     save_every_steps=1, mixed_precision="off"),
+        eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=32),
+        workdir=str(tmp_path / name),
+        export_dir=None,
+    ).validate()
+
+
+def test_a_run_resumed_mid_ramp_keeps_its_eps_schedule_and_weight_average(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    from at2l_tf import experiment
+    from at2l_tf.training import backup
+
+    save, written = backup.Backup.save, {}
+
+    def save_then_press_ctrl_c(self, model, **kwargs):  # Ctrl-C in epoch 2 of 3, mid-ramp.
+        save(self, model, **kwargs)
+        if (kwargs["epoch"], kwargs["step"]) == (1, 1):
+            written["averages"] = model.weight_average.get_values()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(backup.Backup, "save", save_then_press_ctrl_c)
+    with pytest.raises(Interrupted):
+        experiment.run(_ingredients_config(tmp_path, "resumed"), verbose=0)
+    monkeypatch.undo()
+    state = tmp_path / "resumed" / "backup" / "worker-0" / "state.npz"
+    with np.load(state) as npz:  # The backup holds the weight average beside the optimizer state.
+        meta = json.loads(str(npz["meta"]))
+        assert meta["num_averages"] == len(written["averages"]) > 0
+        assert meta["history"]["train_eps"] == [0.075]
+        (point_epoch, point_step) = meta["epoch"], meta["step"]
+    assert point_epoch == 1 and point_step >= 1
+
+    resumed = experiment.run(_ingredients_config(tmp_path, "resumed"), verbose=0)
+    (point,) = resumed["resumed"]
+    assert (point["epoch"], point["step"]) == (point_epoch, point_step)
+    # ε per epoch over the ramp (2 epochs: eps·(e + ½)/2), the resumed epoch included.
+    assert resumed["history"]["train_eps"] == pytest.approx([0.075, 0.225, 0.3])
+
+    whole = experiment.run(_ingredients_config(tmp_path, "whole"), verbose=0)
+    assert "resumed" not in whole and whole["history"]["train_eps"] == pytest.approx([0.075, 0.225, 0.3])
+    a = keras.saving.load_model(str(tmp_path / "resumed" / "model.keras")).get_weights()
+    b = keras.saving.load_model(str(tmp_path / "whole" / "model.keras")).get_weights()
+    for u, v in zip(a, b):  # The averaged weights: the average survived the resume.
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)

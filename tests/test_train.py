@@ -41,6 +41,18 @@ from at2l_tf.errors import ConfigError
          "image size <= resize_min < resize_output, received image size 28, resize_min=20"),
         ("--attack=ls_pga", "attack 'ls_pga' attacks a thermometer encoding: it needs --preprocessing=thermometer"),
         ("--preprocessing=thermometer", "zero input gradient, so attack 'pgd' cannot train against it"),
+        ("--ema=1", "ema must be in [0, 1) (0: off), received ema=1.0"),
+        ("--ema=-0.5", "received ema=-0.5"),
+        ("--eps_warmup_epochs=-1", "eps_warmup_epochs must be >= 0, received eps_warmup_epochs=-1"),
+        ("--eps_warmup_epochs=3 --epochs=3", "eps_warmup_epochs must be < epochs so that training ends at "
+         "the full eps, received eps_warmup_epochs=3 with epochs=3"),
+        ("--eps_warmup_epochs=1 --defense=none", "defense='none' crafts no adversarial examples"),
+        ("--eps_warmup_epochs=1 --defense=at --ensemble_attacks=gra",
+         "ensemble training crafts its adversarial sets at the full eps"),
+        ("--awp_gamma=-0.01", "awp_gamma must be >= 0 (0: off), received awp_gamma=-0.01"),
+        ("--awp_gamma=0.01 --awp_warmup_epochs=-2", "awp_warmup_epochs must be >= 0, received awp_warmup_epochs=-2"),
+        ("--awp_gamma=0.01 --awp_warmup_epochs=3 --epochs=3", "awp_warmup_epochs must be < epochs or AWP "
+         "never starts, received awp_warmup_epochs=3 with epochs=3"),
     ],
 )
 def test_bad_flags_are_one_line_config_errors(parse, arg, match):
@@ -199,3 +211,72 @@ def test_flag_parsing_errors_are_one_line(capsys, args, message):
         cli.parse_flags("train", ["train", *args], fv)
     assert info.value.code == 1
     assert capsys.readouterr().err == message + "\n"
+
+
+# --- Training ingredients (issue 31): the ε warm-up, weight averaging, AWP ---
+
+
+def test_eps_warmup_ramps_per_epoch_and_is_on_by_default_for_mart_only(parse):
+    from at2l_tf import experiment
+
+    cfg = parse("--defense=trades", "--eps_warmup_epochs=4", "--epochs=6").validate()
+    got = [experiment.training_eps(cfg, e) for e in range(6)]
+    # Epoch e < N at eps·(e + ½)/N, the ramp's mean over the epoch; then the full eps.
+    assert got == pytest.approx([0.0375, 0.1125, 0.1875, 0.2625, 0.3, 0.3])
+    for defense in ("at", "at2l", "tr", "trades", "none"):
+        cfg = parse(f"--defense={defense}", "--epochs=10").validate()
+        assert cfg.train.eps_warmup == 0 and experiment.training_eps(cfg, 0) == 0.3
+    assert parse("--defense=mart", "--epochs=10").validate().train.eps_warmup == 2
+    assert parse("--defense=mart", "--epochs=2").validate().train.eps_warmup == 1  # Ends at the full eps.
+    assert parse("--defense=mart", "--epochs=1").validate().train.eps_warmup == 0
+    assert parse("--defense=mart", "--eps_warmup_epochs=0").validate().train.eps_warmup == 0
+
+
+def test_ingredient_flags_reach_the_model(parse):
+    from at2l_tf import experiment
+
+    cfg = parse("--defense=trades", "--ema=0.995", "--awp_gamma=0.005", "--awp_warmup_epochs=2",
+                "--epochs=5").validate()
+    model = experiment.build_model(cfg, steps_per_epoch=7)
+    assert (model.ema, model.awp_gamma, model.awp_start_step) == (0.995, 0.005, 14)
+    assert model.weight_average is not None and model.weight_average.decay == 0.995
+    model = experiment.build_model(parse().validate())
+    assert (model.ema, model.awp_gamma, model.weight_average) == (0.0, 0.0, None)
+
+
+def _tiny_ingredients_config(tmp_path, name, **train):
+    return config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=64),
+        attack=config_lib.AttackConfig(name="fgsm"),
+        train=config_lib.TrainConfig(defense="at", mixed_precision="off", seed=1, **train),
+        eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=64),
+        workdir=str(tmp_path / name),
+        export_dir=str(tmp_path / f"{name}_export"),
+    )
+
+
+def test_weight_average_is_what_model_keras_and_the_export_hold(tmp_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from at2l_tf import experiment, savedmodel
+
+    cfg = _tiny_ingredients_config(tmp_path, "ema", epochs=2, ema=0.9)
+    results = experiment.run(cfg, verbose=0)
+    assert results["weights"] == "exponential moving average, decay 0.9 per step"
+    assert "val_adv_acc" in results["history"]
+    # The last epoch's checkpoint holds the raw weights and, beside them, the average.
+    raw_model = experiment.build_model(cfg, steps_per_epoch=4, precision=experiment.resolve_precision(cfg))
+    raw_model.load_weights(str(tmp_path / "ema" / "checkpoints" / "epoch-02.weights.h5"))
+    raw = [w.numpy() for w in raw_model.classifier.trainable_weights]
+    average = raw_model.weight_average.get_values()
+    shipped = keras.saving.load_model(str(tmp_path / "ema" / "model.keras"))
+    for a, s in zip(average, [w.numpy() for w in shipped.trainable_weights]):
+        np.testing.assert_array_equal(a, s)
+    assert max(np.abs(r - s.numpy()).max() for r, s in zip(raw, shipped.trainable_weights)) > 1e-4
+    # The export serves the average too.
+    x = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")
+    served = savedmodel.load_classifier(results["export_path"]).model_fn(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, shipped(x), rtol=1e-4, atol=1e-5)
+    assert np.abs(served - raw_model.classifier(x).numpy()).max() > 1e-4

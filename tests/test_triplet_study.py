@@ -3,7 +3,6 @@ and the answer it writes, on a made-up state, and the driver's bad input (one li
 nothing written)."""
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys

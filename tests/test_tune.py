@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 
+import keras
 import keras_tuner
 import numpy as np
 import pytest
@@ -356,3 +357,28 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
                                              "num_examples": 1}})
     assert table.splitlines()[0].split()[:9] == ["trial", "status", "defense", "λ1", "λ2", "α", "norm", "β",
                                                   "features"]
+
+
+def test_a_trial_warms_eps_up_as_train_does():
+    """MART's default ε warm-up reaches the tuner's trials: epoch e of the ramp
+    attacks at `experiment.training_eps(config, e)`, later epochs at the full ε,
+    and the tuner reads one history over all epochs."""
+    base = config_lib.ExperimentConfig(
+        train=config_lib.TrainConfig(defense="mart", seed=0, epochs=3, eps_warmup_epochs=2),
+        data=config_lib.DataConfig(validation_size=128, max_train_examples=128, batch_size=64),
+        attack=config_lib.AttackConfig(steps=1),
+    ).validate()
+    hypermodel = tune.AT2LHyperModel(base, hm.SearchSpace(), hm.ObjectiveAttack(num_examples=64))
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+
+    seen = []
+
+    class RecordEps(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((epoch, model.training_eps))
+
+    history = hypermodel.fit(hp, model, callbacks=[RecordEps()])
+    assert seen == [(0, pytest.approx(0.3 * 0.25)), (1, pytest.approx(0.3 * 0.75)), (2, pytest.approx(0.3))]
+    assert history.epoch == [0, 1, 2]
+    assert len(history.history["val_robust_acc"]) == 3

@@ -6,6 +6,8 @@ import numbers
 import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta
 
+from at2l_tf.attacks import search
+
 
 def check_nonnegative(name, value):
     """Raises `ValueError` unless the Python number `value` is >= 0."""
@@ -60,8 +62,9 @@ def least_likely_class(logits):
 
 
 def predicted_labels(model_fn, x):
-    """Model predictions, used as labels when `y` is not given (avoids label leaking)."""
-    return tf.argmax(model_fn(x), axis=-1)
+    """Model predictions, used as labels when `y` is not given (avoids label leaking);
+    the float32 judge's for a `search.SearchModel`."""
+    return tf.argmax(search.judge_of(model_fn)(x), axis=-1)
 
 
 def run_graph_attack(attack_body, model_fn, x, y, params):

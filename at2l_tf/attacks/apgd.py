@@ -49,7 +49,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from at2l_tf.attacks import _common
+from at2l_tf.attacks import _common, search
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -162,6 +162,7 @@ def _start(model_fn, x, y, target, run, *, loss, eps, steps, rho, clip_min, clip
     x_adv = _random_start(x, eps, clip_min, clip_max, seed, run)
     logits, cur_loss, grad = _loss_and_grad(model_fn, x_adv, y, tf.cast(target, tf.int64), loss)
     batch = tf.shape(x)[0]
+    wrong = tf.not_equal(tf.argmax(logits, axis=-1), y)
     return dict(
         i=tf.constant(0),
         x_adv=x_adv,
@@ -172,7 +173,7 @@ def _start(model_fn, x, y, target, run, *, loss, eps, steps, rho, clip_min, clip
         grad_best=grad,
         loss_best=cur_loss,
         x_found=x_adv,
-        fooled=tf.not_equal(tf.argmax(logits, axis=-1), y),
+        fooled=search.confirm_wrong(model_fn, x_adv, y, wrong),  # A float32 verdict.
         rises=tf.zeros([batch], x.dtype),
         loss_prev=cur_loss,
         loss_best_at_check=cur_loss,
@@ -196,8 +197,11 @@ def _step(model_fn, x, y, target, s, *, loss, eps, steps, rho, clip_min, clip_ma
     z = tf.clip_by_value(x_adv + _expand(s["eta"], x) * tf.sign(s["grad"]), lo, hi)
     x_new = tf.clip_by_value(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - s["x_old"]), lo, hi)
     logits, cur, grad = _loss_and_grad(model_fn, x_new, y, tf.cast(target, tf.int64), loss)
-    wrong = tf.not_equal(tf.argmax(logits, axis=-1), y)
-    newly = wrong & ~s["fooled"]
+    # A candidate counts only if the float32 model misclassifies it (`attacks.search`):
+    # the search model's verdict picks the candidates, the judge confirms them.
+    newly = search.confirm_wrong(
+        model_fn, x_new, y, tf.not_equal(tf.argmax(logits, axis=-1), y) & ~s["fooled"])
+    wrong = newly
     rises = s["rises"] + tf.cast(cur > s["loss_prev"], x.dtype)
     better = cur > s["loss_best"]
     x_best = tf.where(_expand(better, x), x_new, s["x_best"])
@@ -303,8 +307,12 @@ def run_apgd(model_fn, x, y=None, *, loss, eps, steps=100, restarts=1, target_cl
     x = tf.convert_to_tensor(x)
     logits = model_fn(x)
     num_classes = logits.shape[-1]
-    y = tf.argmax(logits, axis=-1) if y is None else tf.cast(tf.convert_to_tensor(y), tf.int64)
+    if y is None:
+        y = _common.predicted_labels(model_fn, x) if search.is_search(model_fn) else tf.argmax(logits, -1)
+    y = tf.cast(tf.convert_to_tensor(y), tf.int64)
     fooled = tf.not_equal(tf.argmax(logits, axis=-1), y)  # Already misclassified: left as is.
+    if search.is_search(model_fn):  # ... by the float32 model.
+        fooled = search.judged_wrong(model_fn, x, y)
     if eps == 0:
         return x, fooled
     if loss == "dlr" and num_classes < 3:

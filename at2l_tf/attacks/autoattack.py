@@ -20,13 +20,20 @@ stage fooled comes from the stage's own forward passes (`apgd.run_apgd`,
 each stage's output with one more forward pass; the two agree unless a logit tie
 is decided differently in another batch composition, and the robustness report
 judges every output on the target model anyway.
+
+With a reduced-precision search (`attacks.search.SearchModel`, `evaluate
+--attack_precision=bfloat16`) the stages search on the bfloat16 copy, and what
+each leaves to the next is the float32 verdict: the clean check is the float32
+model's, and APGD and Square count a candidate as fooling only when the float32
+model misclassifies it. `on_stage` then also receives `rejected=`, the number
+of the stage's candidates that fooled the copy but not the float32 model.
 """
 
 import time
 
 import tensorflow as tf
 
-from at2l_tf.attacks import _common, apgd
+from at2l_tf.attacks import _common, apgd, search
 from at2l_tf.attacks.square import run_square
 
 VERSIONS = ("standard", "fast")
@@ -64,7 +71,8 @@ def autoattack(model_fn, x, y=None, *, eps, version="standard", steps=100, queri
             after each stage with its name, the number of examples it attacked,
             the number still robust after it and its time (progress reports,
             per-stage times). A stage with nothing left to attack is skipped
-            and not reported.
+            and not reported. With a `search.SearchModel`, also `rejected=`
+            (see the module docstring).
 
     Returns:
         `x_adv` with `||x_adv − x||_∞ <= eps`, inside the box.
@@ -75,6 +83,9 @@ def autoattack(model_fn, x, y=None, *, eps, version="standard", steps=100, queri
     x = tf.convert_to_tensor(x)
     logits = model_fn(x)
     stages = autoattack_stages(version, logits.shape[-1])
+    mixed = search.is_search(model_fn)
+    if mixed:  # The clean verdict (and the default labels) are the float32 model's.
+        logits = search.judge_logits(model_fn, x)
     y = tf.argmax(logits, axis=-1) if y is None else tf.cast(tf.convert_to_tensor(y), tf.int64)
     if eps == 0:
         return x
@@ -96,11 +107,17 @@ def autoattack(model_fn, x, y=None, *, eps, version="standard", steps=100, queri
         if attacked == 0:
             break
         start = time.perf_counter()
+        if mixed:
+            model_fn.take_rejected()
         adv, fooled = runs[stage](tf.gather(x, todo), tf.gather(y, todo))
         idx = todo[:, None]
         x_out = tf.tensor_scatter_nd_update(x_out, idx, adv)
         robust = tf.tensor_scatter_nd_update(robust, idx, ~fooled)
         if on_stage is not None:
             left = int(tf.reduce_sum(tf.cast(robust, tf.int32)))
-            on_stage(stage, attacked, left, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            if mixed:
+                on_stage(stage, attacked, left, seconds, rejected=model_fn.take_rejected())
+            else:
+                on_stage(stage, attacked, left, seconds)
     return x_out

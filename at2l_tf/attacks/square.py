@@ -36,6 +36,22 @@ the side is capped at `min(H, W)` (AutoAttack) rather than `H - 1`. An example
 stops once its margin is < 0 (the codes use <= 0; they differ only on exact
 ties, where `argmax` may still return `y`).
 
+**Reduced-precision search** (`attacks.search.SearchModel`, `evaluate
+--attack_precision=bfloat16`): the margins decide which point Square keeps and
+when it stops, so they are float32. `margin_best` is always the float32 model's
+margin of `x_best` (the clean input and the striped start are judged in
+float32); beside it Square keeps the copy's margin of `x_best`. Each query runs
+on the bfloat16 copy, which screens the candidates: one whose bfloat16 margin
+is below the copy's margin of `x_best` (plus `BF16_SLACK` × its largest
+|logit|, 0 by default), or below 0, is judged again in float32 — those
+candidates only — and kept only if its float32 margin is smaller than
+`margin_best`. So rounding can never make Square keep a worse point, nor stop
+on a point that fools only the copy (such candidates are counted in
+`SearchModel.rejected`); at worst it passes over an improvement the copy
+cannot see. Comparing the copy with itself (not with the float32 margin)
+cancels its systematic offset, so about as many candidates are judged as the
+copy finds better.
+
 Batched and graph-safe: one `tf.while_loop` over iterations that queries the
 model on the still-robust examples only and ends when all are fooled;
 randomness from stateless ops seeded by `seed` (derived per iteration), so a
@@ -47,11 +63,19 @@ import numbers
 
 import tensorflow as tf
 
-from at2l_tf.attacks import _common
+from at2l_tf.attacks import _common, search
 
 # Iterations (out of 10,000) after which p halves: the published L-inf schedule.
 _P_SCHEDULE_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _SEED_RANGE = 2**31 - 1
+# A reduced-precision search re-judges in float32 every candidate whose search margin
+# is below the search margin of the best point plus this share of its largest
+# |logit| (or below 0). 0: the candidates the copy itself finds better. A slack of
+# 2^-6 (room for bfloat16's rounding through a network) judged ~97% of the
+# candidates on the reference model, so that Square ran slower in bfloat16 than in
+# float32; 0 judged ~10% (200 queries, 32 images, a loaded machine). Whether a slack
+# finds more adversarials is for the measurement on an idle machine.
+BF16_SLACK = 0.0
 
 
 def square(
@@ -196,6 +220,34 @@ def _fold(seed, data):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
 
 
+def _judged_margin(model_fn, x_new, y, margin_best, search_best):
+    """`(float32 margin, search margin)` of the candidates `x_new` of a reduced-precision query.
+
+    The float32 margin of a candidate whose search (bfloat16) margin is below
+    `search_best + slack` or below 0, else `+inf` (not kept). Candidates that
+    fool the search model but not the float32 one are added to
+    `model_fn.rejected`. `margin_best` (float32) is what a candidate must beat.
+    """
+    del margin_best  # Compared by the caller; the screen compares the copy with itself.
+    logits = model_fn(x_new)
+    margin = _margin(logits, y)
+    slack = BF16_SLACK * tf.reduce_max(tf.abs(logits), axis=-1)
+    promising = (margin < search_best + slack) | (margin < 0)
+    idx = tf.where(promising)
+    inf = tf.fill(tf.shape(margin), tf.constant(float("inf"), margin.dtype))
+
+    def judged():
+        return tf.tensor_scatter_nd_update(
+            inf, idx,
+            _margin(search.judge_logits(model_fn, tf.gather_nd(x_new, idx)), tf.gather_nd(y, idx)),
+        )
+
+    judged_margin = tf.cond(tf.reduce_any(promising), judged, lambda: inf)
+    model_fn.rejected.assign_add(
+        tf.reduce_sum(tf.cast((margin < 0) & (judged_margin >= 0), tf.int64)))
+    return judged_margin, margin
+
+
 def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
     """The Square attack as TensorFlow ops, for a traced call."""
     y = tf.cast(y, tf.int32)
@@ -210,23 +262,29 @@ def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
         shape=[queries - 1],
     )
 
-    clean_margin = _margin(model_fn(x), y)
+    # With a reduced-precision search, every margin kept is the float32 model's.
+    judge = search.judge_of(model_fn)
+    clean_margin = _margin(judge(x), y)
     stripes = _random_signs(tf.stack([tf.shape(x)[0], 1, width, channels]), _fold(seed, 0))
     x_init = tf.where(stripes, hi, lo)
-    init_margin = _margin(model_fn(x_init), y)
+    init_margin = _margin(judge(x_init), y)
     done_clean = clean_margin < 0  # already misclassified: never touched
     x_best = tf.where(done_clean[:, None, None, None], x, x_init)
     margin_best = tf.where(done_clean, clean_margin, init_margin)
+    # The search model's margin of x_best: what a reduced-precision search screens against.
+    mixed = search.is_search(model_fn)
+    search_best = _margin(model_fn(x_init), y) if mixed else margin_best
 
-    def cond(it, x_best, margin_best):
+    def cond(it, x_best, margin_best, search_best):
         return tf.logical_and(it < queries - 1, tf.reduce_any(margin_best >= 0))
 
-    def body(it, x_best, margin_best):
+    def body(it, x_best, margin_best, search_best):
         # Only the examples still classified correctly are queried.
         idx = tf.where(margin_best >= 0)
         n = tf.shape(idx)[0]
         lo_a, hi_a, best_a = (tf.gather_nd(t, idx) for t in (lo, hi, x_best))
         y_a, margin_a = tf.gather_nd(y, idx), tf.gather_nd(margin_best, idx)
+        search_a = tf.gather_nd(search_best, idx)
 
         side = sides[it]
         it_seed = _fold(seed, it + 1)
@@ -271,13 +329,19 @@ def _attack(model_fn, x, y, *, eps, queries, p_init, clip_min, clip_max, seed):
         _, signs = tf.while_loop(redraw_cond, redraw, (tf.constant(0), signs))
 
         x_new = propose(signs)
-        margin_new = _margin(model_fn(x_new), y_a)
+        if mixed:
+            margin_new, search_new = _judged_margin(model_fn, x_new, y_a, margin_a, search_a)
+        else:
+            margin_new = search_new = _margin(model_fn(x_new), y_a)
         better = margin_new < margin_a
         best_a = tf.where(better[:, None, None, None], x_new, best_a)
         margin_a = tf.where(better, margin_new, margin_a)
         x_best = tf.tensor_scatter_nd_update(x_best, idx, best_a)
         margin_best = tf.tensor_scatter_nd_update(margin_best, idx, margin_a)
-        return it + 1, x_best, margin_best
+        search_a = tf.where(better, search_new, search_a)
+        search_best = tf.tensor_scatter_nd_update(search_best, idx, search_a)
+        return it + 1, x_best, margin_best, search_best
 
-    _, x_best, margin_best = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
+    _, x_best, margin_best, _ = tf.while_loop(
+        cond, body, (tf.constant(0), x_best, margin_best, search_best))
     return x_best, margin_best < 0

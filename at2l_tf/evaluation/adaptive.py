@@ -19,6 +19,11 @@ should differentiate:
 Attacks that take the encoded input (LS-PGA, `inputs="thermometer"`) always run on
 the network behind the encoding, with its levels, whatever the mode.
 The adversarials are judged on the defended model itself.
+
+With `search=(search_model_fn, search_net_fn)` (a reduced-precision copy of
+the model, `--attack_precision=bfloat16`), every attack runs on an
+`attacks.search.SearchModel`: the same wrapper built on the copy for the
+search, and on the float32 model for the verdicts.
 """
 
 import dataclasses
@@ -26,6 +31,7 @@ import dataclasses
 from at2l_tf import attacks, defenses
 from at2l_tf.attacks.bpda import bpda_model_fn
 from at2l_tf.attacks.eot import eot_model_fn
+from at2l_tf.attacks.search import SearchModel
 from at2l_tf.errors import ConfigError
 
 MODES = ("auto", "none", "bpda", "eot")
@@ -38,7 +44,7 @@ def check_mode(mode):
         raise ConfigError(f"adaptive must be one of {', '.join(MODES)}, received adaptive={mode!r}")
 
 
-def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_DRAWS):
+def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_DRAWS, search=None):
     """Returns `specs` with each attack's `model_fn` and `adaptive` note set.
 
     Args:
@@ -48,11 +54,24 @@ def adapt(specs, *, layer, net_fn, model_fn, mode="auto", eot_draws=DEFAULT_EOT_
         model_fn: the whole defended model (images → logits).
         mode: one of `MODES`.
         eot_draws: draws of the EOT wrapper.
+        search: optional `(model_fn, net_fn)` of a reduced-precision copy
+            of the model (the same layer in front, `net_fn` `None` without
+            one): each attack then runs on a `SearchModel` that searches on
+            the copy (adapted as the model) and judges on the float32 model.
 
     Raises:
         ConfigError: unknown mode; a wrapper that does not match the layer (or
             no layer); an attack on encoded inputs without a thermometer encoding.
     """
+    if search is not None:
+        judged = adapt(specs, layer=layer, net_fn=net_fn, model_fn=model_fn, mode=mode,
+                       eot_draws=eot_draws)
+        searched = adapt(specs, layer=layer, net_fn=search[1], model_fn=search[0], mode=mode,
+                         eot_draws=eot_draws)
+        return [
+            dataclasses.replace(j, model_fn=SearchModel(s.model_fn or search[0], j.model_fn or model_fn))
+            for j, s in zip(judged, searched)
+        ]
     check_mode(mode)
     kind = getattr(layer, "adaptive_attack", None)
     if mode in ("bpda", "eot") and kind != mode:

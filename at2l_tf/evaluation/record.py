@@ -48,7 +48,7 @@ ABOUT = (
 # Report entry keys that are results or provenance, not attack parameters.
 _RESULTS = frozenset({
     "attack", "norm", "error", "accuracy", "mean_linf", "mean_l2", "fooled",
-    "fooled_mean_linf", "fooled_mean_l2", "source", "seconds", "stages", "adaptive",
+    "fooled_mean_linf", "fooled_mean_l2", "source", "seconds", "stages", "adaptive", "search",
 })
 
 
@@ -78,7 +78,7 @@ def make_record(report, *, evaluated_by, dataset, split, eps, seed, preprocessin
         }
         if entry.get("adaptive"):
             attacks[label]["adaptive"] = entry["adaptive"]
-    return {
+    record = {
         "evaluated_by": evaluated_by,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "package_version": at2l_tf.__version__,
@@ -99,6 +99,9 @@ def make_record(report, *, evaluated_by, dataset, split, eps, seed, preprocessin
             [f["check"] for f in report["flags"]] if "flags" in report else None
         ),
     }
+    if "attack_precision" in report:  # The attacks searched in bfloat16 (verdicts float32).
+        record["attack_precision"] = report["attack_precision"]
+    return record
 
 
 def record_path(model_dir):

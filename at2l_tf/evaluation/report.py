@@ -35,6 +35,17 @@ attack's randomness being a function of its inputs (the seeded attacks:
 `evaluate` seeds them all), which holds for every attack here but not for a
 model that is itself random at inference (random resizing).
 
+**Reduced-precision search.** An attack whose `AttackSpec.model_fn` is an
+`attacks.search.SearchModel` (`evaluate --attack_precision=bfloat16`) searches
+on a bfloat16 copy of the model; every verdict here is still the target's
+(float32), and inside the attacks the float32 model confirms every candidate
+(`attacks.search`). Such an attack's row gets `"search": {"precision",
+"rejected", "fooled_search_only"}`: the candidates that fooled the copy but not
+the float32 model and were therefore not counted (APGD's iterates, Square's
+queries; per AutoAttack stage in `stages.<stage>.rejected`), and the returned
+examples that fool the copy but not the float32 model (counted robust; `None`
+for LS-PGA, which searches on encoded inputs).
+
 Each (attack, source) pair is compiled once with `tf.function`, so the attack
 runs as one graph per batch shape; attacks that compile their own pieces and
 work on subsets (APGD, Square's early stop, AutoAttack) run eagerly around them.
@@ -49,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 
 from at2l_tf import attacks
+from at2l_tf.attacks import search
 from at2l_tf.evaluation import store as store_lib
 from at2l_tf.evaluation.progress import Progress, choose_mode
 from at2l_tf.evaluation.store import unit_key
@@ -130,6 +142,7 @@ class _Run:
     run: object  # The attack on (x, y), compiled when it may be.
     attack_fn: object
     entry: object
+    model: object = None  # What the attack runs on (a `SearchModel` for a reduced-precision search).
 
 
 def robustness_report(
@@ -201,8 +214,9 @@ def robustness_report(
                     f"two attacks have the label {label!r}; give them distinct "
                     "`AttackSpec.label`s"
                 )
-            compiled = _compiled(attack_fn, src_fn or spec.model_fn or model_fn)
-            runs.append(_Run(label, spec, src_name, compiled, attack_fn, attacks.get_entry(spec.name)))
+            on = src_fn or spec.model_fn or model_fn
+            compiled = _compiled(attack_fn, on)
+            runs.append(_Run(label, spec, src_name, compiled, attack_fn, attacks.get_entry(spec.name), on))
     target = tf.function(model_fn, reduce_retracing=True)
     partition = partition or Partition()
 
@@ -300,14 +314,20 @@ def _attack_unit(r, target, x, y, progress, batch):
     extra = {}
     if "on_stage" in r.entry.params:  # A composite attack that reports its stages.
 
-        def on_stage(stage, attacked, left, seconds):
-            stages.append({"stage": stage, "attacked": attacked, "robust": left, "seconds": seconds})
+        def on_stage(stage, attacked, left, seconds, **more):
+            entry = {"stage": stage, "attacked": attacked, "robust": left, "seconds": seconds}
+            if "rejected" in more:
+                entry["rejected"] = int(more["rejected"])
+            stages.append(entry)
             progress.stage(batch, r.label, stage, attacked=attacked, robust=left)
 
         extra["on_stage"] = on_stage
+    mixed = search.is_search(r.model)
+    if mixed:
+        r.model.take_rejected()  # Count this unit's rejections only.
     start = time.perf_counter()
     x_adv = r.run(x, y, **extra)
-    adv_wrong = (tf.argmax(target(x_adv), axis=-1) != y).numpy()
+    adv_wrong = (tf.argmax(target(x_adv), axis=-1) != y).numpy()  # The verdict: float32.
     seconds = time.perf_counter() - start
     delta = tf.reshape(tf.cast(x_adv, x.dtype) - x, (tf.shape(x)[0], -1))
     unit = {
@@ -320,6 +340,15 @@ def _attack_unit(r, target, x, y, progress, batch):
     }
     if "on_stage" in extra:
         unit["stages"] = stages
+    if mixed:
+        only = None  # Attacks behind a defence layer (LS-PGA) search on encoded inputs.
+        if r.entry.inputs == "images":
+            search_wrong = (tf.argmax(r.model(x_adv), axis=-1) != y).numpy()
+            only = int(np.sum(search_wrong & ~adv_wrong))
+        unit["search"] = {
+            "rejected": r.model.take_rejected() + sum(st.get("rejected", 0) for st in stages),
+            "fooled_search_only": only,
+        }
     return unit
 
 
@@ -359,6 +388,13 @@ def _summarize(runs, units, sizes, sources, per_example):
         }
         if "on_stage" in r.entry.params:
             entry["stages"] = _stages(us)
+        if all("search" in u for u in us):
+            entry["search"] = {
+                "precision": getattr(r.model, "name", None),
+                "rejected": sum(int(u["search"]["rejected"]) for u in us),
+                "fooled_search_only": None if r.entry.inputs != "images" else sum(
+                    int(u["search"]["fooled_search_only"]) for u in us),
+            }
         if r.spec.adaptive and sources is None:
             entry["adaptive"] = r.spec.adaptive
         entry.update({k: _jsonable(v) for k, v in r.attack_fn.bound_params.items()})
@@ -388,6 +424,8 @@ def _stages(units):
     for u in units:
         for st in u.get("stages", []):
             e = out.setdefault(st["stage"], {"attacked": 0, "fooled": 0, "seconds": 0.0})
+            if "rejected" in st:
+                e["rejected"] = e.get("rejected", 0) + int(st["rejected"])
             e["attacked"] += int(st["attacked"])
             e["fooled"] += int(st["attacked"]) - int(st["robust"])
             e["seconds"] += float(st["seconds"])
@@ -456,6 +494,7 @@ _NOT_PARAMS = frozenset(
         "source",
         "seconds",
         "stages",
+        "search",
     }
 )
 

@@ -4,7 +4,9 @@
 Adversarial Training* (ICLR 2018, Table 5), which the AT²L paper's Table 3 uses;
 `mnist_small` is a fast CNN, the CPU default; `madry_mnist` is the CNN of Madry
 et al. (2018), used by the speed benchmark; `mnist_smallcnn` is the SmallCNN of
-TRADES (Zhang et al., 2019), whose MNIST model scores 92.8% under AutoAttack.
+TRADES (Zhang et al., 2019), whose MNIST model scores 92.8% under AutoAttack;
+`mnist_wide_silu` is that SmallCNN twice as wide with SiLU (Swish) activations,
+the two changes Gowal et al. (2020) credit beside weight averaging.
 """
 
 import keras
@@ -126,3 +128,30 @@ def mnist_d(input_shape, num_classes):
         stack += [layers.Dense(300, activation="relu"), layers.Dropout(0.5)]
     stack.append(layers.Dense(num_classes, name="logits", dtype="float32"))
     return _sequential("mnist_d", input_shape, stack)
+
+
+@register("mnist_wide_silu", "mnist",
+          "SmallCNN x2 wide, SiLU: conv64-conv64-pool-conv128-conv128-pool-dense512 (1.31M parameters)")
+def mnist_wide_silu(input_shape, num_classes):
+    # Gowal et al. (2020, arXiv:2010.03593) top AutoAttack's MNIST table (96.34%)
+    # with TRADES (β = 6), weight averaging (decay 0.995), and larger networks with
+    # Swish/SiLU; their MNIST networks are wide residual networks of tens of millions
+    # of parameters, beyond a 2-core CPU. This is the closest documented choice at
+    # this budget: TRADES' SmallCNN (`mnist_smallcnn`), twice as wide, SiLU for ReLU,
+    # no dropout (their models have none), 1,313,226 parameters for 28x28x1 and 10
+    # classes (SmallCNN: 312,202; madry_mnist: 3,274,634).
+    return _sequential(
+        "mnist_wide_silu",
+        input_shape,
+        [
+            layers.Conv2D(64, 3, activation="silu"),
+            layers.Conv2D(64, 3, activation="silu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(128, 3, activation="silu"),
+            layers.Conv2D(128, 3, activation="silu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(512, activation="silu"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
+        ],
+    )

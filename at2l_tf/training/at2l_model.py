@@ -34,6 +34,18 @@ adversarial versions instead of crafting them (Algorithm 2, where `x_adv_i`
 is one of the precomputed versions of `x_i` from several attacks and source
 models; see `at2l_tf.training.ensemble`). Everything else is the same.
 
+Three training ingredients go around the step, all off by default:
+
+* **ε warm-up** (`set_training_eps`): the step's attack may run at a smaller ε
+  than the validation's (`experiment` ramps it per epoch, see
+  `experiment.training_eps`); `test_step` always attacks at the full ε;
+* **AWP** (`awp_gamma` > 0; `training.awp`, equations there): before the update,
+  the kernels are moved once in the direction that raises the loss, the
+  gradient is taken there, and the weights are restored exactly; on from
+  optimizer step `awp_start_step`;
+* **weight averaging** (`ema` > 0; `training.weight_average`): an EMA of the
+  weights, updated after every optimizer update, which the run returns.
+
 Mixed precision (`at2l_tf.precision`): the classifier may be built under a
 mixed policy (it computes in bfloat16 / float16, keeps float32 variables);
 the images, the attack's steps and projection, and every loss stay float32
@@ -51,9 +63,11 @@ import keras
 import tensorflow as tf
 
 from at2l_tf import attacks, defenses, losses
+from at2l_tf.training import awp as awp_lib
 from at2l_tf.training import embedding, objectives
 from at2l_tf.training.objectives import DEFENSES
 from at2l_tf.training.triplet_regularizer import TripletRegularizer
+from at2l_tf.training.weight_average import WeightAverage
 
 
 @keras.saving.register_keras_serializable(package="at2l_tf")
@@ -80,6 +94,11 @@ class AT2LModel(keras.Model):
             the classifier's final layer, from the same forward pass).
         triplet_negative: `random` (the paper's) or `hardest` (TLA).
         seed: seed of the negative selection.
+        ema: decay d of the weights' exponential moving average (0: off; Gowal
+            et al. 2020: 0.995 per step); the average is `weight_average`.
+        awp_gamma: γ of adversarial weight perturbation (0: off; Wu et al.
+            2020: 5e-3 with TRADES, 1e-2 with AT on CIFAR-10).
+        awp_start_step: the optimizer step from which AWP is on (its warm-up).
 
     Calling the model returns the classifier's logits.
 
@@ -106,9 +125,18 @@ class AT2LModel(keras.Model):
         triplet_features="logits",
         triplet_negative="random",
         seed=None,
+        ema=0.0,
+        awp_gamma=0.0,
+        awp_start_step=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), received ema={ema}")
+        if awp_gamma < 0:
+            raise ValueError(f"awp_gamma must be >= 0, received awp_gamma={awp_gamma}")
+        if awp_start_step < 0:
+            raise ValueError(f"awp_start_step must be >= 0, received awp_start_step={awp_start_step}")
         if defense not in DEFENSES:
             raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
         if lambda2 is not None and lambda2 < 0:
@@ -135,6 +163,12 @@ class AT2LModel(keras.Model):
             self._attack_fn, self._attack_target = _bind_attack(
                 classifier, attack, self.attack_params
             )
+        # The step's attack; another ε than the validation's during an ε warm-up.
+        self._train_attack_fn = self._attack_fn
+        self.training_eps = self.attack_params.get("eps")
+        self.ema = float(ema)
+        self.awp_gamma = float(awp_gamma)
+        self.awp_start_step = int(awp_start_step)
         self.num_classes = int(classifier.output_shape[-1])
         self.triplet = TripletRegularizer(
             objectives.resolve_lambda2(defense, lambda2),
@@ -166,6 +200,9 @@ class AT2LModel(keras.Model):
         # All weights live in the (functional, already built) classifier; mark
         # the wrapper built so that checkpoints can save it before any call.
         self.built = classifier.built
+        self.weight_average = None
+        if self.ema > 0:
+            self.weight_average = WeightAverage(classifier.trainable_weights, self.ema, owner=self)
 
     @property
     def lambda2(self):
@@ -190,13 +227,39 @@ class AT2LModel(keras.Model):
             tracked.append(self.adv_acc_metric)
         return tracked
 
-    def generate_adversarial(self, x, y):
-        """Crafts `x_adv` against the current weights (classifier in inference mode)."""
+    def set_training_eps(self, eps):
+        """Makes the training step attack at radius `eps` (an ε warm-up).
+
+        The attack's step size follows ε: a configured `step_size` is scaled by
+        `eps / ε`, the default `2.5·eps/steps` does so by itself. Validation
+        (`test_step`) keeps the full ε. The attacks take ε as a Python number,
+        so the compiled step is rebuilt (at the next `fit`) when ε changes.
+        """
+        if not self.crafts_adversarial or eps == self.training_eps:
+            return
+        full = self.attack_params.get("eps")
+        if full is None:
+            raise ValueError("set_training_eps needs attack_params with eps")
+        if not 0 <= eps <= full:
+            raise ValueError(f"training eps must be in [0, {full}], received eps={eps}")
+        params = dict(self.attack_params, eps=float(eps))
+        if params.get("step_size") is not None and full > 0:
+            params["step_size"] = params["step_size"] * eps / full
+        self._train_attack_fn, _ = _bind_attack(self.classifier, self.attack, params)
+        self.training_eps = float(eps)
+        self.train_function = None  # Keras traces the step again at the next fit.
+
+    def generate_adversarial(self, x, y, training=False):
+        """Crafts `x_adv` against the current weights (classifier in inference mode).
+
+        `training=True`: with the step's attack (at `training_eps`), else at the full ε.
+        """
 
         def model_fn(z):
             return tf.cast(self._attack_target(z, training=False), tf.float32)
 
-        return tf.stop_gradient(self._attack_fn(model_fn, x, y))
+        attack_fn = self._train_attack_fn if training else self._attack_fn
+        return tf.stop_gradient(attack_fn(model_fn, x, y))
 
     def _forward(self, x, training):
         """`(logits, triplet features)` of one forward pass, both float32."""
@@ -221,7 +284,7 @@ class AT2LModel(keras.Model):
             if len(data) == 3:  # Precomputed x_adv (ensemble AT²L, Algorithm 2).
                 x_adv = tf.stop_gradient(tf.cast(data[2], x.dtype))
             else:
-                x_adv = self.generate_adversarial(x, y)
+                x_adv = self.generate_adversarial(x, y, training=training)
             adv_logits, adv_features = self._forward(x_adv, training)
             out["adv_logits"] = adv_logits
         total = tf.reduce_sum(self.objective.per_example_loss(y, logits, adv_logits)) / global_k
@@ -266,13 +329,37 @@ class AT2LModel(keras.Model):
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
+        weights = self.classifier.trainable_weights
+        saved = None
+        if self.awp_gamma > 0:
+            data, saved = self._perturb_weights(data)
         with tf.GradientTape() as tape:
             total, out = self._compute_losses(data, training=True)
             scaled = self.optimizer.scale_loss(total)  # Mixed-precision loss scaling.
-        weights = self.classifier.trainable_weights
         grads = tape.gradient(scaled, weights)
+        if saved is not None:
+            awp_lib.restore(awp_lib.perturbed_weights(weights), saved)
         self.optimizer.apply(grads, weights)
+        if self.weight_average is not None:
+            self.weight_average.update(self.optimizer.iterations)
         return self._update_metrics(out)
+
+    def _perturb_weights(self, data):
+        """AWP (`training.awp`): crafts x' at w, moves the kernels to w + v.
+
+        Returns the batch with x' (so the update's loss uses the same x') and
+        the kernels' saved values.
+        """
+        x, y = tf.cast(data[0], tf.float32), tf.cast(data[1], tf.int32)
+        if self.crafts_adversarial and len(data) < 3:
+            data = (x, y, self.generate_adversarial(x, y, training=True))
+        kernels = awp_lib.perturbed_weights(self.classifier.trainable_weights)
+        with tf.GradientTape() as tape:
+            total, _ = self._compute_losses(data, training=True)
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, kernels)
+        on = tf.cast(self.optimizer.iterations >= self.awp_start_step, tf.float32)
+        return data, awp_lib.perturb(kernels, grads, self.awp_gamma * on)
 
     def test_step(self, data):
         _, out = self._compute_losses(data, training=False)
@@ -293,6 +380,9 @@ class AT2LModel(keras.Model):
             "beta": self.beta,
             "triplet_features": self.triplet.features,
             "triplet_negative": self.triplet.negative,
+            "ema": self.ema,
+            "awp_gamma": self.awp_gamma,
+            "awp_start_step": self.awp_start_step,
         }
 
     @classmethod

@@ -7,7 +7,8 @@ file, written to a temporary name and renamed, so a kill at any moment leaves
 either the previous backup or the new one, never half of one. It holds:
 
 * the classifier's weights and the optimizer's state (Adam moments, step
-  count, hence the learning-rate schedule's position);
+  count, hence the learning-rate schedule's position and AWP's start), and
+  the weights' moving average when `--ema` is on (`training.weight_average`);
 * the position: epochs finished and steps done in the next epoch (epochs are
   counted over the whole run, clean pre-training first);
 * the history of the epochs finished, and the list of earlier resumes;
@@ -197,6 +198,15 @@ class Backup:
             )
         for i, v in enumerate(variables):
             v.assign(self._arrays[f"o{i}"])
+        average = getattr(model, "weight_average", None)
+        if average is not None:
+            m = self.meta.get("num_averages", 0)
+            if m != len(average.averages):
+                raise ConfigError(
+                    f"backup {self.path} holds {m} weight averages, the model has "
+                    f"{len(average.averages)}; delete it to start again"
+                )
+            average.set_values([self._arrays[f"a{i}"] for i in range(m)])
 
     def save(self, model, *, epoch, step, phase, history, pretrain_history, resumes):
         """Writes the state of `model` at (`epoch`, `step`) atomically."""
@@ -204,12 +214,16 @@ class Backup:
         arrays = {f"w{i}": w for i, w in enumerate(weights)}
         optimizer_vars = model.optimizer.variables if model.optimizer.built else []
         arrays.update({f"o{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(optimizer_vars)})
+        average = getattr(model, "weight_average", None)
+        averages = average.get_values() if average is not None else []
+        arrays.update({f"a{i}": a for i, a in enumerate(averages)})
         self.meta = {
             "epoch": epoch,
             "step": step,
             "phase": phase,
             "num_weights": len(weights),
             "optimizer_variables": [v.path for v in optimizer_vars],
+            "num_averages": len(averages),
             "history": history,
             "pretrain_history": pretrain_history,
             "resumes": resumes,

@@ -34,6 +34,7 @@ into a fresh one anyway).
 """
 
 import dataclasses
+import functools
 
 import keras
 import keras_tuner
@@ -218,16 +219,23 @@ class AT2LHyperModel(keras_tuner.HyperModel):
             self.objective_attack.spec(config.eps),
             num_examples=self.objective_attack.num_examples,
         )
-        return model.fit(
-            train_ds,
-            epochs=epochs or config.train.epochs,
-            initial_epoch=initial_epoch,
-            validation_data=val_ds,
-            callbacks=[robust, *(callbacks or [])],
-            verbose=self.verbose,
-            shuffle=False,
-            **kwargs,
+        end = epochs or config.train.epochs
+        fit = functools.partial(
+            model.fit, train_ds, validation_data=val_ds, callbacks=[robust, *(callbacks or [])],
+            verbose=self.verbose, shuffle=False, **kwargs,
         )
+        # An ε warm-up (MART's default) as `train` runs it: the training attack's ε
+        # of each warm-up epoch is fixed in its compiled step, so those epochs are
+        # fitted one at a time; the rest at the full ε in one call.
+        ramp = min(config.train.eps_warmup, end)
+        histories = []
+        for e in range(initial_epoch, ramp):
+            model.set_training_eps(experiment.training_eps(config, e))
+            histories.append(fit(epochs=e + 1, initial_epoch=e))
+        if max(initial_epoch, ramp) < end or not histories:
+            model.set_training_eps(config.eps)
+            histories.append(fit(epochs=end, initial_epoch=max(initial_epoch, ramp)))
+        return _joined(histories)
 
     def objective_dataset(self):
         """The first `objective_attack.num_examples` validation images, batched (cached)."""
@@ -248,6 +256,15 @@ class AT2LHyperModel(keras_tuner.HyperModel):
             train_ds, _ = experiment.load_datasets(config)
             self._steps_per_epoch = int(train_ds.cardinality())
         return self._steps_per_epoch if self._steps_per_epoch > 0 else None
+
+
+def _joined(histories):
+    """One `History` of consecutive `fit` calls (what the tuner reads per epoch)."""
+    joined = histories[-1]
+    if len(histories) > 1:
+        joined.epoch = [e for h in histories for e in h.epoch]
+        joined.history = {k: [v for h in histories for v in h.history.get(k, [])] for k in joined.history}
+    return joined
 
 
 __all__ = ["AT2LHyperModel", "RobustAccuracy"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from at2l_tf import attacks, defenses, losses, models
+from at2l_tf import defenses, models
 from at2l_tf.training import AT2LModel, embedding, objectives
 
 RNG = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 
 def finished_run(config):
@@ -59,3 +60,41 @@ def accuracies(report):
         "robust_accuracy": report["robust_accuracy"],
         "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()},
     }
+
+
+def autoattack(model_path, version, n, eps=0.3):
+    """AutoAttack `version` on the first `n` MNIST test images, in float32, per example."""
+    import numpy as np
+
+    from at2l_tf import data, evaluation, savedmodel
+    from at2l_tf.evaluation import paired
+
+    clf = savedmodel.load_classifier(model_path)
+    ds = data.make_pipeline(data.load("mnist", "test", max_examples=n), batch_size=500)
+    spec = evaluation.AttackSpec("autoattack", {"eps": eps, "version": version})
+    started = time.time()
+    report = evaluation.robustness_report(clf.model_fn, ds, [spec], num_examples=n, verbose=0, per_example=True)
+    per = report.pop("per_example")
+    return {
+        "version": version, "num_examples": report["num_examples"],
+        "clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["robust_accuracy"],
+        "clean_correct": paired.encode(per["clean"]),
+        # Robust: right on the clean image and under the attack (the report's worst case).
+        "robust_correct": paired.encode(np.logical_and(per["clean"], per["autoattack"])),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def validation_robust_accuracy(workdir, weights):
+    """APGD-CE (20 iterations) robust accuracy on the first 1,000 MNIST validation images of the
+    classifier in `workdir` with the training wrapper's `weights` (an epoch checkpoint)."""
+    import keras
+
+    from at2l_tf import data, evaluation, precision
+    from at2l_tf.training.at2l_model import AT2LModel
+
+    model = precision.to_float32(keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False))
+    AT2LModel(model, defense="none").load_weights(weights)
+    ds = data.make_pipeline(data.load("mnist", "validation", max_examples=1000), batch_size=500)
+    spec = evaluation.AttackSpec("apgd_ce", {"eps": 0.3, "steps": 20, "restarts": 1})
+    return evaluation.robustness_report(lambda x: model(x, training=False), ds, [spec], verbose=0)["robust_accuracy"]

@@ -197,7 +197,7 @@ class TrainConfig:
             `float16` (`at2l_tf.precision`: resolved once per run; evaluation,
             `model.keras` and the export are float32 whatever it is). `auto` by
             default: trained in bfloat16, the main recipe lost no robustness
-            beyond the seeds' spread (benchmarks/precision_study.py; README).
+            beyond the seeds' spread (benchmarks/studies/precision.py; README).
         ema: decay d of an exponential moving average of the weights, updated
             every step (`training.weight_average`; 0: off; Gowal et al. 2020:
             0.995). The average is what the run returns (`model.keras`, the

@@ -11,7 +11,7 @@ r"""Train a classifier with AT²L (or AT, TRADES, MART, triplet regularisation, 
     python -m at2l_tf.train --image_dir=PetImages --image_size=64   # your own class subfolders
 
 The default is the paper's method. Its triplet term showed no effect distinguishable
-from zero in the full-budget study (`benchmarks/triplet_study.py`; benchmarks/README.md);
+from zero in the full-budget study (`benchmarks/studies/triplet.py`; benchmarks/README.md);
 TRADES was the most robust objective there.
 
 **Objectives** (`--objective`; equations in `at2l_tf.training.objectives`):

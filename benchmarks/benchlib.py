@@ -1,16 +1,20 @@
-"""What the benchmark scripts share: provenance (machine, versions, commit), timing, contenders.
+"""What the speed benchmarks share: their targets, the peer libraries (ART, Foolbox, eager
+CleverHans) as contenders, interleaved timing, and `speed_main`, which runs speed families.
 
 The scripts run as `python benchmarks/<name>.py`, so this directory is first
-on `sys.path` and `import benchlib` finds this module.
+on `sys.path` and `import benchlib` finds this module. Provenance is
+`provenance.py`'s, markdown `mdtable.py`'s (both re-exported here for the speed
+scripts); train runs are `runlib.py`'s.
 """
 
-import importlib.metadata
 import os
-import platform
-import resource
 import sys
 import time
 import warnings
+
+# Re-exported for the speed scripts (speed_attack_precision.py reads `_cpuinfo`).
+from mdtable import markdown_only  # noqa: F401
+from provenance import _cpuinfo, git_commit, machine, peak_rss_mb, provenance, version, versions  # noqa: F401
 
 # The speed targets of issue 5, as speed.py checks them: name -> (comparison, threshold).
 TARGETS = {
@@ -25,67 +29,6 @@ TARGETS = {
 
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
 FOOLBOX_NOTE = "foolbox not installed (pip install -e '.[bench]')"
-
-
-_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def _cpuinfo():
-    """The first processor's fields in /proc/cpuinfo (Linux), or {}."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
-def machine():
-    """Platform, Python, CPU count, CPU model and vector extensions, oneDNN setting.
-
-    "AMD EPYC" names several generations, whose speeds differ by 2x or more
-    for TensorFlow (AVX-512 or not): the family, model and SIMD flags tell
-    which CPU a result came from.
-    """
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": info.get("model name") or platform.processor() or None,
-        "cpu_family_model": (
-            f"{info['cpu family']}/{info['model']}" if "cpu family" in info and "model" in info
-            else None
-        ),
-        "cpu_simd": [f for f in _SIMD_FLAGS if f in flags] if flags else None,
-        # at2l_tf sets "1" unless the caller set it: oneDNN kernels everywhere.
-        # "0" gives TensorFlow's Eigen kernels.
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-    }
-
-
-def version(dist):
-    """The installed version of distribution `dist`, or None."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit():
-    """The checked-out commit the benchmark runs from, `+dirty` if tracked Python
-    files differ from it; None outside a git checkout (`evaluation.record.git_commit`,
-    which robustness records use too)."""
-    from at2l_tf.evaluation.record import git_commit as commit_of
-
-    return commit_of(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_art():
@@ -126,13 +69,6 @@ def check_mnist_models(names):
             )
 
 
-def peak_rss_mb():
-    """Peak resident memory of this process, in MiB."""
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
 def batches(images, labels, n, batch_size):
     """The first `n` batches of uint8 images as float32 NumPy `(x, y)`, x in [0, 1]."""
     out = []
@@ -140,26 +76,6 @@ def batches(images, labels, n, batch_size):
         sl = slice(i * batch_size, (i + 1) * batch_size)
         out.append(((images[sl].astype("float32") / 255.0), labels[sl].astype("int64")))
     return out
-
-
-def versions(art, foolbox=None):
-    """Versions of what the benchmarks run: TensorFlow, Keras, CleverHans, ART and Foolbox
-    (None when not used), ..."""
-    import keras
-    import tensorflow as tf
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "cleverhans": version("cleverhans"),
-        "adversarial-robustness-toolbox": (
-            version("adversarial-robustness-toolbox") if art else None
-        ),
-        "foolbox": version("foolbox") if foolbox else None,
-        "eagerpy": version("eagerpy") if foolbox else None,
-        "numpy": version("numpy"),
-        "at2l_tf": version("at2l_tf"),
-    }
 
 
 def interleaved(fns, *, repeats, warmup, calls=1):
@@ -286,114 +202,6 @@ def foolbox_pgd(foolbox, clf, eps, step, k):
         return clipped.numpy()
 
     return run
-
-
-def provenance(script, started):
-    """How a results file was made: the command line of `benchmarks/<script>`,
-    the seconds since `started`, the machine, the git commit and the date."""
-    return {
-        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
-        "seconds": round(time.time() - started, 1),
-        "machine": machine(),
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def print_markdown_from(path, markdown):
-    """Prints `markdown(record)` of the results JSON at `path`: a benchmark's
-    `--markdown_from`, which prints its table of benchmarks/README.md from a committed run."""
-    import json
-
-    with open(path) as fh:
-        print(markdown(json.load(fh)))
-
-
-def markdown_only(argv, path, markdown):
-    """A table benchmark's start: `True` when `--markdown_from=path` printed its table.
-
-    Raises `ConfigError` on positional arguments; prints `markdown(record)` of
-    the results JSON at `path` (when given), the table of benchmarks/README.md
-    that the committed run makes, and the caller then stops.
-    """
-    from at2l_tf.errors import ConfigError
-
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if path:
-        print_markdown_from(path, markdown)
-        return True
-    return False
-
-
-def train(config):
-    """The results of a train run of `config`: the finished one in its workdir, or a new
-    run (`experiment.run`, one line per epoch), so that a benchmark run again resumes."""
-    from at2l_tf import experiment
-
-    return finished_run(config) or experiment.run(config, verbose=2)
-
-
-def evaluate_mnist(model_fn, specs, num_examples, *, batch_size, verbose=0, seed=None):
-    """`evaluation.robustness_report` of `model_fn` under `specs` on the first
-    `num_examples` MNIST test images, in batches of `batch_size`; with `seed`,
-    Keras' random seed is set just before the attacks run."""
-    from at2l_tf import data, evaluation
-
-    test = data.make_pipeline(
-        data.load("mnist", "test", max_examples=num_examples), batch_size=batch_size, cache=False
-    )
-    if seed is not None:
-        import keras
-
-        keras.utils.set_random_seed(seed)
-    return evaluation.robustness_report(
-        model_fn, test, specs, num_examples=num_examples, verbose=verbose
-    )
-
-
-def accuracies(report):
-    """Clean accuracy, robust accuracy (the worst case) and accuracy per attack of a
-    robustness report (a train run's `test`)."""
-    return {
-        "clean_accuracy": report["clean_accuracy"],
-        "robust_accuracy": report["robust_accuracy"],
-        "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()},
-    }
-
-
-def markdown_table(header, rows, align=None):
-    """Markdown lines of a table: `header` cells, then `rows` (lists of cells).
-
-    `align`: a separator cell per column (default `---`; `---:` right-aligns).
-    """
-    align = align or ["---"] * len(header)
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(align) + " |",
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
-
-
-def finished_run(config):
-    """The `results.json` of a finished train run of `config` in its workdir, else `None`.
-
-    Finished: `results.json` and `model.keras` exist and the recorded
-    configuration equals `config`'s (`at2l_tf.identity`; settings added to the
-    configuration after the run was recorded count as their defaults), so a
-    benchmark that is run again resumes instead of training again.
-    """
-    from at2l_tf import identity as run_identity
-
-    results = os.path.join(config.workdir, "results.json")
-    if not (os.path.exists(results) and os.path.exists(os.path.join(config.workdir, "model.keras"))):
-        return None
-    done = run_identity.read(results)
-    recorded = run_identity.flatten(done.get("config") or {}, type(config)().to_dict())
-    if run_identity.differences(recorded, config.to_dict()):
-        return None
-    print(f"[benchlib] reusing the finished run in {config.workdir}", file=sys.stderr, flush=True)
-    return done
 
 
 # ------------------------------------------------------------------ speed families

@@ -16,13 +16,12 @@ ratios compare; absolute times name this machine's CPU (`machine` in the JSON).
 """
 
 import os
-import sys
 import time
 
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+from provenance import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
 
@@ -111,10 +110,7 @@ def main(argv):
         "batch_size": FLAGS.batch_size,
         "seed": FLAGS.seed,
         "settings": rows,
-        "machine": benchlib.machine(),
-        "commit": benchlib.git_commit(),
-        "seconds": round(time.time() - started, 1),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        **provenance("defense_gan_projection.py", started),
     }
     atomic_write_json(FLAGS.output_json, results)
     print(f"wrote {FLAGS.output_json}")

@@ -36,7 +36,9 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+import runlib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from mdtable import markdown_only, markdown_table  # isort: skip
+from provenance import provenance  # isort: skip
 from at2l_tf import config as config_lib  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
@@ -107,7 +109,7 @@ def evaluate_row(classifier, layer, n, with_bpda):
         ),
     ]
     t0 = time.time()
-    report = benchlib.evaluate_mnist(model_fn, specs, n, batch_size=100)
+    report = runlib.evaluate_mnist(model_fn, specs, n, batch_size=100)
     row = {
         "num_examples": n,
         "clean_error": report["clean_error"],
@@ -123,7 +125,7 @@ def evaluate_row(classifier, layer, n, with_bpda):
             model_fn=bpda.bpda_model_fn(net_fn, layer), adaptive="bpda",
         )
         t0 = time.time()
-        rep = benchlib.evaluate_mnist(model_fn, [spec], m, batch_size=100)
+        rep = runlib.evaluate_mnist(model_fn, [spec], m, batch_size=100)
         row.update(
             bpda_examples=m,
             bpda_clean_error=rep["clean_error"],
@@ -134,7 +136,7 @@ def evaluate_row(classifier, layer, n, with_bpda):
 
 
 def main(argv):
-    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
+    if markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     from at2l_tf import defenses, savedmodel
 
@@ -146,7 +148,7 @@ def main(argv):
     trained = {}
     for (structure, objective), cfg in configs.items():
         print(f"=== {structure} / {objective} ===", file=sys.stderr, flush=True)
-        trained[(structure, objective)] = benchlib.train(cfg)
+        trained[(structure, objective)] = runlib.train(cfg)
     if FLAGS.train_only:
         return
     layer = defenses.make_layer(
@@ -195,7 +197,7 @@ def _write(table, started, complete):
         "complete": complete,
         "settings": _settings(),
         "table": table,
-        **benchlib.provenance("defense_gan_table.py", started),
+        **provenance("defense_gan_table.py", started),
     })
 
 
@@ -212,7 +214,7 @@ def markdown(record):
             ])
     header = ["model", "row", "clean", "FGSM (classifier)", "C&W (classifier)", "BPDA-PGD (whole)"]
     align = ["---", "---", "---:", "---:", "---:", "---:"]
-    return "\n".join(benchlib.markdown_table(header, out, align))
+    return "\n".join(markdown_table(header, out, align))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ import numpy as np
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+import runlib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from mdtable import markdown_only, markdown_table  # isort: skip
+from provenance import provenance  # isort: skip
 from at2l_tf import config as config_lib  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
@@ -235,7 +237,7 @@ def figure_dicts(curves, strong, n):
 
 
 def main(argv):
-    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
+    if markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     from at2l_tf import attacks
     from at2l_tf.evaluation import plots
@@ -250,7 +252,7 @@ def main(argv):
     for structure in (FLAGS.static_model, FLAGS.holdout_model):
         cfg = source_config(structure).validate()
         print(f"=== source model {structure} ===", file=sys.stderr, flush=True)
-        benchlib.train(cfg)
+        runlib.train(cfg)
         sources[structure] = os.path.join(cfg.workdir, "model.keras")
     configs = {n: model_config(n, sources[FLAGS.static_model]).validate() for n in names}
 
@@ -267,7 +269,7 @@ def main(argv):
     for i, name in enumerate(names, 1):
         cfg = configs[name]
         print(f"=== model {i}/{len(names)}: {name} ===", file=sys.stderr, flush=True)
-        res = benchlib.train(cfg)
+        res = runlib.train(cfg)
         t0 = time.time()
         curve = curves_of(cfg, x, y, x_transfer, eval_attacks)
         record["models"][name] = {
@@ -277,7 +279,7 @@ def main(argv):
             "regeneration_seconds": (res.get("ensemble") or {}).get("regeneration_seconds"),
             "curve": curve,
             "strongest": {
-                **benchlib.accuracies(res["test"]),
+                **runlib.accuracies(res["test"]),
                 "attacks": "FGSM, PGD-40 (step 0.01), AutoAttack fast (APGD-CE + APGD-T, 100 it.); "
                            "worst case per example",
                 "num_examples": FLAGS.eval_examples,
@@ -309,7 +311,7 @@ def markdown(record):
         ])
     header = ["model", "FGSM error", "C&W error (L2 ≤ 2)", "transferred FGSM error", "clean", "FGSM",
               "PGD-40", "AutoAttack (fast)", "**robust**", "training"]
-    return "\n".join(benchlib.markdown_table(header, rows))
+    return "\n".join(markdown_table(header, rows))
 
 
 def _write(record, names, started, complete):
@@ -330,7 +332,7 @@ def _write(record, names, started, complete):
             "seed": FLAGS.seed,
         },
         **record,
-        **benchlib.provenance("ensemble_figures.py", started),
+        **provenance("ensemble_figures.py", started),
     })
 
 

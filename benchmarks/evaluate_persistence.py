@@ -29,7 +29,7 @@ import time
 # at2l_tf first: it sets TensorFlow's environment defaults, as the commands do.
 import at2l_tf  # noqa: F401  # isort: skip
 
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+from provenance import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from absl import app, flags
 
 from at2l_tf import evaluate, evaluation
@@ -112,7 +112,7 @@ def main(argv):
         "target": "store_share <= 0.02",
         "load": {"load_avg_1min_start": round(load_start, 2),
                  "load_avg_1min_end": round(os.getloadavg()[0], 2)},
-        **benchlib.provenance("evaluate_persistence.py", started),
+        **provenance("evaluate_persistence.py", started),
     }
     result["pass"] = result["store_share"] <= 0.02
     print(f"[persistence] {result['store_share']:.5%} of the evaluation's time in the workdir's "

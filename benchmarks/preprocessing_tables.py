@@ -39,7 +39,9 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+import runlib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from mdtable import markdown_only, markdown_table  # isort: skip
+from provenance import provenance  # isort: skip
 from at2l_tf import config as config_lib  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
@@ -144,9 +146,9 @@ def run_row(table, name, cfg, f):
     from at2l_tf import savedmodel
 
     model_path = os.path.join(cfg.workdir, "model.keras")
-    trained = benchlib.train(cfg)
+    trained = runlib.train(cfg)
     clf = savedmodel.load_classifier(model_path)
-    report = benchlib.evaluate_mnist(
+    report = runlib.evaluate_mnist(
         clf.model_fn,
         attack_specs(table, clf.preprocessing, clf.net_fn, clf.model_fn, f),
         f.num_examples,
@@ -167,7 +169,7 @@ def run_row(table, name, cfg, f):
 
 
 def main(argv):
-    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
+    if markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     if FLAGS.table not in TABLES:
         raise ConfigError(f"--table must be one of {', '.join(TABLES)}, received {FLAGS.table!r}")
@@ -205,7 +207,7 @@ def _write(configs, names, out, started, complete):
         },
         "rows": out,
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-        **benchlib.provenance("preprocessing_tables.py", started),
+        **provenance("preprocessing_tables.py", started),
     }
     if FLAGS.output_json:
         atomic_write_json(FLAGS.output_json, record)
@@ -227,7 +229,7 @@ def markdown(record):
         cells.append("–" if worst is None else f"**{worst:.1%}**")
         rows.append([name, *cells])
     header = ["row", "clean", *(h for _, h in cols), "**worst case**"]
-    return "\n".join(benchlib.markdown_table(header, rows))
+    return "\n".join(markdown_table(header, rows))
 
 
 def _print_row(name, row):

@@ -32,7 +32,7 @@ import time
 
 from absl import app, flags
 
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
 from at2l_tf.training import distribute  # noqa: E402
 
@@ -162,11 +162,11 @@ def main(argv):
         "eval": f"first {FLAGS.eval_examples} MNIST test images, clean and FGSM at the training eps",
         "resume": measure_resume(root),
         "workers": measure_workers(root),
-        "machine": benchlib.machine(),
+        "machine": provenance.machine(),
         "machine_note": FLAGS.machine_note,
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "versions": benchlib.versions(art=False),
-        "git_commit": benchlib.git_commit(),
+        "versions": provenance.versions(art=False),
+        "git_commit": provenance.git_commit(),
         "seconds": round(time.time() - started, 1),
     }
     text = json.dumps({k: record[k] for k in ("resume", "workers")}, indent=1)

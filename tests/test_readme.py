@@ -127,6 +127,8 @@ def test_reference_autoattack_stage_table_is_the_committed_run():
 ])
 def test_defences_compared_tables_are_the_committed_runs(name, heading):
     section = _section(_bench(), heading)
+    lines = _printed_table("study.py", name, study="defenses")
+    assert lines[0].startswith("| defence |") and "\n".join(lines) in "\n".join(section)
     labels = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, α = 0.5)"}
     results = json.loads(_read("benchmarks", "results", name))["results"]
     for defense, r in results.items():
@@ -166,14 +168,16 @@ def test_library_comparison_is_the_committed_attack_speed_run():
         assert values == [round(v, 2) for v in measured], name
 
 
-def _printed_table(script, *result):
-    """The README table `benchmarks/<script> --markdown_from=benchmarks/results/<result>` prints."""
+def _printed_table(script, *result, study=None):
+    """The README table `benchmarks/<script> --markdown_from=benchmarks/results/<result>` prints
+    (with `study`: `benchmarks/study.py --study=<study> --markdown_from=...`)."""
     import subprocess
     import sys
 
     path = os.path.join(ROOT, "benchmarks", "results", *result)
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", script), f"--markdown_from={path}"],
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *([f"--study={study}"] if study else []),
+         f"--markdown_from={path}"],
         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert run.returncode == 0, run.stderr[-2000:]
@@ -187,11 +191,6 @@ def test_tables_1_and_2_are_the_committed_runs():
     for name in ("table1_thermometer_mnist.json", "table2_randomization_mnist.json"):
         lines = _printed_table("preprocessing_tables.py", name)
         assert len(lines) >= 4 and all(line in bench for line in lines), name
-
-
-def test_seeds_study_table_is_the_committed_run():
-    lines = _printed_table("seeds_study.py", "seeds_study_mnist.json")
-    assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
 
 
 def test_ensemble_figures_table_is_the_committed_run():
@@ -210,22 +209,22 @@ def test_table3_is_the_committed_run():
 def test_mixed_precision_tables_are_the_committed_runs():
     bench = _bench().splitlines()
     speed = _printed_table("speed_precision.py", "speed_precision_cpu.json")
-    study = _printed_table("precision_study.py", "precision_study_mnist.json")
+    study = _printed_table("study.py", "precision_study_mnist.json", study="precision")
     assert len(speed) == 6 and len(study) == 5
     assert all(line in bench for line in speed + study)
 
 
 def test_objectives_comparison_table_is_the_committed_run():
-    lines = _printed_table("compare_objectives.py", "compare_objectives_mnist.json")
+    lines = _printed_table("study.py", "compare_objectives_mnist.json", study="objectives")
     assert len(lines) == 11 and all(line in _bench().splitlines() for line in lines)
-    lines = _printed_table("compare_objectives.py", "compare_objectives_mnist_mart_pretrain.json")
+    lines = _printed_table("study.py", "compare_objectives_mnist_mart_pretrain.json", study="objectives")
     assert len(lines) == 3 and all(line.strip() in _bench() for line in lines)
 
 
 def test_triplet_study_section_is_the_committed_study():
     # Issue 23: the section opens with the study's answer, and its table is the study's,
     # both printed from the committed JSON by the study itself; the forest plot is beside it.
-    lines = _printed_table("triplet_study.py", "triplet_study_mnist.json")
+    lines = _printed_table("study.py", "triplet_study_mnist.json", study="triplet")
     section = _section(_bench(), "### Does a triplet term help a strong adversarial training?")
     prose = [line for line in section if line and not line.startswith("*Command*")]
     assert prose[0] == lines[0]

@@ -1,5 +1,6 @@
-"""benchmarks/triplet_study.py: the statistics and the answer it writes, on a made-up state,
-and its bad input (one line, exit 1, nothing written)."""
+"""The triplet study (benchmarks/studies/triplet.py, run by benchmarks/study.py): the statistics
+and the answer it writes, on a made-up state, and the driver's bad input (one line, exit 1,
+nothing written)."""
 
 import importlib.util
 import os
@@ -18,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def study():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("triplet_study", os.path.join(ROOT, "benchmarks", "triplet_study.py"))
+        path = os.path.join(ROOT, "benchmarks", "studies", "triplet.py")
+        spec = importlib.util.spec_from_file_location("studies.triplet", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
@@ -122,8 +124,8 @@ def test_the_forest_plot_is_drawn_from_the_state(study, tmp_path):
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("--objectives=at,free", "unknown objective 'free'"),
-    ("--objectives=at2l", "must include the reference 'at'"),
+    ("--variants=at,free", "unknown variant 'free'"),
+    ("--variants=at2l", "must include the reference 'at'"),
     ("--seeds=0,x", "seeds must be non-negative integers, received 'x'"),
     ("--trials=0", "trials must be >= 1, received trials=0"),
     ("--phases=tune,deploy", "unknown phase 'deploy'"),
@@ -131,11 +133,11 @@ def test_the_forest_plot_is_drawn_from_the_state(study, tmp_path):
 def test_bad_input_is_one_line_and_exit_1(tmp_path, arg, message):
     out = tmp_path / "study.json"
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "triplet_study.py"), f"--output_json={out}", arg],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=triplet", f"--output_json={out}", arg],
         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert run.returncode == 1
-    errors = [line for line in run.stderr.splitlines() if line.startswith("triplet_study: error:")]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("study: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert not out.exists()
 

@@ -1,0 +1,49 @@
+r"""AT vs TRADES vs MART, each without a triplet term, with the paper's and with a TLA-style one.
+
+    python benchmarks/study.py --study=objectives --output_json=benchmarks/results/compare_objectives_mnist.json
+    python benchmarks/study.py --study=objectives --variants=mart_none --pretrain_epochs=1 \
+        --output_json=benchmarks/results/compare_objectives_mnist_mart_pretrain.json
+
+Every variant is the recipe of `flags/mnist_triplet_study.flags` at 2 epochs with only the
+objective and its triplet term changed (same model, data order, initial weights,
+training-attack budget, seed 0): objectives `at` (λ1 = 1), `trades` (β = 1, its MNIST
+value), `mart` (β = 6, its published value); triplets `none`, `paper` (logits, L∞, random
+negative, λ2 = 0.5, α = 0.5: AT²L's Eq. 2), `tla` (penultimate features, cosine, hardest
+negative, λ2 = 0.5, α = 0.05: Mao et al.'s MNIST setting). Judged by the run's final check
+(first 1,000 test images: FGSM, PGD-40, AutoAttack `fast`; robust = worst case per example).
+One seed: enough to choose a recipe; the `triplet` study answers whether a term helps.
+"""
+
+from mdtable import markdown_table
+from studylib import Study, Variant, run_records
+
+OBJECTIVES = {"at": ("--defense=at",), "trades": ("--defense=trades",), "mart": ("--defense=mart",)}
+TRIPLETS = {
+    "none": (),
+    "paper": ("--lambda2=0.5", "--margin=0.5", "--triplet_features=logits", "--norm=linf",
+              "--triplet_negative=random"),
+    "tla": ("--lambda2=0.5", "--margin=0.05", "--triplet_features=embedding", "--norm=cosine",
+            "--triplet_negative=hardest"),
+}
+LABELS = {"at": "AT", "trades": "TRADES", "mart": "MART", "none": "–", "paper": "paper (AT²L)",
+          "tla": "TLA-style"}
+
+
+def markdown(record):
+    rows = []
+    for r in run_records(record):
+        a = r["accuracy"]
+        rows.append([LABELS[r["objective"]], LABELS[r["triplet"]], f"{100 * r['clean_accuracy']:.1f}%",
+                     f"{100 * a['pgd']:.1f}%", f"{100 * a['autoattack']:.1f}%",
+                     f"**{100 * r['robust_accuracy']:.1f}%**", f"{r['train_seconds'] / 60:.1f}"])
+    return "\n".join(markdown_table(
+        ["objective", "triplet term", "clean", "PGD-40", "AutoAttack fast", "**robust**", "train min"], rows))
+
+
+STUDY = Study(
+    name="objectives",
+    variants=tuple(Variant(f"{o}_{t}", of + tf, f"{LABELS[o]} + {LABELS[t]}", {"objective": o, "triplet": t})
+                   for o, of in OBJECTIVES.items() for t, tf in TRIPLETS.items()),
+    recipe=("--flagfile=flags/mnist_triplet_study.flags", "--epochs=2"),
+    markdown=markdown,
+)

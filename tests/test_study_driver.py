@@ -1,0 +1,108 @@
+"""benchmarks/study.py, the one study driver, run for real at a tiny budget (300 training images,
+1 epoch, 100 test images): train → evaluate → JSON → markdown, per-example pairing, the reuse
+of finished runs, `--max_hours` and a flag the study varies; and a retained study (precision)
+through the train command's own final check, its table printed from the JSON it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("--max_train_examples=300", "--epochs=1", "--attack_steps=2")
+STUDY = '''
+from studylib import Evaluation, Study, Variant
+
+STUDY = Study(
+    name="tiny",
+    variants=(Variant("at", ("--defense=at",), "AT"), Variant("at2l", ("--defense=at2l",), "AT²L")),
+    recipe=("--eval_examples=0",),
+    seeds=(0,),
+    evaluation=Evaluation(autoattack="fast", examples=100),
+    pairs=(("at", "at2l"),),
+)
+'''
+
+
+def _study(*args):
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), *args],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny paired study, run once: its config, scratch directory, JSON and printed table."""
+    tmp = tmp_path_factory.mktemp("study")
+    config = tmp / "tiny.py"
+    config.write_text(STUDY)
+    out = tmp / "tiny.json"
+    run = _study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={out}",
+                 "--bootstrap_replicates=50", *TINY)
+    return config, tmp, out, run
+
+
+def test_a_study_trains_evaluates_pairs_and_prints_its_table(tiny):
+    config, tmp, out, run = tiny
+    state = json.loads(out.read_text())
+    assert state["complete"] is True and sorted(state["runs"]) == ["at/s0", "at2l/s0"]
+    for key, run_record in state["runs"].items():
+        fast = run_record["fast"]
+        assert fast["num_examples"] == 100 and len(fast["robust_correct"]) == 100
+        assert run_record["robust_accuracy"] == fast["robust_accuracy"] <= run_record["clean_accuracy"]
+        assert run_record["epochs"] == 1 and run_record["train_flags"] == [f"--defense={key.split('/')[0]}"]
+    pair = state["report"]["pairs"]["at2l − at"]
+    assert pair["bootstrap"]["num_examples"] == 100 and pair["bootstrap"]["seeds"] == [0]
+    assert pair["bootstrap"]["low"] <= pair["bootstrap"]["difference"] <= pair["bootstrap"]["high"]
+    # One provenance: the command, the machine's CPU, the commit under `git_commit`, the date.
+    assert state["command"].startswith("python benchmarks/study.py --study=")
+    assert "cpu_model" in state["machine"] and "git_commit" in state and "commit" not in state
+    assert state["date"] and len(state["sittings"]) == 1
+    # The table printed at the end is the one --markdown_from prints from the JSON.
+    table = _study(f"--study={config}", f"--markdown_from={out}").stdout
+    assert table == run.stdout and table.startswith("| variant | seeds | clean | **robust** |")
+    assert "| at2l − at | " in table
+
+
+def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny):
+    config, tmp, out, _ = tiny
+    again = tmp / "again.json"
+    run = _study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={again}",
+                 "--bootstrap_replicates=50", *TINY)
+    assert run.stderr.count("reusing the finished run") == 2 and "at2l_tf.train" not in run.stderr
+    first, second = (json.loads(p.read_text())["runs"] for p in (out, again))
+    assert [r["fast"]["clean_correct"] for r in first.values()] == [r["fast"]["clean_correct"] for r in second.values()]
+    stopped = tmp / "stopped.json"
+    run = _study(f"--study={config}", f"--study_dir={tmp / 'other'}", f"--output_json={stopped}",
+                 "--max_hours=0", *TINY)
+    state = json.loads(stopped.read_text())
+    assert "stopping before run at/s0" in run.stderr and state["runs"] == {} and state["complete"] is False
+
+
+def test_a_flag_the_study_varies_is_refused(tmp_path):
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=defenses",
+         f"--output_json={tmp_path / 'x.json'}", "--defense=trades"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert run.returncode == 1 and "study: error: --defense is what the study varies" in run.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(tmp_path):
+    out = tmp_path / "precision.json"
+    run = _study("--study=precision", "--seeds=0", f"--study_dir={tmp_path / 'runs'}", f"--output_json={out}",
+                 "--eval_examples=100", "--eval_pgd_steps=5", *TINY)
+    state = json.loads(out.read_text())
+    assert state["complete"] is True and sorted(state["runs"]) == ["bfloat16/s0", "off/s0"]
+    assert [state["runs"][k]["policy"] for k in ("off/s0", "bfloat16/s0")] == ["float32", "mixed_bfloat16"]
+    assert set(state["runs"]["off/s0"]["accuracy"]) == {"fgsm", "pgd", "autoattack"}
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("| precision | seeds |") and lines[2].startswith("| float32 (`--mixed_precision=off`) | 0 |")
+    assert lines[4].startswith("| bfloat16 − off, per seed | |") and len(lines) == 5
+    assert _study("--study=precision", f"--markdown_from={out}").stdout == run.stdout

@@ -41,7 +41,7 @@ flags.DEFINE_integer("train_examples", 8192, "Training images (the first ones of
 flags.DEFINE_integer("epochs", 2, "Epochs of the resume comparison.")
 flags.DEFINE_integer("eval_examples", 1000, "Test images of the final check.")
 flags.DEFINE_integer("save_every_steps", 10, "Mid-epoch backups of the killed run (it is killed after the first).")
-flags.DEFINE_list("train_flags", ["--defense=at", "--attack=fgsm", "--batch_size=128", "--seed=0"],
+flags.DEFINE_list("train_flags", ["--objective=at", "--attack=fgsm", "--batch_size=128", "--seed=0"],
                   "Flags shared by every run.")
 flags.DEFINE_string("workdir", "runs/resume_and_workers", "Where the runs go (emptied first).")
 flags.DEFINE_string("output_json", None, "Where to write the measurements.")

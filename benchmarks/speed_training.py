@@ -411,7 +411,7 @@ def bench_train_run(model_name, cfg, record):
     """
     quick = cfg["quick"]
     args = [
-        f"--model={model_name}", "--defense=at2l", "--attack=pgd",
+        f"--model={model_name}", "--objective=at2l", "--attack=pgd",
         f"--attack_steps={cfg['train_pgd_steps']}", f"--eps={cfg['eps']}", "--epochs=1",
         f"--batch_size={cfg['batch_size']}", f"--seed={cfg['seed']}", "--verbose=2",
         f"--eval_examples={100 if quick else 1000}",

@@ -71,8 +71,7 @@ def given_train_flags():
         if FLAGS[name].present:
             if name in ("seed", "workdir", "export_dir"):
                 raise ConfigError(f"--{name} is set by the study (use --seeds, --study_dir)")
-            # --triplet_distance is an alias of --norm: given as either, passed on as --norm.
-            out.append(f"--norm={FLAGS.norm}" if name == "triplet_distance" else FLAGS[name].serialize())
+            out.append(FLAGS[name].serialize())
     return list(dict.fromkeys(out))
 
 

@@ -249,10 +249,14 @@ class Driver:
         out = list(variant.flags)
         if variant.design_from:
             best = tuning[variant.design_from]["best"]
-            out += [f"--{k}={best[k]}" for k in ("triplet_features", "norm", "triplet_negative")]
+            # The search's hyperparameter `norm` is train's --triplet_distance.
+            out += [f"--{k}={best[h]}" for k, h in (("triplet_features", "triplet_features"),
+                                                     ("triplet_distance", "norm"),
+                                                     ("triplet_negative", "triplet_negative"))]
         tuned = tuning.get(variant.name, {}).get("best") or {}
         keys = self.study.tuning.keys if self.study.tuning else ()
-        return out + [f"--{k}={v}" for k, v in tuned.items() if k in keys and v is not None]
+        flag = {"norm": "triplet_distance"}  # The search's name for train's flag.
+        return out + [f"--{flag.get(k, k)}={v}" for k, v in tuned.items() if k in keys and v is not None]
 
     def tuned(self, variant):
         """Has `variant` (and the variant it takes its design from) finished its search?"""

@@ -7,7 +7,7 @@ r"""Defences compared (none, AT: Eq. 1, AT²L: Eq. 2) trained identically, on re
 
 The train command's defaults (`mnist_small`, PGD-5 at eps 0.3, λ1 = 1, λ2 = 0.5 and α = 0.5
 for AT²L, 3 epochs, seed 0), trained in float32 as the committed runs were (they predate
-`--mixed_precision`), with only `--defense` changed; judged by the run's final check on the
+`--mixed_precision`), with only `--objective` changed; judged by the run's final check on the
 first 1,000 test images: FGSM, PGD-40 (step 0.01, random start) and AutoAttack `fast`,
 robust = their worst case per example.
 """
@@ -39,7 +39,7 @@ def markdown(record):
 
 STUDY = Study(
     name="defenses",
-    variants=tuple(Variant(d, (f"--defense={d}",), label, {"defense": d}) for d, label in LABELS.items()),
+    variants=tuple(Variant(d, (f"--objective={d}",), label, {"defense": d}) for d, label in LABELS.items()),
     recipe=("--mixed_precision=off", "--eval_attacks=fgsm,pgd,autoattack"),
     markdown=markdown,
 )

@@ -17,12 +17,12 @@ One seed: enough to choose a recipe; the `triplet` study answers whether a term 
 from mdtable import markdown_table
 from studylib import Study, Variant, run_records
 
-OBJECTIVES = {"at": ("--defense=at",), "trades": ("--defense=trades",), "mart": ("--defense=mart",)}
+OBJECTIVES = {"at": ("--objective=at",), "trades": ("--objective=trades",), "mart": ("--objective=mart",)}
 TRIPLETS = {
     "none": (),
-    "paper": ("--lambda2=0.5", "--margin=0.5", "--triplet_features=logits", "--norm=linf",
+    "paper": ("--lambda2=0.5", "--margin=0.5", "--triplet_features=logits", "--triplet_distance=linf",
               "--triplet_negative=random"),
-    "tla": ("--lambda2=0.5", "--margin=0.05", "--triplet_features=embedding", "--norm=cosine",
+    "tla": ("--lambda2=0.5", "--margin=0.05", "--triplet_features=embedding", "--triplet_distance=cosine",
             "--triplet_negative=hardest"),
 }
 LABELS = {"at": "AT", "trades": "TRADES", "mart": "MART", "none": "–", "paper": "paper (AT²L)",

@@ -315,7 +315,8 @@ def markdown(record):
         f"neither {c['neither_broke']} (agreement {c['agreement']:.2%}; exact McNemar p = "
         f"{c['mcnemar_exact_p']:.3g}). Interval: {c['interval_method']}.",
         "",
-        f"Rule: {d['rule']}. This run: bfloat16 weaker by {c['difference_points']:+.2f} points → "
+        f"Rule: {d['rule']}. This run: robust accuracy with the bfloat16 search − with float32 "
+        f"= {c['difference_points']:+.2f} points (positive: bfloat16 weaker) → "
         f"{'PASSES' if d['passes'] else 'FAILS'} (upper 95% end "
         f"{'within' if d['upper_95_within'] else 'beyond'} {d['threshold_points']})"
         + ("" if d["rule_measurement"] else "; not a rule measurement (the rule needs 10,000 "

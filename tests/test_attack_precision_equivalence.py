@@ -101,3 +101,34 @@ def test_missing_workdir_root_exits_1_with_one_line(tmp_path):
     assert lines == ["attack_precision_equivalence: error: --workdir_root is required (the two "
                      "runs' workdirs, kept for resume)"], proc.stderr[-2000:]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_paired_statistics():
+    # In a fresh process: the script defines absl flags on import (--model_dir, --batch_size,
+    # ...) that other test modules' commands define too.
+    code = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import attack_precision_equivalence as bench
+import numpy as np
+cells = bench.cells(np.array([True, False, True, False, True]), np.array([True, True, False, False, True]))
+counts = {"both_broke": 90, "only_float32_broke": 6, "only_bfloat16_broke": 2, "neither_broke": 902}
+print(json.dumps([cells, bench.mcnemar_exact_p(0, 5), bench.mcnemar_exact_p(3, 3),
+                  bench.mcnemar_exact_p(0, 0), bench.bootstrap_interval(counts, 1000, 4000),
+                  bench.bootstrap_interval({**counts, "only_float32_broke": 0,
+                                            "only_bfloat16_broke": 0, "neither_broke": 910},
+                                           1000, 100)]))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells, p05, p33, p00, interval, none = json.loads(proc.stdout.strip().splitlines()[-1])
+    # A = float32 robust, B = bfloat16 robust: index 1 only float32 broke, 2 only bfloat16 broke.
+    assert cells == {"both_broke": 1, "only_float32_broke": 1, "only_bfloat16_broke": 1,
+                     "neither_broke": 2, "only_float32_broke_indices": [1],
+                     "only_bfloat16_broke_indices": [2]}
+    assert p05 == 2 / 32 and p33 == 1.0 and p00 == 1.0
+    lo, hi = interval  # Observed +0.4 points; the discordant counts' spread is about ±0.55.
+    assert -0.3 < lo < 0.4 < hi < 1.2
+    assert none == [0.0, 0.0]  # No discordant example: the bootstrap cannot spread.

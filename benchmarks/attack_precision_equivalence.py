@@ -3,7 +3,7 @@ evaluation twice — `--attack_precision=float32`, then `bfloat16` — compared 
 
     python benchmarks/attack_precision_equivalence.py --model_dir=savedmodels/mnist_reference \
         --num_examples=10000 --attacks=autoattack --autoattack_version=standard \
-        --workdir_root=/tmp/equiv_reference --output_json=benchmarks/results/attack_precision_equivalence_reference.json
+        --workdir_root=runs/equiv_reference --output_json=benchmarks/results/attack_precision_equivalence_reference.json
     python benchmarks/attack_precision_equivalence.py \
         --markdown_from=benchmarks/results/attack_precision_equivalence_reference.json
 

@@ -65,7 +65,8 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import benchlib  # benchmarks/benchlib.py: this script's directory is on sys.path.  # isort: skip
+import mdtable  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+import provenance  # isort: skip
 import numpy as np  # noqa: E402
 
 from at2l_tf import evaluate as ev  # noqa: E402
@@ -304,7 +305,7 @@ def markdown(record):
                          f"{st['attacked']['bfloat16']})", _fmt_s(st["seconds"]["float32"]),
                          _fmt_s(st["seconds"]["bfloat16"]), _fmt_x(st["speedup"]),
                          "" if st["rejected"] is None else st["rejected"]])
-    lines += benchlib.markdown_table(
+    lines += mdtable.markdown_table(
         ["", "float32 search", "bfloat16 search", "bf16 − f32 (95%) / speed-up", "rejected"],
         rows, ["---", "---:", "---:", "---:", "---:"])
     d = c["decision"]
@@ -326,7 +327,7 @@ def markdown(record):
 
 
 def main(argv):
-    if benchlib.markdown_only(argv, FLAGS.markdown_from, markdown):
+    if mdtable.markdown_only(argv, FLAGS.markdown_from, markdown):
         return
     started = time.time()
     if not FLAGS.workdir_root:
@@ -351,7 +352,7 @@ def main(argv):
     configs = {p: config_for(p, settings) for p in PRECISIONS}
     for config in configs.values():
         config.validate()  # Every bad value before anything runs.
-    cpu_flags = set(benchlib._cpuinfo().get("flags", "").split())
+    cpu_flags = set(provenance._cpuinfo().get("flags", "").split())
     load_avg = os.getloadavg()[0]
     os.makedirs(FLAGS.workdir_root, exist_ok=True)
     reports = {}
@@ -371,8 +372,8 @@ def main(argv):
             for k, v in reports["float32"]["attacks"].items()},
         "reports": {p: os.path.join(settings["workdir_root"], f"{p}.json") for p in PRECISIONS},
         "comparison": compare(settings, reports),
-        "versions": benchlib.versions(None),
-        **benchlib.provenance(os.path.basename(__file__), started),
+        "versions": provenance.versions(None),
+        **provenance.provenance(os.path.basename(__file__), started),
     }
     print(markdown(summary))
     if FLAGS.output_json:

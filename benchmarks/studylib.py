@@ -399,8 +399,13 @@ class Driver:
         return done
 
 
+# Deprecated train flags and the flags they alias: either name sets the same thing.
+_ALIASES = {"defense": "objective", "norm": "triplet_distance"}
+
+
 def _flag_name(flag):
-    return flag.lstrip("-").split("=", 1)[0]
+    name = flag.lstrip("-").split("=", 1)[0]
+    return _ALIASES.get(name, name)
 
 
 def _subprocess(cmd, what):

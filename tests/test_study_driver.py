@@ -87,10 +87,10 @@ def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny):
 def test_a_flag_the_study_varies_is_refused(tmp_path):
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=defenses",
-         f"--output_json={tmp_path / 'x.json'}", "--defense=trades"],
+         f"--output_json={tmp_path / 'x.json'}", "--defense=trades"],  # The deprecated alias of --objective.
         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
-    assert run.returncode == 1 and "study: error: --defense is what the study varies" in run.stderr
+    assert run.returncode == 1 and "study: error: --objective is what the study varies" in run.stderr
     assert not (tmp_path / "x.json").exists()
 
 

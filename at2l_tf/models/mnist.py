@@ -135,9 +135,9 @@ def mnist_d(input_shape, num_classes):
 def mnist_wide_silu(input_shape, num_classes):
     # Gowal et al. (2020, arXiv:2010.03593) top AutoAttack's MNIST table (96.34%)
     # with TRADES (β = 6), weight averaging (decay 0.995), and larger networks with
-    # Swish/SiLU; their MNIST networks are wide residual networks of tens of millions
-    # of parameters, beyond a 2-core CPU. This is the closest documented choice at
-    # this budget: TRADES' SmallCNN (`mnist_smallcnn`), twice as wide, SiLU for ReLU,
+    # Swish/SiLU. Their MNIST network could not be checked offline (we expect a wide
+    # residual network far beyond a 2-core CPU; unverified). This is a choice at
+    # this budget, not their network: TRADES' SmallCNN (`mnist_smallcnn`), twice as wide, SiLU for ReLU,
     # no dropout (their models have none), 1,313,226 parameters for 28x28x1 and 10
     # classes (SmallCNN: 312,202; madry_mnist: 3,274,634).
     return _sequential(

@@ -247,8 +247,8 @@ class Driver:
     def variant_flags(self, variant):
         tuning = self.state.data["tuning"]
         out = list(variant.flags)
-        if variant.design_from:
-            best = tuning[variant.design_from]["best"]
+        best = (tuning.get(variant.design_from) or {}).get("best") if variant.design_from else None
+        if best:  # Before that search has run (the configuration check), the untuned flags.
             # The search's hyperparameter `norm` is train's --triplet_distance.
             out += [f"--{k}={best[h]}" for k, h in (("triplet_features", "triplet_features"),
                                                      ("triplet_distance", "norm"),

@@ -17,7 +17,7 @@ from studylib import Evaluation, Study, Variant
 
 STUDY = Study(
     name="tiny",
-    variants=(Variant("at", ("--defense=at",), "AT"), Variant("at2l", ("--defense=at2l",), "AT²L")),
+    variants=(Variant("at", ("--objective=at",), "AT"), Variant("at2l", ("--objective=at2l",), "AT²L")),
     recipe=("--eval_examples=0",),
     seeds=(0,),
     evaluation=Evaluation(autoattack="fast", examples=100),
@@ -55,7 +55,7 @@ def test_a_study_trains_evaluates_pairs_and_prints_its_table(tiny):
         fast = run_record["fast"]
         assert fast["num_examples"] == 100 and len(fast["robust_correct"]) == 100
         assert run_record["robust_accuracy"] == fast["robust_accuracy"] <= run_record["clean_accuracy"]
-        assert run_record["epochs"] == 1 and run_record["train_flags"] == [f"--defense={key.split('/')[0]}"]
+        assert run_record["epochs"] == 1 and run_record["train_flags"] == [f"--objective={key.split('/')[0]}"]
     pair = state["report"]["pairs"]["at2l − at"]
     assert pair["bootstrap"]["num_examples"] == 100 and pair["bootstrap"]["seeds"] == [0]
     assert pair["bootstrap"]["low"] <= pair["bootstrap"]["difference"] <= pair["bootstrap"]["high"]
@@ -106,3 +106,20 @@ def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(t
     assert lines[0].startswith("| precision | seeds |") and lines[2].startswith("| float32 (`--mixed_precision=off`) | 0 |")
     assert lines[4].startswith("| bfloat16 − off, per seed | |") and len(lines) == 5
     assert _study("--study=precision", f"--markdown_from={out}").stdout == run.stdout
+
+
+def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp_path):
+    """The triplet study's `trades_best` takes its design from `at_triplet`'s search: before
+    that search exists (a new study, or the check that precedes a resumed one), its
+    configuration is checked with the untuned flags instead of failing on the missing search."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import studylib
+        from studies import triplet
+    finally:
+        sys.path.pop(0)
+    study = triplet.STUDY
+    assert any(v.design_from for v in study.variants)
+    driver = studylib.Driver(study, variants=[v.name for v in study.variants], seeds=[0], study_dir=str(tmp_path))
+    assert [v.name for v in driver.variants] == [v.name for v in study.variants]
+    assert not any(tmp_path.iterdir())  # The checks write nothing.

@@ -46,12 +46,12 @@ be faster than a CPU training step consumes.
 import dataclasses
 import functools
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
 from at2l_tf.errors import DatasetError
+from at2l_tf.log import log as _log
 
 NAME = "image_folder"
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # Keras' ALLOWLIST_FORMATS.
@@ -277,5 +277,3 @@ def load(directory, split, image_size, max_examples=None, cache=None):
     return ds.apply(tf.data.experimental.assert_cardinality(len(paths)))
 
 
-def _log(msg):
-    print(f"[at2l_tf] {msg}", file=sys.stderr, flush=True)

@@ -59,7 +59,6 @@ smoke test, not a verdict.
 
 import math
 import os
-import sys
 import time
 
 from absl import flags
@@ -73,6 +72,7 @@ from at2l_tf import evaluate as ev  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.evaluation.store import ResultStore, unit_key  # noqa: E402
 from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.log import log  # noqa: E402
 
 NAME = "attack_precision_equivalence"
 PRECISIONS = ("float32", "bfloat16")
@@ -100,7 +100,7 @@ for _flag, _entry, _param in ev.attack_flags():  # --autoattack_version, --apgd_
 
 
 def _log(msg):
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    log(msg, prefix=NAME)
 
 
 def attack_params():

@@ -14,6 +14,7 @@ import warnings
 
 # Re-exported for the speed scripts (speed_attack_precision.py reads `_cpuinfo`).
 from mdtable import markdown_only  # noqa: F401
+from at2l_tf.log import log as at2l_log
 from provenance import _cpuinfo, git_commit, machine, peak_rss_mb, provenance, version, versions  # noqa: F401
 
 # The speed targets of issue 5, as speed.py checks them: name -> (comparison, threshold).
@@ -233,7 +234,7 @@ PEER_NOTES = {"art": ART_NOTE, "foolbox": FOOLBOX_NOTE}
 
 
 def log(msg):
-    print(f"[speed] {msg}", file=sys.stderr, flush=True)
+    at2l_log(msg, prefix="speed")
 
 
 class Section:

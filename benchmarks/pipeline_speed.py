@@ -73,6 +73,7 @@ import tensorflow as tf
 from absl import flags
 
 from at2l_tf.errors import ConfigError
+from at2l_tf.log import log
 from at2l_tf import cli, train  # `train` defines the train command's flags, to parse recipes.
 
 flags.DEFINE_bool("quick", False, "Short run (< 1 min): 160 images, 2 epochs, 2 timed steps.")
@@ -461,7 +462,7 @@ def header_static_models(path):
 
 
 def _log(msg):
-    print(f"[pipeline_speed] {msg}", file=sys.stderr, flush=True)
+    log(msg, prefix="pipeline_speed")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Train runs for the benchmarks: reuse of a finished run, training, evaluation on MNIST."""
 
 import os
-import sys
 import time
 
 
@@ -22,7 +21,9 @@ def finished_run(config):
     recorded = run_identity.flatten(done.get("config") or {}, type(config)().to_dict())
     if run_identity.differences(recorded, config.to_dict()):
         return None
-    print(f"[benchmarks] reusing the finished run in {config.workdir}", file=sys.stderr, flush=True)
+    from at2l_tf.log import log
+
+    log(f"reusing the finished run in {config.workdir}", prefix="benchmarks")
     return done
 
 

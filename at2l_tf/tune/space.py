@@ -76,8 +76,7 @@ class SearchSpace:
         lambda2_range: λ2, weight of the triplet term (Eq. 2), log-uniform (min > 0).
         margin_range: α, the triplet margin, log-uniform (min > 0). L∞ distances
             between logits of a trained MNIST model run to tens, so α = 0.5
-            constrains little (DESIGN.md, "Known pitfalls"): the default
-            reaches 20.
+            constrains little: the default range reaches 20.
         norms: triplet distances `d` to choose from (`linf`, `l2`, `l1`, `cosine`;
             flag `--triplet_distance_choices`).
         defenses: objectives (train's `--objective` names; flag

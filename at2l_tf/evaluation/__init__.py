@@ -8,7 +8,8 @@ One evaluation of an exported model, as the `evaluate` command runs it, is
 other modules do not need)."""
 
 from at2l_tf.evaluation import adaptive, masking, paired, plots, progress, record, store
-from at2l_tf.evaluation.report import AttackSpec, Partition, format_report, robustness_report
+from at2l_tf.evaluation.report import AttackSpec, Partition, robustness_report
+from at2l_tf.evaluation.summary import format_report
 
 __all__ = [
     "AttackSpec", "Partition", "adaptive", "format_report", "masking", "paired", "plots", "progress",

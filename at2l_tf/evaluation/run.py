@@ -48,7 +48,8 @@ from at2l_tf.evaluation import record as record_lib
 from at2l_tf.evaluation import specs as specs_lib
 from at2l_tf.evaluation import store as store_lib
 from at2l_tf.evaluation import workdir as workdir_lib
-from at2l_tf.evaluation.report import Partition, format_report, robustness_report
+from at2l_tf.evaluation.report import Partition, robustness_report
+from at2l_tf.evaluation.summary import format_report
 from at2l_tf.log import log
 from at2l_tf.training import distribute
 

@@ -15,21 +15,10 @@ r"""Evaluate a trained classifier: clean error, error under attacks, and the wor
 
 **From Python.** The command maps its flags onto an `EvaluationConfig`
 (`at2l_tf.evaluation.config`: one small dataclass per concern, each checking
-its own fields) and calls `evaluate(config)`, which returns the report:
-
-    from at2l_tf import evaluate as ev
-
-    report = ev.evaluate(ev.EvaluationConfig(
-        model=ev.ModelSection(model_dir="savedmodels/mnist_reference"),
-        images=ev.ImagesSection(num_examples=1000, batch_size=250),
-        attacks=ev.AttacksSection(names=("apgd_ce", "apgd_t"), eps=0.3,
-                                  params={"apgd_ce": {"steps": 50}}),
-        output=ev.OutputSection(output_json="aa.json", verbose=0),
-    ))
-    print(report["robust_accuracy"])
-
-`evaluate` runs in phases (config → strategy → models → attacks → workdir →
-data → measure → finish), each a function of this module.
+its own fields) and calls `at2l_tf.evaluation.run.evaluate(config)`, which runs
+in phases (config → strategy → models → attacks → workdir → data → measure →
+finish) and returns the report; that module's docstring has an example. This
+module is the command alone: its flags, and their mapping onto the config.
 
 `--model_dir` is a SavedModel export of `python -m at2l_tf.train` (the export
 root, whose newest version is used, or one version directory) or a `.keras`
@@ -127,27 +116,38 @@ whose input shape is not the dataset's image shape, ...) ends with one line on
 stderr and exit status 1, and nothing is written.
 """
 
-import dataclasses
-import os
-import time
+import sys
+import types
 
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
-import at2l_tf
-from at2l_tf import attacks, data, errors, evaluation, fileio, image_folder, precision, savedmodel
-from at2l_tf import identity as run_identity
-from at2l_tf.log import log as _log
-from at2l_tf.attacks import iterative
-from at2l_tf.attacks.search import SearchModel
+from at2l_tf import attacks, evaluation
 from at2l_tf.errors import ConfigError
+from at2l_tf.evaluation import workdir as _workdir_lib
 from at2l_tf.evaluation.config import (  # noqa: F401  (re-exported: the Python API)
     ATTACK_PRECISIONS, DEFAULT_ATTACKS, STRATEGIES, AttacksSection, EvaluationConfig,
     ImagesSection, ModelSection, OutputSection,
 )
-from at2l_tf.training import backup, distribute
+from at2l_tf.evaluation.run import evaluate  # Also re-exported: the Python API.
+from at2l_tf.evaluation.specs import attack_specs  # noqa: F401  (re-exported)
+from at2l_tf.evaluation.workdir import evaluation_identity, open_workdir  # noqa: F401  (re-exported)
 
-import keras  # noqa: E402  (after `cli`, which quiets TensorFlow's start-up logs)
+
+class _Command(types.ModuleType):
+    """This module, but for one thing: assigning `open_workdir` or
+    `evaluation_identity` here assigns it in `evaluation.workdir`, through which
+    `evaluate` calls them, so that code wrapping them on this module (e.g.
+    `benchmarks/evaluate_persistence.py`, which times the workdir's code) wraps
+    the functions the evaluation runs."""
+
+    def __setattr__(self, name, value):
+        if name in ("open_workdir", "evaluation_identity"):
+            setattr(_workdir_lib, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Command
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 
@@ -234,9 +234,6 @@ def define_flags(flag_values=flags.FLAGS):
     return flag_values
 
 
-# --- The command: flags -> config. ---------------------------------------------------------
-
-
 def config_from_flags(f):
     """The `EvaluationConfig` of parsed flags (not validated: `evaluate` validates).
 
@@ -295,465 +292,6 @@ def evaluate_from_flags(f):
         print(evaluation.record.format_records(f.show))
         return evaluation.record.read_records(f.show)
     return evaluate(config_from_flags(f))
-
-
-# --- The library: config -> report. --------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LoadedModels:
-    """Phase 2's result: the target, the transfer sources, the data spec, and
-    the reduced-precision copies the attacks search on (if any).
-
-    Attributes:
-        target: the evaluated `savedmodel.Classifier` (float32).
-        sources: `{path: model_fn}` of transfer sources (float32), or `{}`.
-        dataset: the dataset's name (flag, else the export's metadata).
-        image_dir: the folder of an `image_folder` dataset (flag, else the
-            one the model was trained on), or `None`.
-        image_size: the image side used to load the data.
-        spec: `data.get_spec(dataset, image_size)`.
-        precision: the resolved `precision.Precision` of the attacks' search.
-        search: `(model_fn, net_fn)` of the target's bfloat16 copy, or `None`
-            for a float32 search.
-        search_sources: `{path: model_fn}` of the sources' bfloat16 copies.
-    """
-
-    target: object
-    sources: dict
-    dataset: str
-    image_size: int
-    spec: object
-    precision: object
-    image_dir: object = None
-    search: object = None
-    search_sources: dict = dataclasses.field(default_factory=dict)
-
-
-def evaluate(config):
-    """Measures a model's robustness as `config` says; returns the report.
-
-    Phases, in order (one way, as `experiment.run`):
-
-    1. **config**: `config.validate()`, before anything is loaded;
-    2. **strategy**: `multi_worker` first (it must exist before any other
-       TensorFlow op), then the seed;
-    3. **models** (`load_models`): the target, the sources, the dataset's spec,
-       the attacks' precision and the bfloat16 copies it needs;
-    4. **attacks** (`attack_specs_for`): one `AttackSpec` per attack, adaptive
-       through a defence layer, on a `SearchModel` when the search is bfloat16;
-    5. **workdir** (`open_workdir`): refuse another evaluation's results;
-    6. **data**: the first `num_examples` images of the split;
-    7. **measure**: `evaluation.robustness_report` (and the eps sweep);
-    8. **finish** (chief only): masking checks, the table on stdout, the JSON,
-       the robustness record.
-
-    Args:
-        config: an `EvaluationConfig`.
-
-    Returns:
-        The report dict (also written to `config.output.output_json`); on a
-        worker other than the chief, its report without the chief's additions.
-
-    Raises:
-        ConfigError, DatasetError, FileNotFoundError, ModelLoadError: bad
-            input, one line naming it; nothing is written.
-        errors.Interrupted: Ctrl-C; the results so far are in the workdir, and
-            the same call continues from them.
-    """
-    # 1. Config.
-    config.validate()
-    a, out = config.attacks, config.output
-    # 2. Strategy: MultiWorkerMirroredStrategy first, before any other TensorFlow op.
-    worker = distribute.worker_from_env(config.strategy)
-    strategy = distribute.make_strategy(config.strategy) if config.strategy == "multi_worker" else None
-    started = time.time()
-    keras.utils.set_random_seed(a.seed)
-    # 3. Models.
-    loaded = load_models(config)
-    target, dataset = loaded.target, loaded.dataset
-    # 4. Attacks.
-    eps = resolve_eps(config, dataset, loaded.image_dir)
-    specs = attack_specs_for(config, eps, loaded)
-    # 5. Workdir.
-    workdir = out.resolved_workdir()
-    store = None
-    if workdir:
-        store = open_workdir(workdir, evaluation_identity(config, loaded, eps))
-    if worker.is_chief:
-        _warn_weak_attacks(specs, eps)
-        if loaded.precision.warning:
-            _log(f"warning: {loaded.precision.warning}")
-    # 6. Data.
-    ds = evaluation_data(config, loaded)
-    partition = evaluation.Partition()
-    if worker.num_workers > 1:
-        partition = evaluation.Partition(
-            index=worker.shard_index,
-            count=worker.num_workers,
-            gather=lambda payload: distribute.all_gather_bytes(strategy, worker, payload),
-            name=f"{worker.name}: ",
-        )
-    mode = (f"transfer from {', '.join(config.model.source_model_dirs)}"
-            if loaded.sources else "white-box")
-    names = ", ".join(a.names) or "clean only"
-    search_note = "" if loaded.search is None else "; attacks search in bfloat16, verdicts float32"
-    _log(
-        f"evaluating {target.path} on the first {config.images.num_examples} {dataset} "
-        f"{config.images.split} images ({mode}): {names}, eps={eps:.4g}{search_note}"
-        + (f"; worker {worker.name} of {worker.num_workers}" if worker.num_workers > 1 else "")
-        + (f"; results kept in {workdir}" if workdir else "")
-    )
-    # 7. Measure.
-    try:
-        report = evaluation.robustness_report(
-            target.model_fn,
-            ds,
-            specs,
-            sources=_attack_sources(loaded) or None,
-            num_examples=config.images.num_examples,
-            verbose=out.verbose,
-            per_example=True,
-            store=store,
-            partition=partition,
-        )
-        curve = None
-        if a.eps_sweep:
-            curve = run_eps_sweep(config, loaded, ds, list(a.eps_sweep), out.curve_stem(), workdir,
-                                  partition, write=worker.is_chief)
-    except KeyboardInterrupt:
-        if workdir:
-            kept = (f"the results of every finished batch and attack are in {workdir}; run the "
-                    "same command again to continue")
-        else:
-            kept = "nothing was kept (no --workdir or --output_json)"
-        raise errors.Interrupted(f"interrupted; {kept}") from None
-    # 8. Finish.
-    return finish(config, loaded, report, ds, eps, curve, worker, started)
-
-
-def load_models(config):
-    """Phase 3: the target and sources (float32), the data spec, and the bfloat16
-    copies the attacks search on when `config.attacks.precision` asks for them.
-
-    Raises:
-        ConfigError: no dataset known; a model that does not take the
-            dataset's images or classes.
-        ModelLoadError: a model that cannot be read, or (bfloat16) copied.
-    """
-    target = savedmodel.load_classifier(config.model.model_dir)
-    meta = target.metadata
-    dataset = config.images.dataset or (image_folder.NAME if config.images.image_dir else meta.get("dataset"))
-    image_dir = config.images.image_dir or (meta.get("config") or {}).get("data", {}).get("image_dir")
-    if dataset is None:
-        raise ConfigError(
-            f"--dataset is required: the model at {target.path} records no dataset in its metadata"
-        )
-    image_size = config.images.image_size or target.input_shape[0] or data.DEFAULT_IMAGE_SIZE
-    spec = data.get_spec(dataset, image_size, image_dir)
-    check_compatible(target, spec)
-    if dataset == image_folder.NAME:  # Label k must name the same class for the model and the folder.
-        image_folder.check_class_names(target.class_names, spec, target.path)
-    source_models = {}
-    for path in config.model.source_model_dirs:
-        source = savedmodel.load_classifier(path)
-        check_compatible(source, spec)
-        source_models[path] = source
-    prec = precision.resolve_attack_precision(config.attacks.precision)
-    loaded = LoadedModels(
-        target=target,
-        sources={p: s.model_fn for p, s in source_models.items()},
-        dataset=dataset,
-        image_size=image_size,
-        spec=spec,
-        precision=prec,
-        image_dir=image_dir,
-    )
-    if prec.mixed:
-        if source_models:
-            loaded.search_sources = {
-                p: savedmodel.search_fns(s, prec.policy)[0] for p, s in source_models.items()
-            }
-        else:
-            loaded.search = savedmodel.search_fns(target, prec.policy)
-    return loaded
-
-
-def resolve_eps(config, dataset, image_dir=None):
-    """`config.attacks.eps`, or the dataset's default radius."""
-    eps = config.attacks.eps
-    return data.get_spec(dataset, image_dir=image_dir).default_eps if eps is None else eps
-
-
-def attack_specs(attacks_section, eps):
-    """One `AttackSpec` per attack of `attacks_section`, at radius `eps`.
-
-    Each attack gets `eps` and `seed` if it takes them, and its own parameters;
-    unset ones resolve to the function's defaults here (`step_size=None` stays
-    `None`: it depends on eps and steps, and the attack computes it), so the
-    report records the values used.
-
-    Returns:
-        A list of `evaluation.AttackSpec`.
-    """
-    specs = []
-    for name in attacks_section.names:
-        entry = attacks.get_entry(name)
-        params = {}
-        if "eps" in entry.params:
-            params["eps"] = eps
-        if "seed" in entry.params:
-            params["seed"] = attacks_section.seed
-        for param in entry.user_params:
-            params[param.name] = attacks_section.value(name, param)
-        if "step_size" in params and "steps" in params:  # Record the iterative default used.
-            params["step_size"] = iterative.default_step(eps, params["steps"], params["step_size"])
-        specs.append(evaluation.AttackSpec(name, {k: v for k, v in params.items() if v is not None}))
-    return specs
-
-
-def attack_specs_for(config, eps, loaded):
-    """Phase 4: `attack_specs`, then, white-box, each attack on what it must
-    differentiate (`evaluation.adaptive.adapt`: BPDA / EOT through the target's
-    defence layer, LS-PGA behind the thermometer); with a bfloat16 search,
-    each on a `SearchModel` pairing the bfloat16 function with its float32
-    twin (which gives the verdicts)."""
-    specs = attack_specs(config.attacks, eps)
-    if loaded.sources:
-        return specs  # The sources' copies: `_attack_sources`.
-    target, a = loaded.target, config.attacks
-    return evaluation.adaptive.adapt(
-        specs, layer=target.preprocessing, net_fn=target.net_fn, model_fn=target.model_fn,
-        mode=a.adaptive, eot_draws=a.eot_draws, search=loaded.search,
-    )
-
-
-def _attack_sources(loaded):
-    """`{path: model_fn}` the attacks craft on: the sources, or their `SearchModel`s."""
-    if not loaded.search_sources:
-        return loaded.sources
-    return {p: SearchModel(loaded.search_sources[p], fn) for p, fn in loaded.sources.items()}
-
-
-def _warn_weak_attacks(specs, eps):
-    for attack in specs:
-        steps, step_size = attack.params.get("steps"), attack.params.get("step_size")
-        if steps and step_size is not None and steps * step_size < eps:
-            _log(
-                f"warning: {attack.name} makes {steps} steps of {step_size:.4g}, which cannot "
-                f"reach eps={eps:.4g} from x: a weak attack; raise its steps or step size"
-            )
-
-
-def check_compatible(classifier, spec):
-    """Raises `ConfigError` unless `classifier` takes `spec`'s images and classes."""
-    shape = tuple(classifier.input_shape)
-    if len(shape) != len(spec.image_shape) or any(
-        m is not None and m != d for m, d in zip(shape, spec.image_shape)
-    ):
-        hint = " (set --image_size)" if spec.name == "cats_vs_dogs" else ""
-        raise ConfigError(
-            f"images of the wrong shape: the model at {classifier.path} takes images of shape "
-            f"{shape}, {spec.name} images have shape {tuple(spec.image_shape)}{hint}"
-        )
-    if classifier.num_classes != spec.num_classes:
-        raise ConfigError(
-            f"the model at {classifier.path} has {classifier.num_classes} classes, "
-            f"{spec.name} has {spec.num_classes}"
-        )
-
-
-def evaluation_identity(config, loaded, eps):
-    """The settings that decide an evaluation's figures, as a flat dict keyed by flag name.
-
-    A workdir holding results of another identity is refused. Left out: where
-    the outputs go (`--output_json`, `--workdir`, `--curve_output`), how the
-    work is run or shown (`--strategy`, `--verbose`) and `--record`; each
-    attack's parameters are in as they resolve (unset flags: the attack's
-    defaults); the model is in by its resolved path and digest
-    (`savedmodel.model_digest`), so a new version under the same export root
-    is another evaluation; the attacks' precision is in as it resolves
-    (`auto` is bfloat16 on one CPU and float32 on another).
-    """
-    target, a, im = loaded.target, config.attacks, config.images
-    sources = config.model.source_model_dirs
-    ident = {
-        "model_dir": os.path.abspath(target.path),
-        "model_digest": savedmodel.model_digest(target.path),
-        "dataset": loaded.dataset,
-        "data_dir": im.data_dir,
-        "image_dir": loaded.image_dir,
-        "split": im.split,
-        "image_size": loaded.image_size,
-        "attacks": list(a.names),
-        "eps": eps,
-        "eps_sweep": [float(e) for e in a.eps_sweep],
-        "num_examples": im.num_examples,
-        "batch_size": im.batch_size,
-        "seed": a.seed,
-        "adaptive": a.adaptive,
-        "eot_draws": a.eot_draws,
-        "attack_precision": "float32" if not loaded.precision.mixed else "bfloat16",
-        "source_model_dir": [os.path.abspath(p) for p in sources],
-        "source_model_digest": [savedmodel.model_digest(p) for p in sources],
-        "package_version": at2l_tf.__version__,
-    }
-    for spec in attack_specs(a, eps):
-        entry = attacks.get_entry(spec.name)
-        flag_of = {p.name: entry.flag_name(p) for p in entry.user_params}
-        for name, value in spec.params.items():
-            if name not in ("eps", "seed"):
-                ident[flag_of.get(name, f"{spec.name}_{name}")] = value
-    return ident
-
-
-def open_workdir(workdir, identity):
-    """The `ResultStore` of `workdir` for an evaluation of `identity`.
-
-    Raises:
-        ConfigError: one line naming the first setting that differs when the
-            workdir holds another evaluation, or when it cannot be written.
-            Nothing in it is changed then.
-    """
-    store = evaluation.store.ResultStore(workdir)
-    try:
-        recorded = store.identity()
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(
-            f"workdir {workdir} holds an unreadable {evaluation.store.IDENTITY_FILE} ({e}); "
-            "delete it to start again"
-        ) from None
-    if recorded is not None:
-        # Every difference, on one line: a changed flag may change others
-        # (--pgd_steps changes the default step size).
-        run_identity.require_same(recorded, identity, where=f"workdir {workdir}", what="an evaluation")
-    backup.check_writable(workdir)
-    store.start(identity)
-    return store
-
-
-def evaluation_data(config, loaded):
-    """Phase 6: the first `num_examples` images of the split, batched, as the
-    model was trained (the validation split depends on its validation size)."""
-    im = config.images
-    validation_size = (loaded.target.metadata.get("config") or {}).get("data", {}).get(
-        "validation_size", data.DEFAULT_VALIDATION_SIZE
-    )
-    return data.make_pipeline(
-        data.load(
-            loaded.dataset,
-            im.split,
-            data_dir=im.data_dir,
-            validation_size=validation_size,
-            image_size=loaded.image_size,
-            max_examples=im.num_examples,
-            image_dir=loaded.image_dir,
-        ),
-        batch_size=im.batch_size,
-        cache=False,
-    )
-
-
-def finish(config, loaded, report, ds, eps, curve, worker, started):
-    """Phase 8: the report's settings; on the chief, the masking checks, the
-    table on stdout, the JSON and the robustness record."""
-    a, out, target = config.attacks, config.output, loaded.target
-    meta = target.metadata
-    per_example = report.pop("per_example")
-    sources = config.model.source_model_dirs
-    report.update(
-        model_dir=config.model.model_dir,
-        model_path=target.path,
-        dataset=loaded.dataset,
-        split=config.images.split,
-        eps=eps,
-        seed=a.seed,
-        source_model_dirs=list(sources),
-        preprocessing=target.preprocessing_name,
-        adaptive=None if sources else a.adaptive,
-    )
-    if loaded.precision.mixed:
-        report["attack_precision"] = {
-            "search": "bfloat16", "verdicts": "float32", "choice": loaded.precision.choice,
-            "reason": loaded.precision.reason,
-        }
-    for key in ("model", "defense"):
-        if key in meta:
-            report[key] = meta[key]
-    if not worker.is_chief:
-        return report  # The chief prints, writes and records.
-    if not sources:
-        x, y = next(iter(ds))
-        linf = report["robust_accuracy_attacks"]
-        entry = lambda k: attacks.get_entry(report["attacks"][k]["attack"])  # noqa: E731
-        report["flags"] = evaluation.masking.check_gradient_masking(
-            target.model_fn,
-            x,
-            y,
-            # AutoAttack runs Square itself: it is neither side of the comparison.
-            per_example={k: per_example[k] for k in linf if not entry(k).composite},
-            black_box=[k for k in linf if entry(k).black_box],
-        )
-    if curve is not None:
-        report["eps_sweep"] = curve
-    report["seconds"] = round(time.time() - started, 1)
-    print(evaluation.format_report(report))
-    for flag in report.get("flags", []):
-        _log(f"warning: {flag['message']}")
-    if out.output_json:
-        fileio.atomic_write_json(out.output_json, report)
-        _log(f"wrote {out.output_json}")
-    if out.record:
-        record = evaluation.record.make_record(
-            report, evaluated_by="evaluate", dataset=loaded.dataset, split=config.images.split,
-            eps=eps, seed=a.seed, preprocessing=target.preprocessing_name, adaptive=a.adaptive,
-        )
-        _log(f"recorded the robustness in {evaluation.record.write_record(target.path, record)}")
-    return report
-
-
-def run_eps_sweep(config, loaded, ds, sweep, stem, workdir=None, partition=None, write=True):
-    """Accuracy against eps for each attack of `config` and their worst case.
-
-    Each eps keeps its results in `<workdir>/sweep-NN/` (resumable as the main
-    report). Writes `<stem>.csv` and `<stem>.png` (if `write`) and returns
-    `{"eps": [...], "curves": {label: [accuracy, ...]}, "csv": path, "png": path}`.
-    """
-    curves = {}
-    for i, eps in enumerate(sweep):
-        if write:
-            _log(f"eps sweep {i + 1}/{len(sweep)}: eps={eps:.4g}")
-        store = None
-        if workdir:
-            store = evaluation.store.ResultStore(os.path.join(workdir, f"sweep-{i:02d}"))
-            store.start({"eps": eps})  # The workdir's identity covers the sweep.
-        rep = evaluation.robustness_report(
-            loaded.target.model_fn,
-            ds,
-            attack_specs_for(config, eps, loaded),
-            sources=_attack_sources(loaded) or None,
-            num_examples=config.images.num_examples,
-            verbose=config.output.verbose,
-            store=store,
-            partition=partition,
-        )
-        for label, entry in rep["attacks"].items():
-            curves.setdefault(label, []).append(entry["accuracy"])
-        worst = rep["robust_accuracy"]
-        curves.setdefault(evaluation.plots.WORST_CASE, []).append(
-            rep["clean_accuracy"] if worst is None else worst
-        )
-    # Worst case last, so that it is drawn on top and is the CSV's last column.
-    curves[evaluation.plots.WORST_CASE] = curves.pop(evaluation.plots.WORST_CASE)
-    csv_path, png_path = stem + ".csv", stem + ".png"
-    if write:
-        csv_path = evaluation.plots.write_curve_csv(csv_path, sweep, curves)
-        png_path = evaluation.plots.plot_curves(
-            png_path, sweep, curves, title=os.path.basename(config.model.model_dir.rstrip("/")),
-            num_examples=config.images.num_examples,
-        )
-        _log(f"wrote {csv_path} and {png_path}")
-    return {"eps": sweep, "curves": curves, "csv": csv_path, "png": png_path}
 
 
 def main(argv):

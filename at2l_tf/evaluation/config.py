@@ -1,6 +1,6 @@
 """The configuration of one robustness evaluation: small dataclasses, one per concern.
 
-`EvaluationConfig` is what `at2l_tf.evaluate.evaluate(config)` runs and what
+`EvaluationConfig` is what `at2l_tf.evaluation.run.evaluate(config)` runs and what
 the `evaluate` command builds from its flags. Each section checks its own
 fields (`validate()`); `EvaluationConfig.validate` adds the rules that span
 several, and checks every value before anything is loaded. Errors are

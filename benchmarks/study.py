@@ -104,7 +104,8 @@ def configured(study):
     if study.tuning and FLAGS.trials is not None:
         study = dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, trials=FLAGS.trials))
     if FLAGS.test_examples is not None:
-        study = dataclasses.replace(study, evaluation=dataclasses.replace(study.evaluation, examples=FLAGS.test_examples))
+        evaluation = dataclasses.replace(study.evaluation, examples=FLAGS.test_examples)
+        study = dataclasses.replace(study, evaluation=evaluation)
     return study, names, [int(s) for s in seeds]
 
 

@@ -1,36 +1,23 @@
 """What a study is, and the one driver that runs every study (`python benchmarks/study.py`).
 
-A study is a configuration (`Study`): its **variants** (each a set of flags of `python -m
-at2l_tf.train` on top of a shared **recipe**), its **seeds**, how every model is
-**evaluated** (`Evaluation`), which **pairs** of variants it compares, and the markdown of
-its table in benchmarks/README.md; optionally a KerasTuner search per variant (`Tuning`)
-and a pilot run that chooses the epochs (`Pilot`). The configurations are
-`benchmarks/studies/<name>.py`, each defining `STUDY`.
+A study is a configuration, `benchmarks/studies/<name>.py` defining `STUDY` (a `Study`): its
+variants (each a set of flags of `python -m at2l_tf.train` on top of a shared recipe), its
+seeds, how every model is judged (`Evaluation`), which pairs of variants it compares, and the
+markdown of its table in benchmarks/README.md; optionally a KerasTuner search per variant
+(`Tuning`) and a pilot run that chooses the epochs (`Pilot`).
 
-The driver runs, for every seed (outermost: a study stopped early pairs what it finished)
-and variant, `python -m at2l_tf.train` in a subprocess (its own TensorFlow and precision
-policy, the command a user can rerun), then judges the model in this process; a run whose
-workdir holds a finished run of the same configuration is reused, not trained again. The
-study's JSON is its state: written atomically after every step, it lets the study resume
-in later sittings (`--max_hours` stops before a step that would not finish in time). The
-generic report gives, per variant, mean ± std over seeds and, per pair, the paired
-difference (per seed; with per-example correctness, a 95% interval from the bootstrap of
-`at2l_tf.evaluation.paired`).
+The driver runs, for every seed (outermost: a study stopped early pairs what it finished) and
+variant, `python -m at2l_tf.train` in a subprocess (its own TensorFlow and precision policy,
+the command a user can rerun), then judges the model in this process; a run whose workdir
+holds a finished run of the same configuration is reused. The study's JSON is its state,
+written atomically after every step, so a study resumes over sittings. The generic report
+gives, per variant, mean ± std over seeds and, per pair, the paired difference (per seed;
+with per-example correctness, a 95% interval from `at2l_tf.evaluation.paired`'s bootstrap).
+A minimal study:
 
-Adding a study is one file, `benchmarks/studies/<name>.py`, e.g.:
-
-    from studylib import Evaluation, Study, Variant
-
-    STUDY = Study(
-        name="cosine",
-        variants=(Variant("base", (), "TRADES"), Variant("cosine", ("--lr_schedule=cosine",), "+ cosine")),
-        recipe=("--flagfile=flags/mnist_reference.flags", "--eval_examples=0"),
-        seeds=(0, 1, 2),
-        evaluation=Evaluation(autoattack="fast", examples=1000),
-        pairs=(("base", "cosine"),),
-    )
-
-run by `python benchmarks/study.py --study=cosine --output_json=...`.
+    STUDY = Study(name="cosine", recipe=("--flagfile=flags/mnist_reference.flags", "--eval_examples=0"),
+                  variants=(Variant("base", (), "TRADES"), Variant("cosine", ("--lr_schedule=cosine",), "+ cosine")),
+                  seeds=(0, 1, 2), evaluation=Evaluation(autoattack="fast"), pairs=(("base", "cosine"),))
 """
 
 import contextlib
@@ -695,6 +682,7 @@ def attack_table(record, attacks):
     for name, rep in rows:
         entry = [rep["attacks"].get(a.label) for a in attacks]
         worst = rep["robust_accuracy"]
-        cells.append([name, f"{rep['clean_accuracy']:.1%}", *("–" if e is None else f"{e['accuracy']:.1%}" for e in entry),
+        cells.append([name, f"{rep['clean_accuracy']:.1%}",
+                      *("–" if e is None else f"{e['accuracy']:.1%}" for e in entry),
                       "–" if worst is None else f"**{worst:.1%}**"])
     return "\n".join(markdown_table(["row", "clean", *(a.header for a in attacks), "**worst case**"], cells))

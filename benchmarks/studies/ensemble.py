@@ -37,8 +37,8 @@ MODELS = (  # (variant, label, flags): after 1 clean epoch, 5 adversarial ones.
 )
 FIGURES = {
     "fig1_whitebox": ("Fig. 1: white-box test error", ["Adv.T", "AT²L-Gra", "AT²L-Opt", "AT²L-Mix"], ["fgsm", "cw"]),
-    "fig2_transfer": ("Fig. 2: FGSM transferred from a model not in M", ["Adv.T", "AT²L-Gra", "AT²L-Opt", "AT²L-Mix"],
-                      ["transfer_fgsm"]),
+    "fig2_transfer": ("Fig. 2: FGSM transferred from a model not in M",
+                      ["Adv.T", "AT²L-Gra", "AT²L-Opt", "AT²L-Mix"], ["transfer_fgsm"]),
     "fig3_tr": ("Fig. 3: FGSM training: AT vs TR vs AT²L", ["Adv.T", "TR", "AT²L", "AT²L (Alg. 1, per epoch)"],
                 ["fgsm"]),
 }
@@ -108,7 +108,8 @@ def judge(driver, variant, seed, config, results):
     for epoch in range(1, config.train.pretrain_epochs + config.train.epochs + 1):
         model.load_weights(os.path.join(config.workdir, "checkpoints", f"epoch-{epoch:02d}.weights.h5"))
         curve.append({"epoch": epoch, **curve_point(model_fn, x, y, x_transfer, attacks_)})
-        note(f"  epoch {epoch}: " + ", ".join(f"{k} {curve[-1][k]:.1%}" for k in ("clean", "fgsm", "cw", "transfer_fgsm")))
+        note(f"  epoch {epoch}: " + ", ".join(f"{k} {curve[-1][k]:.1%}"
+                                              for k in ("clean", "fgsm", "cw", "transfer_fgsm")))
     return {"curve": curve, "curve_seconds": round(time.time() - t0, 1),
             "regeneration_seconds": (results.get("ensemble") or {}).get("regeneration_seconds"),
             "strongest": {**accuracies(results["test"]), "num_examples": config.eval.num_examples,

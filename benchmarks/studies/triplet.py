@@ -3,18 +3,12 @@ r"""Does a triplet term help a strong adversarial training? Tuned, full budget, 
     python benchmarks/study.py --study=triplet --output_json=benchmarks/results/triplet_study_mnist.json
     python benchmarks/study.py --study=triplet --plot_from=benchmarks/results/triplet_study_mnist.json
 
-1. **tune**: one KerasTuner random search per objective at a reduced budget (10,000
-   images, 2 epochs), the same six trials for every objective, objective
-   `val_robust_acc` (APGD-CE on 1,000 validation images). `at_triplet` searches the
-   triplet's design space on AT; `trades_best` puts that design on TRADES and
-   searches its weights.
-2. **pilot**: AT (its tuned λ1) for 12 epochs; the study's epochs are the first
-   within 0.01 of the best validation robust accuracy.
-3. **runs**: every objective × seed 0, 1, 2 on all 55,000 training images, the recipe
-   of `flags/mnist_triplet_study.flags`, judged in float32 by AutoAttack `fast` on
-   the first 1,000 test images (per-example correctness kept), seed 0 by `standard` too.
-4. **report**: per objective mean ± std; the paired difference to AT and, for a
-   triplet on TRADES, to TRADES, with a 95% bootstrap interval; a forest plot.
+Its four phases: a KerasTuner search per objective (`at_triplet` searches the triplet's
+design on AT, `trades_best` puts that design on TRADES), a pilot that chooses the epochs,
+every objective × seed judged by AutoAttack `fast` (seed 0 by `standard` too), and the
+report: per objective mean ± std, each paired difference to AT and, for a triplet on
+TRADES, to TRADES, with its 95% bootstrap interval; a forest plot. Set-up and results:
+benchmarks/README.md, "Does a triplet term help a strong adversarial training?".
 """
 
 import statistics

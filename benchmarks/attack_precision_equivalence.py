@@ -1,5 +1,6 @@
-r"""Is the bfloat16 search as strong as the float32 one? One model, the same
-evaluation twice — `--attack_precision=float32`, then `bfloat16` — compared per example.
+r"""Is the bfloat16 search as strong as the float32 one? One model, the same evaluation twice,
+`--attack_precision=float32` then `bfloat16`, compared per example (benchmarks/README.md,
+"Attacks searched in bfloat16, every verdict in float32": its commands and tables).
 
     python benchmarks/attack_precision_equivalence.py --model_dir=savedmodels/mnist_reference \
         --num_examples=10000 --attacks=autoattack --autoattack_version=standard \
@@ -7,54 +8,22 @@ evaluation twice — `--attack_precision=float32`, then `bfloat16` — compared 
     python benchmarks/attack_precision_equivalence.py \
         --markdown_from=benchmarks/results/attack_precision_equivalence_reference.json
 
-Both runs are `at2l_tf.evaluate.evaluate(config)` with the same model, the same
-first `--num_examples` test images, the same batches, eps, seed and attacks
-(`--attacks`, default `autoattack`; every `--<attack>_<param>` flag of the
-evaluate command is passed through, e.g. `--autoattack_version`), differing only
-in `AttacksSection.precision`. In both, every verdict is the float32 model's
-(`attacks.search`): the only thing that differs is where the search runs. Each
-run keeps its units in its own workdir, `<workdir_root>/float32.work` and
-`<workdir_root>/bfloat16.work` (with its report, `<precision>.json`, beside it),
-so a killed benchmark run again continues both, and a finished one is rebuilt
-from the units without attacking again; progress is the evaluate command's
-(stderr). A workdir holding another evaluation (other model, images, attacks,
-...) is refused by `evaluate`, one line naming the differences.
+Both runs are `at2l_tf.evaluate.evaluate(config)` on the same model, images, batches, eps,
+seed and attacks (every `--<attack>_<param>` flag of the evaluate command is passed to both),
+differing only in `AttacksSection.precision`; every verdict is the float32 model's. Each run
+keeps its units in `<workdir_root>/<precision>.work` (its report beside it), so a killed run
+continues and a finished one is rebuilt without attacking again.
 
-The comparison is read from the two workdirs' units
-(`evaluation.store.ResultStore`), per example: *robust* means classified
-correctly clean and under every L-inf attack run (the report's worst case,
-checked against it). Per example, the four cells `both_broke`,
-`only_float32_broke` (the bfloat16 search missed it), `only_bfloat16_broke` and
-`neither_broke` add up to `num_examples`; the JSON lists the indices (into the
-first `num_examples` images of the split) of the two discordant cells, and the
-same cells per attack.
-
-`difference_points` = robust accuracy with the bfloat16 search − with float32,
-in points: positive means the bfloat16 search is *weaker* (it left more
-examples robust). Its 95% interval is a paired bootstrap over examples
-(`--bootstrap` resamples, default 10,000, seed 0: the four cells' counts drawn
-from a multinomial with the observed shares, which is resampling the examples
-with replacement), percentile; with no discordant example it is [0, 0]. Beside
-it, the exact McNemar test: the two-sided binomial p-value of the discordant
-counts (`mcnemar_exact_p`).
-
-Times (`timing`): per attack and per AutoAttack stage, the seconds of each
-precision (summed over batches, from the units) and the speed-up float32 /
-bfloat16; `attacked`/`fooled` per stage and the rejected candidates (those that
-fooled the bfloat16 copy but not the float32 model). A stage that fools fewer
-leaves more to the next, so stage times are not like-for-like; the attack's
-total is. Timings on a shared machine are not measurements: the JSON gives the
-1-minute load average at the start and names the CPU (`machine`).
-
-The decision rule (issue 32): `--attack_precision=auto` may become the default
-only if the bfloat16 search is never weaker than float32 by more than 0.1
-points on either model — the reference (`savedmodels/mnist_reference`) on
-10,000 images under AutoAttack `standard`, and the main job's model under
-AutoAttack `fast`. `decision.passes` says whether this run's
-`difference_points` is at most 0.1 (`decision.upper_95_within` whether the
-interval's upper end is too); `decision.rule_measurement` whether the run is
-one of those the rule names (10,000 images, AutoAttack) — a smaller run is a
-smoke test, not a verdict.
+Per example (from the units), *robust* = right clean and under every L∞ attack run (the
+report's worst case, checked against it); the cells `both_broke`, `only_float32_broke` (the
+bfloat16 search missed it), `only_bfloat16_broke`, `neither_broke` add up to `num_examples`,
+with the discordant indices. `difference_points` = robust accuracy with the bfloat16 search −
+with float32 (positive: bfloat16 weaker), its 95% interval a paired bootstrap over examples
+(`--bootstrap` multinomial draws of the four cells, percentile, seed 0), beside the exact
+McNemar p-value of the discordant counts. `timing`: per attack and AutoAttack stage, the
+seconds of each precision (from the units), the speed-up and the rejected candidates (fooled
+the bfloat16 copy, not the float32 model). `decision`: the rule of issue 32 (bfloat16 never
+weaker by more than `THRESHOLD_POINTS`), and whether this run is one the rule names.
 """
 
 import math
@@ -71,7 +40,6 @@ import numpy as np  # noqa: E402
 from at2l_tf import evaluate as ev  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.evaluation.store import ResultStore, unit_key  # noqa: E402
-from at2l_tf.fileio import atomic_write_json  # noqa: E402
 from at2l_tf.log import log  # noqa: E402
 
 NAME = "attack_precision_equivalence"
@@ -376,9 +344,7 @@ def main(argv):
         **provenance.provenance(os.path.basename(__file__), started),
     }
     print(markdown(summary))
-    if FLAGS.output_json:
-        atomic_write_json(FLAGS.output_json, summary)
-        _log(f"wrote {FLAGS.output_json}")
+    provenance.write(FLAGS.output_json, summary, os.path.basename(__file__), started)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
 r"""What Defense-GAN's projection costs and how close it gets, by L (steps) and R (restarts).
 
-    python benchmarks/defense_gan_projection.py \
-        --generator=savedmodels/mnist_generator \
+    python benchmarks/defense_gan_projection.py --generator=savedmodels/mnist_generator \
         --output_json=benchmarks/results/defense_gan_projection_mnist.json
 
-For each `(L, R)` of `--settings` (default 25x2, 50x4, 100x5, 200x10; the last is
-the paper's MNIST setting), projects the first `--num_examples` MNIST test images
-with `DefenseGANProjection` (seed `--seed`), in batches of `--batch_size`, and
-records the wall time per image (after one warm-up batch that traces the graph)
-and the reconstruction error: the per-pixel mean squared error `||G(z*) − x||²/n`
-(the projection's objective) and the L2 distance `||G(z*) − x||_2`, averaged over
-the images, beside the same for the best random start (what the search improves
-on). The settings run interleaved on the same images in one process, so their
-ratios compare; absolute times name this machine's CPU (`machine` in the JSON).
+Per `LxR` of `--settings`, the first `--num_examples` MNIST test images projected by
+`DefenseGANProjection` (seed `--seed`) in batches of `--batch_size`, after one untimed
+warm-up batch: seconds per image, and the per-pixel mean squared error `||G(z*) − x||²/n`
+(the projection's objective) and the L2 distance `||G(z*) − x||_2`, mean over the images,
+beside the best random start's. The settings run interleaved in one process, so their
+ratios compare. The table: benchmarks/README.md, "Defense-GAN's generator".
 """
 
 import os
@@ -21,28 +17,24 @@ import time
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-from provenance import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from at2l_tf.errors import ConfigError  # noqa: E402
-from at2l_tf.fileio import atomic_write_json  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("generator", "savedmodels/mnist_generator",
-                    "A .keras generator, or a directory holding generator.keras.")
-flags.DEFINE_list("settings", ["25x2", "50x4", "100x5", "200x10"], "LxR pairs to measure.")
+flags.DEFINE_string("generator", "savedmodels/mnist_generator", "A .keras generator, or a directory with one.")
+flags.DEFINE_list("settings", ["25x2", "50x4", "100x5", "200x10"], "LxR pairs to measure (200x10: the paper's).")
 flags.DEFINE_integer("num_examples", 100, "First N MNIST test images.")
 flags.DEFINE_integer("batch_size", 50, "Images per projection call.")
 flags.DEFINE_integer("seed", 0, "Seed of the random starts.")
-flags.DEFINE_string("output_json", "benchmarks/results/defense_gan_projection_mnist.json",
-                    "Where the results go (atomically).")
+flags.DEFINE_string("output_json", "benchmarks/results/defense_gan_projection_mnist.json", "Where the results go.")
 
 
 def parse_settings(values):
     """`["25x2", ...]` → `[(25, 2), ...]`; raises `ConfigError` on a bad entry."""
     out = []
     for value in values:
-        parts = value.lower().split("x")
         try:
-            steps, restarts = (int(p) for p in parts)
+            steps, restarts = (int(p) for p in value.lower().split("x"))
         except ValueError:
             raise ConfigError(f"settings must be LxR pairs like 50x4, received {value!r}") from None
         if steps < 1 or restarts < 1:
@@ -73,19 +65,12 @@ def measure(generator, settings, num_examples, batch_size, seed):
             errors.append(err)
             starts.append(np.asarray(found["initial_errors"]).min(axis=1))
         errors, starts = np.concatenate(errors), np.concatenate(starts)
-        row = {
-            "steps": steps,
-            "restarts": restarts,
-            "seconds_per_image": seconds / len(x),
-            "mean_squared_error": float(errors.mean()),
-            "mean_l2": float(np.sqrt(errors * pixels).mean()),
-            "start_mean_squared_error": float(starts.mean()),
-            "start_mean_l2": float(np.sqrt(starts * pixels).mean()),
-        }
-        print(f"L={steps:4d} R={restarts:3d}: {row['seconds_per_image']:.3f} s/image, "
-              f"MSE {row['mean_squared_error']:.4f} (L2 {row['mean_l2']:.3f}); "
-              f"best random start MSE {row['start_mean_squared_error']:.4f}", flush=True)
-        rows.append(row)
+        rows.append({"steps": steps, "restarts": restarts, "seconds_per_image": seconds / len(x),
+                     "mean_squared_error": float(errors.mean()), "mean_l2": float(np.sqrt(errors * pixels).mean()),
+                     "start_mean_squared_error": float(starts.mean()),
+                     "start_mean_l2": float(np.sqrt(starts * pixels).mean())})
+        print(f"L={steps:4d} R={restarts:3d}: {seconds / len(x):.3f} s/image, MSE {errors.mean():.4f} "
+              f"(L2 {rows[-1]['mean_l2']:.3f}); best random start MSE {starts.mean():.4f}", flush=True)
     return rows
 
 
@@ -101,19 +86,10 @@ def main(argv):
     generator = resolve_generator_path(FLAGS.generator)
     started = time.time()
     rows = measure(FLAGS.generator, settings, FLAGS.num_examples, FLAGS.batch_size, FLAGS.seed)
-    results = {
-        "generator": generator,
-        "generator_mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                         time.gmtime(os.path.getmtime(generator))),
-        "split": "test",
-        "num_examples": FLAGS.num_examples,
-        "batch_size": FLAGS.batch_size,
-        "seed": FLAGS.seed,
-        "settings": rows,
-        **provenance("defense_gan_projection.py", started),
-    }
-    atomic_write_json(FLAGS.output_json, results)
-    print(f"wrote {FLAGS.output_json}")
+    mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(generator)))
+    provenance.write(FLAGS.output_json, {
+        "generator": generator, "generator_mtime": mtime, "split": "test", "num_examples": FLAGS.num_examples,
+        "batch_size": FLAGS.batch_size, "seed": FLAGS.seed, "settings": rows}, "defense_gan_projection.py", started)
 
 
 if __name__ == "__main__":

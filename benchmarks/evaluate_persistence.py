@@ -1,22 +1,14 @@
 r"""What the evaluate command's work directory costs: persistence time over evaluation time.
 
-    python benchmarks/evaluate_persistence.py \
-        --output_json=benchmarks/results/evaluate_persistence_cpu.json
+    python benchmarks/evaluate_persistence.py --output_json=benchmarks/results/evaluate_persistence_cpu.json
 
-Runs `evaluate` in this process on the shipped reference model (the first
-`--num_examples` MNIST test images, `--attacks` at their default budgets:
-FGSM, PGD-40, AutoAttack standard), once untimed to trace, then `--rounds`
-times with a fresh `--workdir` and without one (`--workdir=''`), alternating.
-Target: persistence <= 2% of the evaluation's time.
-
-* `store_seconds`: time spent in the work directory's code in a run with one
-  (the evaluation's identity with the model's digest, opening the directory
-  and its writability probe, every unit written and read back), measured by
-  wrapping it;
-  `store_share` = that over the run's time: the cost itself.
-* `wall_s.with_workdir` / `.without_workdir`: the runs' times side by side;
-  on a shared machine their difference is mostly noise (compare it with the
-  spread of the rounds), which is why the direct measurement above is the figure.
+Runs `evaluate` in this process on the shipped reference model (first `--num_examples` test
+images, `--attacks` at their default budgets), once untimed to trace, then `--rounds` times
+with a fresh `--workdir` and without one, alternating. `store_seconds`: the time spent in the
+work directory's code (the evaluation's identity with the model's digest, opening the
+directory and its writability probe, every unit written and read back), measured by wrapping
+it; `store_share` = that over the run's time, the figure (target <= 2%). `wall_s` gives the
+runs' times side by side: on a shared machine their difference is mostly noise.
 """
 
 import functools
@@ -26,14 +18,12 @@ import statistics
 import tempfile
 import time
 
-# at2l_tf first: it sets TensorFlow's environment defaults, as the commands do.
-import at2l_tf  # noqa: F401  # isort: skip
+from absl import flags
 
-from provenance import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
-from absl import app, flags
-
-from at2l_tf import evaluate, evaluation
-from at2l_tf.fileio import atomic_write_json
+from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
+import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from at2l_tf import evaluate, evaluation  # noqa: E402
+from at2l_tf.errors import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "savedmodels/mnist_reference", "The evaluated SavedModel.")
@@ -45,7 +35,10 @@ flags.DEFINE_string("output_json", None, "Where to write the measurements.")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, received rounds={FLAGS.rounds}")
     started = time.time()
     spent = {"seconds": 0.0, "units_written": 0, "units_read": 0}
 
@@ -112,14 +105,12 @@ def main(argv):
         "target": "store_share <= 0.02",
         "load": {"load_avg_1min_start": round(load_start, 2),
                  "load_avg_1min_end": round(os.getloadavg()[0], 2)},
-        **provenance("evaluate_persistence.py", started),
     }
     result["pass"] = result["store_share"] <= 0.02
     print(f"[persistence] {result['store_share']:.5%} of the evaluation's time in the workdir's "
           f"code ({result['store_ms_per_unit']} ms per unit); runs with/without: {wall}")
-    if FLAGS.output_json:
-        atomic_write_json(FLAGS.output_json, result)
+    provenance.write(FLAGS.output_json, result, "evaluate_persistence.py", started)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "evaluate_persistence")

@@ -5,36 +5,22 @@ import json
 
 
 def markdown_table(header, rows, align=None):
-    """Markdown lines of a table: `header` cells, then `rows` (lists of cells).
-
-    `align`: a separator cell per column (default `---`; `---:` right-aligns).
-    """
+    """Markdown lines of a table: `header` cells, then `rows` (lists of cells); `align`: a
+    separator cell per column (default `---`; `---:` right-aligns)."""
     align = align or ["---"] * len(header)
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(align) + " |",
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
-
-
-def print_markdown_from(path, markdown):
-    """Prints `markdown(record)` of the results JSON at `path`."""
-    with open(path) as fh:
-        print(markdown(json.load(fh)))
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
 def markdown_only(argv, path, markdown):
-    """A table benchmark's start: `True` when `--markdown_from=path` printed its table.
-
-    Raises `ConfigError` on positional arguments; prints `markdown(record)` of
-    the results JSON at `path` (when given), the table of benchmarks/README.md
-    that the committed run makes, and the caller then stops.
-    """
+    """A table benchmark's start: raises `ConfigError` on positional arguments; with `path`,
+    prints `markdown(record)` of the results JSON there and returns True (the caller stops)."""
     from at2l_tf.errors import ConfigError
 
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if path:
-        print_markdown_from(path, markdown)
+        with open(path) as fh:
+            print(markdown(json.load(fh)))
         return True
     return False

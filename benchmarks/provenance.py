@@ -1,6 +1,6 @@
 """How a results JSON was made, written by one function: `provenance(script, started)` gives the
 command line, the seconds, the machine (CPU name, family/model, SIMD flags), the git commit
-(always under `git_commit`) and the date.
+(always under `git_commit`) and the date; `write` adds it to a record and writes the JSON.
 
 The benchmarks run as `python benchmarks/<name>.py`, so this directory is first on
 `sys.path` and `import provenance` finds this module.
@@ -32,12 +32,9 @@ def _cpuinfo():
 
 
 def machine():
-    """Platform, Python, CPU count, CPU model and vector extensions, oneDNN setting.
-
-    "AMD EPYC" names several generations, whose speeds differ by 2x or more
-    for TensorFlow (AVX-512 or not): the family, model and SIMD flags tell
-    which CPU a result came from.
-    """
+    """Platform, Python, CPU count, CPU model and vector extensions, oneDNN setting ("AMD EPYC"
+    names several generations whose TensorFlow speeds differ by 2x or more: the family, model
+    and SIMD flags tell which CPU a result came from)."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     return {
@@ -46,13 +43,9 @@ def machine():
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cpu_model": info.get("model name") or platform.processor() or None,
-        "cpu_family_model": (
-            f"{info['cpu family']}/{info['model']}" if "cpu family" in info and "model" in info
-            else None
-        ),
+        "cpu_family_model": f"{info['cpu family']}/{info['model']}" if {"cpu family", "model"} <= set(info) else None,
         "cpu_simd": [f for f in _SIMD_FLAGS if f in flags] if flags else None,
-        # at2l_tf sets "1" unless the caller set it: oneDNN kernels everywhere.
-        # "0" gives TensorFlow's Eigen kernels.
+        # at2l_tf sets "1" unless the caller set it (oneDNN kernels); "0" gives TensorFlow's Eigen kernels.
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 
@@ -75,9 +68,7 @@ def versions(art, foolbox=None):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "cleverhans": version("cleverhans"),
-        "adversarial-robustness-toolbox": (
-            version("adversarial-robustness-toolbox") if art else None
-        ),
+        "adversarial-robustness-toolbox": version("adversarial-robustness-toolbox") if art else None,
         "foolbox": version("foolbox") if foolbox else None,
         "eagerpy": version("eagerpy") if foolbox else None,
         "numpy": version("numpy"),
@@ -96,8 +87,7 @@ def git_commit():
 
 def peak_rss_mb():
     """Peak resident memory of this process, in MiB."""
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS.
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
@@ -111,3 +101,13 @@ def provenance(script, started):
         "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def write(path, record, script, started):
+    """Writes `record` with its provenance to the JSON `path` (atomically; nothing without a path)."""
+    from at2l_tf.fileio import atomic_write_json
+    from at2l_tf.log import log
+
+    if path:
+        atomic_write_json(path, {**record, **provenance(script, started)})
+        log(f"wrote {path}", prefix=os.path.splitext(script)[0])

@@ -1,39 +1,29 @@
-r"""Resume and multi-worker training, measured (benchmarks/README.md, "Resume after a kill,
-and two workers").
+r"""Resume after a kill, and two workers, measured: benchmarks/README.md, "Resume after a kill,
+and two workers", defines the table.
 
     python benchmarks/resume_and_workers.py --output_json=benchmarks/results/resume_and_workers_cpu.json
 
-Every run is `python -m at2l_tf.train` in a subprocess, on the same flags
-(`--train_flags`, default FGSM adversarial training of `mnist_small` on the
-first `--train_examples` MNIST images):
-
-* **resume**: an uninterrupted run, and a run killed with SIGKILL right after
-  its first mid-epoch backup (`--save_every_steps`) then started again with the
-  same command; the JSON gives both final test-split tables (clean and FGSM
-  accuracy on the first `--eval_examples` test images) and their difference
-  against its standard error;
-* **workers**: one epoch under `--strategy=multi_worker` with one worker (no
-  `TF_CONFIG`) and with two workers on localhost ports (`TF_CONFIG`), the same
-  global batch; wall time per run and training time per epoch of the chief.
-
-The two workers run on the same machine as each other, so on a CPU machine
-they share its cores: the figure is the overhead of the collective ops and of
-the split, not the gain of a second machine. The JSON names the CPU, the load
-average before and after, and says the machine is shared.
+Every run is `python -m at2l_tf.train` in a subprocess on `--train_flags`: **resume**, an
+uninterrupted run beside one killed with SIGKILL right after its first mid-epoch backup
+(`--save_every_steps`) and started again with the same command (their final checks and the
+difference against its standard error); **workers**, one epoch under
+`--strategy=multi_worker` with one worker and with two on localhost ports (`TF_CONFIG`).
 """
 
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
+from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
 import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
-from at2l_tf.fileio import atomic_write_json  # noqa: E402
+from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.training import distribute  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -147,33 +137,21 @@ def measure_workers(root):
 
 
 def main(argv):
-    del argv
-    import shutil
-
-    root = FLAGS.workdir
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(root)
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    shutil.rmtree(FLAGS.workdir, ignore_errors=True)
+    os.makedirs(FLAGS.workdir)
     started, load_before = time.time(), os.getloadavg()
     record = {
-        "benchmark": "resume_and_workers",
-        "command": " ".join(["python", "benchmarks/resume_and_workers.py", *sys.argv[1:]]),
-        "train_flags": FLAGS.train_flags,
-        "train_examples": FLAGS.train_examples,
+        "benchmark": "resume_and_workers", "train_flags": FLAGS.train_flags, "train_examples": FLAGS.train_examples,
         "eval": f"first {FLAGS.eval_examples} MNIST test images, clean and FGSM at the training eps",
-        "resume": measure_resume(root),
-        "workers": measure_workers(root),
-        "machine": provenance.machine(),
-        "machine_note": FLAGS.machine_note,
+        "resume": measure_resume(FLAGS.workdir), "workers": measure_workers(FLAGS.workdir),
+        "machine_note": FLAGS.machine_note, "versions": provenance.versions(art=False),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "versions": provenance.versions(art=False),
-        "git_commit": provenance.git_commit(),
-        "seconds": round(time.time() - started, 1),
     }
-    text = json.dumps({k: record[k] for k in ("resume", "workers")}, indent=1)
-    print(text)
-    if FLAGS.output_json:
-        atomic_write_json(FLAGS.output_json, record)
+    print(json.dumps({k: record[k] for k in ("resume", "workers")}, indent=1))
+    provenance.write(FLAGS.output_json, record, "resume_and_workers.py", started)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "resume_and_workers")

@@ -6,8 +6,8 @@ r"""Runs a study: variants × seeds → train → evaluate → JSON → markdown
     python benchmarks/study.py --study=defenses --attack=fgsm_rs --epochs=5 --variants=at,at2l \
         --study_dir=runs/compare_fgsm_rs --output_json=benchmarks/results/compare_defenses_mnist_fgsm_rs.json
 
-`--study=<name>` is the configuration `benchmarks/studies/<name>.py` (its `STUDY`;
-each file's docstring says what it asks and how its README table was made).
+`--study=<name>` is the configuration `benchmarks/studies/<name>.py` (its `STUDY`; each
+table's definition is in benchmarks/README.md, beside its command).
 Every flag of `python -m at2l_tf.train` is accepted too and goes to every run,
 after the study's recipe (a flag the study varies is refused); the study sets
 `--seed`, `--workdir` (`<study_dir>/runs/<variant>/s<seed>`) and `--export_dir=`.
@@ -49,7 +49,8 @@ flags.DEFINE_float("max_hours", None, "Stop before a step that would not finish 
 flags.DEFINE_integer("bootstrap_replicates", 2000, "Bootstrap replicates of the paired intervals.")
 flags.DEFINE_string("markdown_from", None, "Print the study's table of this JSON and exit.")
 flags.DEFINE_string("plot_from", None, "Draw the study's plot of this JSON (to --plot_png) and exit.")
-flags.DEFINE_string("plot_png", None, "The plot's PNG; default beside the JSON, `_forest.png`.")
+flags.DEFINE_string("plot_png", None, "The plot's PNG; default beside the JSON, `_forest.png` (a study "
+                    "drawing several figures writes them into its directory).")
 
 
 def load(name):
@@ -86,6 +87,10 @@ def configured(study):
     for a, b in study.pairs:
         if b in names and a not in names:
             raise ConfigError(f"the variants must include the reference {a!r} of {b!r}")
+    for v in study.variants:
+        for needed in study.needs(v):
+            if v.name in names and needed not in names:
+                raise ConfigError(f"the variants must include {needed!r}, whose run {v.name!r} uses")
     bad = [p for p in FLAGS.phases if p not in PHASES]
     if bad:
         raise ConfigError(f"unknown phase {bad[0]!r}; known: {', '.join(PHASES)}")
@@ -99,7 +104,8 @@ def configured(study):
     if study.tuning and FLAGS.trials is not None:
         study = dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, trials=FLAGS.trials))
     if FLAGS.test_examples is not None:
-        study = dataclasses.replace(study, evaluation=dataclasses.replace(study.evaluation, examples=FLAGS.test_examples))
+        evaluation = dataclasses.replace(study.evaluation, examples=FLAGS.test_examples)
+        study = dataclasses.replace(study, evaluation=evaluation)
     return study, names, [int(s) for s in seeds]
 
 

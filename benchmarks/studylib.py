@@ -1,47 +1,32 @@
 """What a study is, and the one driver that runs every study (`python benchmarks/study.py`).
 
-A study is a configuration (`Study`), as big_vision's experiments are config
-files run by one `train.py`: its **variants** (each a set of flags of `python -m
-at2l_tf.train` on top of a shared **recipe**), its **seeds**, how every model is
-**evaluated**, which **pairs** of variants it compares, and the markdown of its
-table in benchmarks/README.md. Optionally, a KerasTuner search per variant
-(`Tuning`) and a pilot run that chooses the epochs (`Pilot`). The configurations
-are `benchmarks/studies/<name>.py`, each defining `STUDY`.
+A study is a configuration, `benchmarks/studies/<name>.py` defining `STUDY` (a `Study`): its
+variants (each a set of flags of `python -m at2l_tf.train` on top of a shared recipe), its
+seeds, how every model is judged (`Evaluation`), which pairs of variants it compares, and the
+markdown of its table in benchmarks/README.md; optionally a KerasTuner search per variant
+(`Tuning`) and a pilot run that chooses the epochs (`Pilot`).
 
-The driver runs, for every seed (outermost: a study stopped early pairs what it
-finished) and variant, `python -m at2l_tf.train` in a subprocess (its own
-TensorFlow and precision policy, the command a user can rerun), then judges the
-model; a run whose workdir holds a finished run of the same configuration is
-reused, not trained again. The study's JSON is its state: written atomically
-after every step, it lets the study resume in later sittings (`--max_hours`
-stops before a step that would not finish in time). The report gives, per
-variant, mean ± std over seeds and, per pair, the paired difference (per seed;
-with per-example correctness, a 95% interval from the bootstrap of
-`at2l_tf.evaluation.paired`).
+The driver runs, for every seed (outermost: a study stopped early pairs what it finished) and
+variant, `python -m at2l_tf.train` in a subprocess (its own TensorFlow and precision policy,
+the command a user can rerun), then judges the model in this process; a run whose workdir
+holds a finished run of the same configuration is reused. The study's JSON is its state,
+written atomically after every step, so a study resumes over sittings. The generic report
+gives, per variant, mean ± std over seeds and, per pair, the paired difference (per seed;
+with per-example correctness, a 95% interval from `at2l_tf.evaluation.paired`'s bootstrap).
+A minimal study:
 
-Adding a study is one file, `benchmarks/studies/<name>.py`, e.g.:
-
-    from studylib import Evaluation, Study, Variant
-
-    STUDY = Study(
-        name="cosine",
-        variants=(Variant("base", (), "TRADES"), Variant("cosine", ("--lr_schedule=cosine",), "+ cosine")),
-        recipe=("--flagfile=flags/mnist_reference.flags", "--eval_examples=0"),
-        seeds=(0, 1, 2),
-        evaluation=Evaluation(autoattack="fast", examples=1000),
-        pairs=(("base", "cosine"),),
-    )
-
-run by `python benchmarks/study.py --study=cosine --output_json=...`; without its own
-`markdown`, its table is the generic one (per variant mean ± std over seeds, per pair
-the per-seed differences and the paired interval).
+    STUDY = Study(name="cosine", recipe=("--flagfile=flags/mnist_reference.flags", "--eval_examples=0"),
+                  variants=(Variant("base", (), "TRADES"), Variant("cosine", ("--lr_schedule=cosine",), "+ cosine")),
+                  seeds=(0, 1, 2), evaluation=Evaluation(autoattack="fast"), pairs=(("base", "cosine"),))
 """
 
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,12 +34,12 @@ import time
 from typing import Callable, Optional
 
 import provenance
-import runlib
 from at2l_tf.errors import ConfigError
 from at2l_tf.fileio import atomic_write_json
 from at2l_tf.log import log
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+_RUN = re.compile(r"\{run:(\w+)\}")  # In a variant's flag: the workdir of that variant's run, same seed.
 
 
 def note(msg):
@@ -68,12 +53,14 @@ class Variant:
 
     Attributes:
         name: key in the JSON (`<name>/s<seed>`) and in `--variants`.
-        flags: train-command flags on top of the study's recipe.
+        flags: train-command flags on top of the study's recipe; `{run:<variant>}` in a
+            flag is the workdir of that variant's run with the same seed (run before it).
         label: its name in tables.
         tags: fields copied into each of its run records (what its table reads).
         tune: tune-command flags of its search (with `Study.tuning`); None: no search.
         design_from: a variant whose best trial's triplet design (features,
             distance, negative) it takes before its own search.
+        needs: variants whose runs (same seed) it uses besides those its flags name.
     """
 
     name: str
@@ -82,24 +69,61 @@ class Variant:
     tags: dict = dataclasses.field(default_factory=dict)
     tune: Optional[tuple] = None
     design_from: Optional[str] = None
+    needs: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Attack:
+    """One column of an attack-suite `Evaluation`: registry attack `name` with `params`, the
+    report's `label`, the table's `header`. `adaptive` is `evaluation.adaptive.adapt`'s mode:
+    `none` attacks the whole model as it is (the naive, possibly masked figure), `auto` the
+    model's defence layer's adaptive attack (BPDA through a thermometer code, EOT over a
+    random layer); attacks on the codes (LS-PGA) run behind the encoding either way.
+    `seeded`: `params` get the run's seed; `layer_only`: skipped for a model without a layer."""
+
+    label: str
+    header: str
+    name: str
+    params: dict = dataclasses.field(default_factory=dict)
+    adaptive: str = "none"
+    seeded: bool = False
+    layer_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """How each trained model is judged.
+    """How each trained model is judged, by the first of these that is set:
 
-    `autoattack=None`: the train command's own final check (the recipe's
-    `--eval_*` flags), as its `results.json` records it. Otherwise AutoAttack
-    `autoattack` (`fast` | `standard`) at `eps` on the first `examples` MNIST
-    test images, in float32, per-example correctness kept (which paired
-    comparisons need); `also`: `{version: n}` judges the first n seeds also by
-    that version (the masking check).
+    * `judge(driver, variant, seed, config, results)`: the study's own, returning the run
+      record's fields (`config`: the run's `ExperimentConfig`; `results`: its results.json);
+    * `attacks`: the `Attack` columns, run by `evaluation.robustness_report` on the run's
+      `model.keras` (its defence layer in front, in float32) on the first `examples` MNIST
+      test images in batches of `batch_size`, Keras' seed set to the run's seed first, EOT
+      over `eot_draws` draws; robust = worst case per example over the L∞ columns;
+    * `autoattack` (`fast` | `standard`): AutoAttack at `eps` on the first `examples` test
+      images, in float32, per-example correctness kept (which paired comparisons need);
+      `also`: `{version: n}` judges the first n seeds also by that version (the masking check);
+    * none: the train command's own final check (the recipe's `--eval_*` flags).
     """
 
     autoattack: Optional[str] = None
     examples: int = 1000
     eps: float = 0.3
     also: dict = dataclasses.field(default_factory=dict)
+    attacks: tuple = ()
+    batch_size: int = 250
+    eot_draws: int = 20
+    judge: Optional[Callable] = None
+
+    def describe(self):
+        """What the JSON records of it."""
+        out = {"autoattack": self.autoattack, "examples": self.examples, "eps": self.eps, "also": self.also}
+        if self.attacks:
+            out.update(attacks=[dataclasses.asdict(a) for a in self.attacks], batch_size=self.batch_size,
+                       eot_draws=self.eot_draws)
+        if self.judge:
+            out["judge"] = f"{self.judge.__module__}.{self.judge.__name__}"
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +152,7 @@ class Pilot:
 class Study:
     """A study: see the module docstring. `markdown(record)` prints its README table
     (from a committed JSON too); `report(record, replicates)` replaces the generic
-    `report`; `plot(record, png)` draws a figure after the report."""
+    `report`; `plot(record, png)` draws its figures after the report (beside `png`)."""
 
     name: str
     variants: tuple
@@ -144,6 +168,10 @@ class Study:
 
     def variant(self, name):
         return next(v for v in self.variants if v.name == name)
+
+    def needs(self, variant):
+        """The variants whose runs `variant`'s run uses (`Variant.needs`, `{run:<name>}` in its flags)."""
+        return (*variant.needs, *_RUN.findall(" ".join(variant.flags)))
 
 
 # ----------------------------------------------------------------- the JSON state
@@ -219,7 +247,7 @@ class Driver:
                 raise ConfigError(f"--{sorted(clash)[0]} is what the study varies (variant {v.name} "
                                   "sets it); drop it from the command")
         for v in self.variants:  # Every variant's configuration is checked before any work.
-            parse_config(self.run_flags(v, seeds[0]) if seeds else [])
+            parse_config(self.run_flags(v, seeds[0], check=True) if seeds else [])
 
     def settings(self):
         """What the JSON records of the study as run: variants, recipe, seeds, evaluation, pairs."""
@@ -228,21 +256,24 @@ class Driver:
             "variants": [{"name": v.name, "label": v.label, "flags": list(v.flags)} for v in self.variants],
             "labels": {v.name: v.label for v in study.variants},
             "recipe": [*study.recipe, *self.train_flags], "seeds": self.seeds,
-            # autoattack None: the train command's final check (the recipe's --eval_* flags).
-            "evaluation": dataclasses.asdict(study.evaluation),
+            "evaluation": study.evaluation.describe(),
             "pairs": [list(p) for p in study.pairs if p[0] in names and p[1] in names],
             "tuning": dataclasses.asdict(study.tuning) if study.tuning else None,
             "pilot": dataclasses.asdict(study.pilot) if study.pilot else None,
             "replicates": self.replicates,
         }
 
-    def run_flags(self, variant, seed, epochs=None):
-        """The train-command flags of `variant`'s run with `seed` (tuned weights included)."""
+    def workdir(self, name, seed):
+        return os.path.join(self.study_dir, "runs", name, f"s{seed}")
+
+    def run_flags(self, variant, seed, epochs=None, check=False):
+        """The train-command flags of `variant`'s run with `seed` (tuned weights included); with
+        `check`, without those naming another run (which may not exist yet)."""
         out = [*self.study.recipe, *self.train_flags, *self.variant_flags(variant)]
         if epochs and "epochs" not in {_flag_name(f) for f in self.train_flags}:
             out.append(f"--epochs={epochs}")
-        workdir = os.path.join(self.study_dir, "runs", variant.name, f"s{seed}")
-        return [*out, f"--seed={seed}", f"--workdir={workdir}", "--export_dir="]
+        out = [_RUN.sub(lambda m: self.workdir(m.group(1), seed), f) for f in out if not (check and _RUN.search(f))]
+        return [*out, f"--seed={seed}", f"--workdir={self.workdir(variant.name, seed)}", "--export_dir="]
 
     def variant_flags(self, variant):
         tuning = self.state.data["tuning"]
@@ -326,12 +357,12 @@ class Driver:
         flags = self.run_flags(v, 0, p.epochs)
         workdir = os.path.join(self.study_dir, "pilot")
         flags[-2] = f"--workdir={workdir}"
-        res = self.train(flags, "pilot")
+        _, res = self.train(flags, "pilot")
         workdir = os.path.join(ROOT, workdir)
         curve = []
         for epoch in range(1, p.epochs + 1):
             weights = os.path.join(workdir, "checkpoints", f"epoch-{epoch:02d}.weights.h5")
-            curve.append(runlib.validation_robust_accuracy(workdir, weights))
+            curve.append(validation_robust_accuracy(workdir, weights))
             note(f"pilot epoch {epoch}: APGD-CE validation robust accuracy {curve[-1]:.1%}")
         chosen = next(i + 1 for i, a in enumerate(curve) if a >= max(curve) - p.tolerance)
         self.state.data["pilot"] = {
@@ -367,36 +398,41 @@ class Driver:
 
     def run_one(self, variant, seed, epochs):
         started = time.time()
-        flags = self.run_flags(variant, seed, epochs)
-        res = self.train(flags, f"run {variant.name}/s{seed}")
+        config, res = self.train(self.run_flags(variant, seed, epochs), f"run {variant.name}/s{seed}")
         run = {"variant": variant.name, "seed": seed, **variant.tags, "train_flags": self.variant_flags(variant),
                "epochs": epochs or res["config"]["train"]["epochs"], "train_seconds": res["train_seconds"],
                "policy": (res.get("precision") or {}).get("policy"), "training": res.get("training")}
         ev = self.study.evaluation
-        if ev.autoattack is None:  # The train command's final check.
-            run.update(runlib.accuracies(res["test"]))
-        else:
-            model = os.path.join(ROOT, res["config"]["workdir"], "model.keras")
-            run[ev.autoattack] = runlib.autoattack(model, ev.autoattack, ev.examples, ev.eps)
-            run.update({k: run[ev.autoattack][k] for k in ("clean_accuracy", "robust_accuracy")})
-            for version, n in ev.also.items():
-                if seed in self.seeds[:n]:
-                    run[version] = runlib.autoattack(model, version, ev.examples, ev.eps)
+        model = os.path.join(ROOT, res["config"]["workdir"], "model.keras")
+        with in_root():
+            if ev.judge:
+                run.update(ev.judge(self, variant, seed, config, res))
+            elif ev.attacks:
+                run.update(attack_suite(ev, model, seed))
+            elif ev.autoattack is None:  # The train command's final check.
+                run.update(accuracies(res["test"]))
+            else:
+                run[ev.autoattack] = autoattack(model, ev.autoattack, ev.examples, ev.eps)
+                run.update({k: run[ev.autoattack][k] for k in ("clean_accuracy", "robust_accuracy")})
+                for version, n in ev.also.items():
+                    if seed in self.seeds[:n]:
+                        run[version] = autoattack(model, version, ev.examples, ev.eps)
         run["run_seconds"] = round(time.time() - started, 1)
-        note(f"{variant.name}/s{seed}: clean {run['clean_accuracy']:.1%}, robust {run['robust_accuracy']:.1%} "
-             f"({run['run_seconds'] / 60:.1f} min)")
+        figures = ", ".join(f"{k.split('_')[0]} {run[k]:.1%}" for k in ("clean_accuracy", "robust_accuracy")
+                            if run.get(k) is not None)
+        note(f"{variant.name}/s{seed}: {figures} ({run['run_seconds'] / 60:.1f} min)")
         return run
 
     def train(self, flags, what):
-        """The results of the train run of `flags`: the finished one in its workdir, or a new run."""
+        """`(config, results)` of the train run of `flags`: the finished one in its workdir, or a new run."""
         config = parse_config(flags)
         with in_root():
-            done = runlib.finished_run(config)
+            done = finished_run(config)
         if done is None:
             _subprocess([sys.executable, "-m", "at2l_tf.train", *flags, "--verbose=2"], what)
             with open(os.path.join(ROOT, config.workdir, "results.json")) as f:
                 done = json.load(f)
-        return done
+        return config, done
 
 
 # Deprecated train flags and the flags they alias: either name sets the same thing.
@@ -444,7 +480,7 @@ def parse_config(flags):
             values(["train", *flags])
         except absl_flags.Error as e:
             raise ConfigError(str(e)) from None
-    return train_command.config_from_flags(values).validate()
+        return train_command.config_from_flags(values).validate()
 
 
 def train_flag_names():
@@ -456,6 +492,105 @@ def train_flag_names():
     return [f.name for f in absl_flags.FLAGS.get_flags_for_module(train_command.__name__)]
 
 
+def finished_run(config):
+    """The `results.json` of a finished train run of `config` in its workdir, else `None`.
+
+    Finished: `results.json` and `model.keras` exist and the recorded configuration equals
+    `config`'s (`at2l_tf.identity`; settings added to the configuration after the run was
+    recorded count as their defaults)."""
+    from at2l_tf import identity as run_identity
+
+    results = os.path.join(config.workdir, "results.json")
+    if not (os.path.exists(results) and os.path.exists(os.path.join(config.workdir, "model.keras"))):
+        return None
+    done = run_identity.read(results)
+    recorded = run_identity.flatten(done.get("config") or {}, type(config)().to_dict())
+    if run_identity.differences(recorded, config.to_dict()):
+        return None
+    log(f"reusing the finished run in {config.workdir}", prefix="benchmarks")
+    return done
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+def evaluate_mnist(model_fn, specs, num_examples, *, batch_size, verbose=0, seed=None):
+    """`evaluation.robustness_report` of `model_fn` under `specs` on the first `num_examples`
+    MNIST test images; with `seed`, Keras' random seed is set just before the attacks run."""
+    import keras
+
+    from at2l_tf import data, evaluation
+
+    test = data.make_pipeline(data.load("mnist", "test", max_examples=num_examples), batch_size=batch_size,
+                              cache=False)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return evaluation.robustness_report(model_fn, test, specs, num_examples=num_examples, verbose=verbose)
+
+
+def attack_suite(ev, model_path, seed):
+    """The run record's fields from `ev.attacks` on the model at `model_path` (`Evaluation`)."""
+    from at2l_tf import savedmodel
+    from at2l_tf.evaluation import AttackSpec, adaptive
+
+    clf = savedmodel.load_classifier(model_path)
+    columns = [a for a in ev.attacks if clf.preprocessing is not None or not a.layer_only]
+    specs = []
+    for mode, group in itertools.groupby(columns, key=lambda a: a.adaptive):
+        group = [AttackSpec(a.name, {**a.params, **({"seed": seed} if a.seeded else {})}, label=a.label)
+                 for a in group]
+        specs += adaptive.adapt(group, mode=mode, layer=clf.preprocessing, net_fn=clf.net_fn,
+                                model_fn=clf.model_fn, eot_draws=ev.eot_draws)
+    report = evaluate_mnist(clf.model_fn, specs, ev.examples, batch_size=ev.batch_size, verbose=1, seed=seed)
+    return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["robust_accuracy"],
+            "report": report}
+
+
+def accuracies(report):
+    """Clean accuracy, robust accuracy (the worst case) and accuracy per attack of a
+    robustness report (a train run's `test`)."""
+    return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["robust_accuracy"],
+            "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()}}
+
+
+def autoattack(model_path, version, n, eps=0.3):
+    """AutoAttack `version` on the first `n` MNIST test images, in float32, per example."""
+    import numpy as np
+
+    from at2l_tf import data, evaluation, savedmodel
+    from at2l_tf.evaluation import paired
+
+    clf = savedmodel.load_classifier(model_path)
+    ds = data.make_pipeline(data.load("mnist", "test", max_examples=n), batch_size=500)
+    spec = evaluation.AttackSpec("autoattack", {"eps": eps, "version": version})
+    started = time.time()
+    report = evaluation.robustness_report(clf.model_fn, ds, [spec], num_examples=n, verbose=0, per_example=True)
+    per = report.pop("per_example")
+    return {
+        "version": version, "num_examples": report["num_examples"],
+        "clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["robust_accuracy"],
+        "clean_correct": paired.encode(per["clean"]),
+        # Robust: right on the clean image and under the attack (the report's worst case).
+        "robust_correct": paired.encode(np.logical_and(per["clean"], per["autoattack"])),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def validation_robust_accuracy(workdir, weights):
+    """APGD-CE (20 iterations) robust accuracy on the first 1,000 MNIST validation images of the
+    classifier in `workdir` with the training wrapper's `weights` (an epoch checkpoint)."""
+    import keras
+
+    from at2l_tf import data, evaluation, precision
+    from at2l_tf.training.at2l_model import AT2LModel
+
+    model = precision.to_float32(keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False))
+    AT2LModel(model, defense="none").load_weights(weights)
+    ds = data.make_pipeline(data.load("mnist", "validation", max_examples=1000), batch_size=500)
+    spec = evaluation.AttackSpec("apgd_ce", {"eps": 0.3, "steps": 20, "restarts": 1})
+    return evaluation.robustness_report(lambda x: model(x, training=False), ds, [spec], verbose=0)["robust_accuracy"]
+
+
 # ----------------------------------------------------------------- the report
 
 
@@ -464,6 +599,18 @@ def mean_std(values, digits=None):
     r = (lambda x: x) if digits is None else (lambda x: round(x, digits))
     return {"mean": r(statistics.mean(values)) if values else None,
             "std": r(statistics.stdev(values)) if len(values) > 1 else None, "values": values}
+
+
+def pct(m, scale=100, unit="%"):
+    """A `mean_std` as `72.4% ± 5.8` (`–` without values)."""
+    if m["mean"] is None:
+        return "–"
+    return f"{scale * m['mean']:.1f}{unit}" + (f" ± {scale * m['std']:.1f}" if m["std"] is not None else "")
+
+
+def ci(v):
+    """A paired comparison as `+d [low, high]`, in points."""
+    return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
 
 
 def by_variant(runs, key="variant"):
@@ -494,12 +641,12 @@ def paired(a, b, version=None, replicates=2000):
 
 
 def report(record, replicates=2000):
-    """Per variant, mean ± std over seeds of clean and robust accuracy and training time; per
-    pair of `settings.pairs`, the paired difference."""
+    """Per variant, mean ± std over seeds of clean and robust accuracy (where its evaluation gives
+    them) and training time; per pair of `settings.pairs`, the paired difference."""
     variants = by_variant(run_records(record))
     settings = record.get("settings", {})
     rows = [{"variant": name, "label": settings.get("labels", {}).get(name, name), "seeds": sorted(runs),
-             **{m: mean_std([r[m] for r in runs.values()])
+             **{m: mean_std([r[m] for r in runs.values() if r.get(m) is not None])
                 for m in ("clean_accuracy", "robust_accuracy", "train_seconds")}}
             for name, runs in variants.items()]
     version = settings.get("evaluation", {}).get("autoattack")
@@ -508,23 +655,34 @@ def report(record, replicates=2000):
     return {"rows": rows, "pairs": pairs}
 
 
-def _ci(v):
-    return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
-
-
 def markdown(record):
     """The generic table: per variant mean ± std over seeds, then each pair's difference."""
     rep = report(record, replicates=record.get("settings", {}).get("replicates", 2000))
-
-    def pct(m):
-        return "–" if m["mean"] is None else f"{100 * m['mean']:.1f}%" + (
-            f" ± {100 * m['std']:.1f}" if m["std"] is not None else "")
-
     lines = ["| variant | seeds | clean | **robust** | train s |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['label']} | {len(r['seeds'])} | {pct(r['clean_accuracy'])} | **{pct(r['robust_accuracy'])}** "
               f"| {r['train_seconds']['mean']:.0f} |" for r in rep["rows"]]
     if rep["pairs"]:
         lines += ["", "| pair | per seed, points | paired 95% CI |", "| --- | --- | --- |"]
         lines += [f"| {name} | {', '.join(f'{100 * d:+.1f}' for d in p['per_seed'].values())} | "
-                  f"{_ci(p['bootstrap']) if 'bootstrap' in p else '–'} |" for name, p in rep["pairs"].items()]
+                  f"{ci(p['bootstrap']) if 'bootstrap' in p else '–'} |" for name, p in rep["pairs"].items()]
     return "\n".join(lines)
+
+
+def attack_table(record, attacks):
+    """The table of an attack-suite study: accuracy per row and `attacks` column, and the
+    worst case. Rows: the runs, labelled (the retired preprocessing_tables.py's JSONs: `rows`)."""
+    from mdtable import markdown_table
+
+    if isinstance(record.get("rows"), dict):
+        rows = [(name, row["report"]) for name, row in record["rows"].items()]
+    else:
+        labels = record["settings"]["labels"]
+        rows = [(labels[r["variant"]], r["report"]) for r in run_records(record)]
+    cells = []
+    for name, rep in rows:
+        entry = [rep["attacks"].get(a.label) for a in attacks]
+        worst = rep["robust_accuracy"]
+        cells.append([name, f"{rep['clean_accuracy']:.1%}",
+                      *("–" if e is None else f"{e['accuracy']:.1%}" for e in entry),
+                      "–" if worst is None else f"**{worst:.1%}**"])
+    return "\n".join(markdown_table(["row", "clean", *(a.header for a in attacks), "**worst case**"], cells))

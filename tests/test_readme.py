@@ -188,13 +188,13 @@ def test_tables_1_and_2_are_the_committed_runs():
     # The thermometer and randomization tables are printed from the committed
     # JSONs by the benchmark itself, line for line.
     bench = _bench().splitlines()
-    for name in ("table1_thermometer_mnist.json", "table2_randomization_mnist.json"):
-        lines = _printed_table("preprocessing_tables.py", name)
-        assert len(lines) >= 4 and all(line in bench for line in lines), name
+    for study, name in (("thermometer", "table1_thermometer_mnist.json"), ("randomization", "table2_randomization_mnist.json")):
+        lines = _printed_table("study.py", name, study=study)
+        assert len(lines) >= 5 and all(line in bench for line in lines), name
 
 
 def test_ensemble_figures_table_is_the_committed_run():
-    lines = _printed_table("ensemble_figures.py", "figures", "ensemble_figures_mnist.json")
+    lines = _printed_table("study.py", "figures", "ensemble_figures_mnist.json", study="ensemble")
     assert len(lines) == 9 and all(line in _bench().splitlines() for line in lines)
     for name in ("fig1_whitebox", "fig2_transfer", "fig3_tr"):
         assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "figures", name + ".png"))
@@ -202,7 +202,7 @@ def test_ensemble_figures_table_is_the_committed_run():
 
 
 def test_table3_is_the_committed_run():
-    lines = _printed_table("defense_gan_table.py", "table3_defense_gan_mnist.json")
+    lines = _printed_table("study.py", "table3_defense_gan_mnist.json", study="defense_gan")
     assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
 
 

@@ -123,3 +123,45 @@ def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp
     driver = studylib.Driver(study, variants=[v.name for v in study.variants], seeds=[0], study_dir=str(tmp_path))
     assert [v.name for v in driver.variants] == [v.name for v in study.variants]
     assert not any(tmp_path.iterdir())  # The checks write nothing.
+
+
+def test_an_attack_suite_study_runs_naive_and_adaptive_columns(tmp_path):
+    """Table 1's configuration at a tiny budget: the thermometer row gets LS-PGA and BPDA through its
+    encoding, the row without a layer neither; the table printed is the one --markdown_from prints."""
+    out = tmp_path / "table1.json"
+    run = _study("--study=thermometer", "--variants=ori,then0", f"--study_dir={tmp_path / 'runs'}",
+                 f"--output_json={out}", "--test_examples=8", "--max_train_examples=300", "--epochs=1")
+    state = json.loads(out.read_text())
+    ori, then0 = (state["runs"][k]["report"]["attacks"] for k in ("ori/s0", "then0/s0"))
+    assert "ls_pga" not in ori and then0["ls_pga"]["adaptive"] == "behind thermometer"
+    assert then0["bpda_pgd"]["adaptive"] == "bpda" and "adaptive" not in then0["pgd"] | ori["bpda_pgd"]
+    assert then0["bpda_apgd_ce"]["seed"] == 0 and then0["square"]["queries"] == 1000
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("| row | clean | FGSM | PGD-40 | LS-PGA-7 |") and len(lines) == 4
+    assert lines[2].startswith("| Ori |") and lines[2].split(" | ")[4] == "–"
+    assert _study("--study=thermometer", f"--markdown_from={out}").stdout == run.stdout
+
+
+def test_a_study_with_its_own_judge_runs_what_its_runs_need_first(tmp_path):
+    """The figures' configuration at a tiny budget: the source models first (the ensemble's static
+    model is named by a flag, the transfer source by `needs`), then a curve per epoch, the table and
+    the figures; a variant without the runs it needs is refused before anything runs."""
+    refused = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=ensemble", "--variants=source_mnist_c,at2l_gra",
+         f"--output_json={tmp_path / 'x.json'}"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert refused.returncode == 1 and "must include 'source_mnist_b', whose run 'at2l_gra' uses" in refused.stderr
+    out = tmp_path / "figures" / "ensemble.json"
+    run = _study("--study=ensemble", "--variants=source_mnist_b,source_mnist_c,at2l_gra", f"--output_json={out}",
+                 f"--study_dir={tmp_path / 'runs'}", "--test_examples=8", "--eval_examples=8",
+                 "--max_train_examples=300", "--ensemble_cw_steps=2")
+    state = json.loads(out.read_text())
+    gra = state["runs"]["at2l_gra/s0"]
+    assert [p["epoch"] for p in gra["curve"]] == list(range(1, 7)) and gra["strongest"]["num_examples"] == 8
+    assert "source_mnist_b/s0/model.keras" in " ".join(json.loads(
+        (tmp_path / "runs" / "runs" / "at2l_gra" / "s0" / "results.json").read_text())["config"]["ensemble"]["static_models"])
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| AT²L-Gra |")
+    figure = json.loads((tmp_path / "figures" / "fig1_whitebox.json").read_text())
+    assert figure["num_examples"] == 8 and [s["label"] for s in figure["panels"][0]["series"]] == ["AT²L-Gra"]
+    assert not (tmp_path / "figures" / "fig3_tr.json").exists()  # None of its models ran.

@@ -4,14 +4,10 @@ r"""AT vs TRADES vs MART, each without a triplet term, with the paper's and with
     python benchmarks/study.py --study=objectives --variants=mart_none --pretrain_epochs=1 \
         --output_json=benchmarks/results/compare_objectives_mnist_mart_pretrain.json
 
-Every variant is the recipe of `flags/mnist_triplet_study.flags` at 2 epochs with only the
-objective and its triplet term changed (same model, data order, initial weights,
-training-attack budget, seed 0): objectives `at` (λ1 = 1), `trades` (β = 1, its MNIST
-value), `mart` (β = 6, its published value); triplets `none`, `paper` (logits, L∞, random
-negative, λ2 = 0.5, α = 0.5: AT²L's Eq. 2), `tla` (penultimate features, cosine, hardest
-negative, λ2 = 0.5, α = 0.05: Mao et al.'s MNIST setting). Judged by the run's final check
-(first 1,000 test images: FGSM, PGD-40, AutoAttack `fast`; robust = worst case per example).
-One seed: enough to choose a recipe; the `triplet` study answers whether a term helps.
+The recipe of `flags/mnist_triplet_study.flags` at 2 epochs with only the objective and its
+triplet term changed, one seed, judged by the run's final check: enough to choose a recipe;
+the `triplet` study answers whether a term helps. Set-up and results: benchmarks/README.md,
+"Objectives compared".
 """
 
 from mdtable import markdown_table

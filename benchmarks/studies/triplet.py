@@ -3,23 +3,17 @@ r"""Does a triplet term help a strong adversarial training? Tuned, full budget, 
     python benchmarks/study.py --study=triplet --output_json=benchmarks/results/triplet_study_mnist.json
     python benchmarks/study.py --study=triplet --plot_from=benchmarks/results/triplet_study_mnist.json
 
-1. **tune**: one KerasTuner random search per objective at a reduced budget (10,000
-   images, 2 epochs), the same six trials for every objective, objective
-   `val_robust_acc` (APGD-CE on 1,000 validation images). `at_triplet` searches the
-   triplet's design space on AT; `trades_best` puts that design on TRADES and
-   searches its weights.
-2. **pilot**: AT (its tuned λ1) for 12 epochs; the study's epochs are the first
-   within 0.01 of the best validation robust accuracy.
-3. **runs**: every objective × seed 0, 1, 2 on all 55,000 training images, the recipe
-   of `flags/mnist_triplet_study.flags`, judged in float32 by AutoAttack `fast` on
-   the first 1,000 test images (per-example correctness kept), seed 0 by `standard` too.
-4. **report**: per objective mean ± std; the paired difference to AT and, for a
-   triplet on TRADES, to TRADES, with a 95% bootstrap interval; a forest plot.
+Its four phases: a KerasTuner search per objective (`at_triplet` searches the triplet's
+design on AT, `trades_best` puts that design on TRADES), a pilot that chooses the epochs,
+every objective × seed judged by AutoAttack `fast` (seed 0 by `standard` too), and the
+report: per objective mean ± std, each paired difference to AT and, for a triplet on
+TRADES, to TRADES, with its 95% bootstrap interval; a forest plot. Set-up and results:
+benchmarks/README.md, "Does a triplet term help a strong adversarial training?".
 """
 
 import statistics
 
-from studylib import Evaluation, Pilot, Study, Tuning, Variant, by_variant, correct, run_records
+from studylib import Evaluation, Pilot, Study, Tuning, Variant, by_variant, ci, correct, pct, run_records
 
 # Weights searched: λ1 uniform [0.5, 2]; λ2 log-uniform [0.01, 2]; α log-uniform
 # [0.05, 10] (logit gaps run to tens; cosine distances are < 2); β uniform [0.5, 8].
@@ -55,11 +49,6 @@ TRIPLETS = {"at2l": "at", "at_triplet": "at", "tla_at": "at", "trades_best": "tr
 
 def base_of(name):
     return TRIPLETS.get(name, REFERENCE)
-
-
-def _ci(v):
-    """A paired comparison as `+d [low, high]`, in points."""
-    return f"{100 * v['difference']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
 
 
 def _seeds(n):
@@ -126,13 +115,13 @@ def answer(rows):
     size = f"{_seeds(len(v0['seeds']))} × {v0['num_examples']} test images, paired 95% bootstrap intervals"
 
     def minus(r, v):
-        return f"{r['label']} − {LABELS[base_of(r['objective'])]} {_ci(v)}"
+        return f"{r['label']} − {LABELS[base_of(r['objective'])]} {ci(v)}"
 
     above = [(r, v) for r, v in effects if v["low"] > 0]
     if above:
         best, v = max(above, key=lambda e: e[1]["difference"])
         others = "; ".join(minus(r, w) for r, w in effects if r is not best)
-        return (f"{best['label']} adds {_ci(v)} points of AutoAttack robust accuracy over "
+        return (f"{best['label']} adds {ci(v)} points of AutoAttack robust accuracy over "
                 f"{LABELS[base_of(best['objective'])]} ({size})"
                 + (f"; the other triplet terms: {others}." if others else "."))
     listed = "; ".join(minus(r, v) for r, v in effects)
@@ -149,16 +138,11 @@ def markdown(state):
              ("| objective | seeds | clean | AutoAttack fast (robust) | − AT, paired [95% CI] "
               "| triplet term − its base [95% CI] | AA standard (seed 0) |"),
              "| --- | --- | --- | --- | --- | --- | --- |"]
-
-    def pct(m):
-        std = f" ± {100 * m['std']:.1f}" if m["std"] is not None else ""
-        return f"{100 * m['mean']:.1f}%{std}"
-
     for r in rows:
         v = r.get("vs_at")
-        diff = _ci(v) if v else "–"
+        diff = ci(v) if v else "–"
         e = triplet_effect(r)
-        effect = f"{_ci(e)} (− {LABELS[base_of(r['objective'])]})" if e else "–"
+        effect = f"{ci(e)} (− {LABELS[base_of(r['objective'])]})" if e else "–"
         std = ", ".join(f"{100 * a:.1f}%" for a in r["standard"].values()) or "–"
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {pct(r['clean'])} | **{pct(r['robust'])}** | "
                      f"{diff} | {effect} | {std} |")

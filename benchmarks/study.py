@@ -9,7 +9,8 @@ r"""Runs a study: variants × seeds → train → evaluate → JSON → markdown
 `--study=<name>` is the configuration `benchmarks/studies/<name>.py` (its `STUDY`; each
 table's definition is in benchmarks/README.md, beside its command).
 Every flag of `python -m at2l_tf.train` is accepted too and goes to every run,
-after the study's recipe (a flag the study varies is refused); the study sets
+after the study's recipe (a flag the study varies is refused; `--eps` also sets the
+eps its evaluation attacks at); the study sets
 `--seed`, `--workdir` (`<study_dir>/runs/<variant>/s<seed>`) and `--export_dir=`.
 
 One command runs every phase the study has (tune, pilot, runs, report), skipping
@@ -103,6 +104,11 @@ def configured(study):
             raise ConfigError(f"{name} must be >= 1, received {name}={getattr(FLAGS, name)}")
     if study.tuning and FLAGS.trials is not None:
         study = dataclasses.replace(study, tuning=dataclasses.replace(study.tuning, trials=FLAGS.trials))
+    if FLAGS["eps"].present:  # One threat model: the runs train at --eps and are judged at it.
+        attacks = tuple(dataclasses.replace(a, params={**a.params, "eps": FLAGS.eps}) if "eps" in a.params else a
+                        for a in study.evaluation.attacks)
+        evaluation = dataclasses.replace(study.evaluation, eps=FLAGS.eps, attacks=attacks)
+        study = dataclasses.replace(study, evaluation=evaluation)
     if FLAGS.test_examples is not None:
         evaluation = dataclasses.replace(study.evaluation, examples=FLAGS.test_examples)
         study = dataclasses.replace(study, evaluation=evaluation)

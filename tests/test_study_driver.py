@@ -130,9 +130,10 @@ def test_an_attack_suite_study_runs_naive_and_adaptive_columns(tmp_path):
     encoding, the row without a layer neither; the table printed is the one --markdown_from prints."""
     out = tmp_path / "table1.json"
     run = _study("--study=thermometer", "--variants=ori,then0", f"--study_dir={tmp_path / 'runs'}",
-                 f"--output_json={out}", "--test_examples=8", "--max_train_examples=300", "--epochs=1")
+                 f"--output_json={out}", "--test_examples=8", "--max_train_examples=300", "--epochs=1", "--eps=0.25")
     state = json.loads(out.read_text())
     ori, then0 = (state["runs"][k]["report"]["attacks"] for k in ("ori/s0", "then0/s0"))
+    assert {a["eps"] for a in [*ori.values(), *then0.values()] if "eps" in a} == {0.25}  # --eps: train and judge.
     assert "ls_pga" not in ori and then0["ls_pga"]["adaptive"] == "behind thermometer"
     assert then0["bpda_pgd"]["adaptive"] == "bpda" and "adaptive" not in then0["pgd"] | ori["bpda_pgd"]
     assert then0["bpda_apgd_ce"]["seed"] == 0 and then0["square"]["queries"] == 1000

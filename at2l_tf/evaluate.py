@@ -116,15 +116,11 @@ whose input shape is not the dataset's image shape, ...) ends with one line on
 stderr and exit status 1, and nothing is written.
 """
 
-import sys
-import types
-
 from absl import flags
 
 from at2l_tf import cli  # Sets TF log level before TensorFlow is imported.
 from at2l_tf import attacks, evaluation
 from at2l_tf.errors import ConfigError
-from at2l_tf.evaluation import workdir as _workdir_lib
 from at2l_tf.evaluation.config import (  # noqa: F401  (re-exported: the Python API)
     ATTACK_PRECISIONS, DEFAULT_ATTACKS, STRATEGIES, AttacksSection, EvaluationConfig,
     ImagesSection, ModelSection, OutputSection,
@@ -133,21 +129,6 @@ from at2l_tf.evaluation.run import evaluate  # Also re-exported: the Python API.
 from at2l_tf.evaluation.specs import attack_specs  # noqa: F401  (re-exported)
 from at2l_tf.evaluation.workdir import evaluation_identity, open_workdir  # noqa: F401  (re-exported)
 
-
-class _Command(types.ModuleType):
-    """This module, but for one thing: assigning `open_workdir` or
-    `evaluation_identity` here assigns it in `evaluation.workdir`, through which
-    `evaluate` calls them, so that code wrapping them on this module (e.g.
-    `benchmarks/evaluate_persistence.py`, which times the workdir's code) wraps
-    the functions the evaluation runs."""
-
-    def __setattr__(self, name, value):
-        if name in ("open_workdir", "evaluation_identity"):
-            setattr(_workdir_lib, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Command
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 

@@ -24,6 +24,7 @@ from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults
 import provenance  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from at2l_tf import evaluate, evaluation  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
+from at2l_tf.evaluation import workdir as workdir_lib  # noqa: E402  (evaluate(config) calls its functions)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", "savedmodels/mnist_reference", "The evaluated SavedModel.")
@@ -58,8 +59,8 @@ def main(argv):
     store = evaluation.store.ResultStore
     store.save = timed(store.save, "units_written")
     store.load = timed(store.load, "units_read")
-    evaluate.open_workdir = timed(evaluate.open_workdir)
-    evaluate.evaluation_identity = timed(evaluate.evaluation_identity)  # The model's digest.
+    workdir_lib.open_workdir = timed(workdir_lib.open_workdir)
+    workdir_lib.evaluation_identity = timed(workdir_lib.evaluation_identity)  # The model's digest.
 
     root = tempfile.mkdtemp(prefix="persistence-")
 

@@ -132,7 +132,7 @@ def thermometer_soft(x, levels, width=BPDA_WIDTH):
     within `w/2` bins of an edge gets a gradient, saturated ones (`x = 1`, in
     the top bin) included: with `w = 2`, all of `[0, 1]`. MNIST strokes are
     saturated, and BPDA through the one-sided ramp cannot lighten them: on
-    the Th.En.(7) model of `benchmarks/preprocessing_tables.py` (first 500 test
+    the Th.En.(7) model of Table 1 (`benchmarks/studies/thermometer.py`; first 500 test
     images, eps 0.3, BPDA-APGD-CE, 100 iterations) it left 88.2% accuracy, the
     centred ramp 79.4% (w = 2), 80.8% (w = 3), 80.2% (w = 6); Square, which uses
     no gradient, 79.9% on 1,000 images. Only the gradient matters: BPDA's forward

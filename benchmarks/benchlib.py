@@ -161,20 +161,25 @@ def table(record, title, columns, show=("",), hide=(), targets_=None):
         for path, v in leaves(r):
             if path.startswith(show) and not any(h in path for h in hide):
                 rows.setdefault(path, {})[name] = v
-    m, load, targets_ = record["machine"], record.get("load", {}), targets_ or {}
-    label = max([6, *map(len, rows)]) + 2
-    width = max([12, *(len(n) + 2 for n in columns)])
+    m, load, targets_ = record["machine"], record.get("load"), targets_ or {}
+    label, width = max([6, *map(len, rows)]) + 2, max([12, *(len(n) + 2 for n in columns)])
     lines = [f"{title}; {m['cpu_model']}, {m['cpu_count']} CPUs" + (" (--quick)" if record.get("quick") else "")
              + (f"; load avg {load['load_avg_start'][0]} -> {load['load_avg_end'][0]}" if load else ""),
              f"{'figure':<{label}}{'target':>8}" + "".join(f"{n:>{width}}" for n in columns)]
     for path, values in rows.items():
         op, thr = targets_.get(path, ("", None))
         cells = []
-        for name in columns:
-            v = values.get(name)
+        for v in (values.get(name) for name in columns):
             cell = "n/a" if v is None else f"{v:,.0f}" if isinstance(v, int) or abs(v) >= 1000 else f"{v:.4g}"
             cells.append(cell + ("" if thr is None or v is None else " ok" if meets(v, op, thr) else " MISS"))
-        lines.append(f"{path:<{label}}{op + (f'{thr:g}' if thr else ''):>8}" + "".join(f"{c:>{width}}" for c in cells))
-    if record.get("skipped"):
-        lines.append(f"skipped: {record['skipped']}")
-    return lines
+        goal = "" if thr is None else f"{op}{thr:g}"
+        lines.append(f"{path:<{label}}{goal:>8}" + "".join(f"{c:>{width}}" for c in cells))
+    return lines + ([f"skipped: {record['skipped']}"] if record.get("skipped") else [])
+
+
+def model_report(record, family):
+    """The `table` of a family measured per model (its rows `family.SHOW`), or no lines when the
+    record holds none of its figures."""
+    if not set(family.FIGURES) & set(record["settings"].get("figures", family.FIGURES)):
+        return []
+    return table(record, family.NAME, record["models"], family.SHOW, targets_=family.TARGETS)

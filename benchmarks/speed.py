@@ -8,13 +8,13 @@ r"""Every speed measurement of at2l_tf, in families of figures run by this one d
     python benchmarks/speed.py --markdown_from=benchmarks/results/speed_precision_cpu.json
 
 A family is a module (`speed_<family>.py`: `NAME`, `FIGURES` that `--figures` picks from,
-`SETTINGS` with its defaults, `configure`, `measure`, `report`); what each times is defined in
-benchmarks/README.md, "What each family times". This driver owns what they share: the flags
-(a family's defaults in `--help`; `--batch_size`, `--eps`, `--seed` are the train command's,
-128, 0.3 and 0 here), the checks before any work, the device, and the JSON: the run's
-provenance, `families` (rewritten after each), and per family its `settings`, `load`,
-`wall_s` and record. `--markdown_from` prints the families' reports of a results JSON, this
-driver's or one of the scripts it replaced (their `benchmark` names the families).
+`SETTINGS` with its defaults, `configure`, `measure`, and `report` or `SHOW`); what each
+times is in benchmarks/README.md, "What each family times". This driver owns what they
+share: the flags (a family's defaults in `--help`; `--batch_size`, `--eps`, `--seed` are the
+train command's, 128, 0.3 and 0 here), the checks before any work, the device, and the JSON:
+the run's provenance, `families` (rewritten after each), and per family its `settings`,
+`load`, `wall_s` and record. `--markdown_from` prints the families' reports of a results
+JSON, this driver's or one of the scripts it replaced (its `benchmark` names the families).
 """
 
 import json
@@ -53,7 +53,7 @@ def _defaults(name):
     """`--help`'s note of each family's default of setting `name`."""
     notes = []
     for family, module in FAMILIES.items():
-        full, quick = [",".join(v) if isinstance(v, list) else v for v in module.SETTINGS.get(name) or (None, None)]
+        full, quick = [",".join(v) if isinstance(v, list) else v for v in module.SETTINGS.get(name) or (None,) * 2]
         if full is not None:
             notes.append(f"{family} {full}" + (f" (--quick: {quick})" if quick != full else ""))
     return "; ".join(notes)
@@ -74,7 +74,7 @@ flags.DEFINE_integer("pgd_steps", None, f"PGD steps k of the attacks: {_defaults
 flags.DEFINE_integer("apgd_steps", None, f"APGD iterations: {_defaults('apgd_steps')}.")
 flags.DEFINE_bool("xla", None, "Also time with jit_compile=True: training, attacks on (--quick: off).")
 flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "cpu hides every GPU; gpu uses TensorFlow's default.")
-for _name in ("batch_size", "eps", "seed"):  # The train command's (speed_recipe_cost imports it), listed in --help.
+for _name in ("batch_size", "eps", "seed"):  # The train command's flags (speed_recipe_cost imports it).
     flags.declare_key_flag(_name)
 for _family in FAMILIES.values():
     flags.adopt_module_key_flags(_family)
@@ -99,7 +99,8 @@ def check_mnist_models(names):
     for name in names:
         entry = models.get_entry(name)  # Unknown: ConfigError listing the known models.
         if entry.dataset != "mnist":
-            raise ConfigError(f"model {name!r} is a {entry.dataset} model; the benchmarks run on MNIST: {', '.join(mnist)}")
+            raise ConfigError(f"model {name!r} is a {entry.dataset} model; the benchmarks run on MNIST: "
+                              f"{', '.join(mnist)}")
 
 
 def plan():
@@ -116,7 +117,7 @@ def plan():
     unknown = [f for f in figures if f not in every]
     if unknown or not figures and every:
         what = f"unknown figure {unknown[0]!r}" if unknown else "--figures names no figure"
-        raise ConfigError(f"{what}; known figures: {', '.join(every) or 'none (these families have no figures to pick)'}")
+        raise ConfigError(f"{what}; known figures: {', '.join(every) or 'none (these families have none to pick)'}")
     if names is None:
         names = [n for n in pool if set(FAMILIES[n].FIGURES) & set(figures)]
     out = []
@@ -139,8 +140,10 @@ def plan():
     return out
 
 
-def _print(lines):
-    if lines:  # A family with none of its figures in a record prints nothing.
+def report(family, record):
+    """Prints the family's report of its record (`benchlib.model_report` unless it has its own)."""
+    lines = family.report(record) if hasattr(family, "report") else benchlib.model_report(record, family)
+    if lines:  # A family with none of its figures in the record has none.
         print("\n".join(lines))
 
 
@@ -150,7 +153,7 @@ def main(argv):
     if FLAGS.markdown_from:
         with open(FLAGS.markdown_from) as f:
             for fam, record in family_records(json.load(f)):
-                _print(fam.report(record))
+                report(fam, record)
         return
     todo = plan()
     import tensorflow as tf
@@ -174,7 +177,7 @@ def main(argv):
         result["machine"].update(device=FLAGS.device, tf_threads={  # 0: TensorFlow picks (one per core).
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads()})
-        _print(fam.report({**result, **result[fam.NAME]}))
+        report(fam, {**result, **result[fam.NAME]})
         if FLAGS.output_json:
             atomic_write_json(FLAGS.output_json, result)
 

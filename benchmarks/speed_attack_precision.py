@@ -7,10 +7,10 @@ import os
 import benchlib
 import keras
 import numpy as np
+import provenance
 import tensorflow as tf
 from absl import flags
 
-import provenance
 from at2l_tf import models, precision, savedmodel
 from at2l_tf.attacks import apgd, search
 from at2l_tf.attacks.square import run_square
@@ -22,8 +22,8 @@ flags.DEFINE_integer("target_classes", None, "attack_precision: APGD-T targets (
 flags.DEFINE_integer("square_queries", None, "attack_precision: Square queries (default 1000; --quick: 10).")
 flags.DEFINE_float("clock_ghz", None, "attack_precision: core clock of the peak; default /proc/cpuinfo's cpu MHz.")
 flags.DEFINE_integer("cores", None, "attack_precision: cores of the peak; default os.cpu_count().")
-flags.DEFINE_integer("fp32_flop_per_cycle", None, "attack_precision: float32 FLOP per cycle and core; default by CPU flags.")
-flags.DEFINE_integer("bf16_flop_per_cycle", None, "attack_precision: bfloat16 FLOP per cycle and core; default by CPU flags.")
+flags.DEFINE_integer("fp32_flop_per_cycle", None, "attack_precision: float32 FLOP/cycle/core; default by CPU flags.")
+flags.DEFINE_integer("bf16_flop_per_cycle", None, "attack_precision: bfloat16 FLOP/cycle/core; default by CPU flags.")
 
 NAME = "attack_precision"
 FIGURES = ()
@@ -101,7 +101,7 @@ def load(model_dir):
 
 
 def run_attack(name, model_fn, x, y, cfg):
-    common = dict(eps=cfg["eps"], seed=0)
+    common = {"eps": cfg["eps"], "seed": 0}
     if name == "apgd_ce":
         return apgd.run_apgd(model_fn, x, y, loss="ce", steps=cfg["apgd_steps"], **common)
     if name == "apgd_t":
@@ -123,18 +123,16 @@ def measure(cfg):
            "peak": pk, "loaded": load_avg > pk["cores"], "load_average_1min": round(load_avg, 2), "attacks": {}}
     for name in ATTACKS:
         rec = out["attacks"][name] = {}
-        # Per precision: the model_fn the attack runs on, the search's and the judge's counters.
-        runs = {}
+        runs = {}  # Precision -> (the model_fn the attack runs on, the search's counter, the judge's).
         for prec in PRECISIONS:
             judge = Counted(f32_fn)
             searcher = judge if prec == "float32" else Counted(bf16_fn)
             runs[prec] = (judge if prec == "float32" else search.SearchModel(searcher, judge), searcher, judge)
-        for model_fn, searcher, judge in runs.values():  # Warm-up: tracing; its work is not counted.
+        for model_fn, searcher, judge in runs.values():  # Warm-up (tracing); its work is not counted.
             run_attack(name, model_fn, x, y, cfg)
             searcher.take(), judge.take(), getattr(model_fn, "take_rejected", int)()
-        wall, _, last = benchlib.interleaved(
-            {prec: (lambda m=m: np.asarray(run_attack(name, m, x, y, cfg)[0])) for prec, (m, _, _) in runs.items()},
-            repeats=cfg["repeats"], warmup=0)
+        calls = {p: (lambda m=m, a=name: np.asarray(run_attack(a, m, x, y, cfg)[0])) for p, (m, _, _) in runs.items()}
+        wall, _, last = benchlib.interleaved(calls, repeats=cfg["repeats"], warmup=0)
         for prec, (model_fn, searcher, judge) in runs.items():
             n = cfg["repeats"]
             search_images = searcher.take() // n
@@ -147,7 +145,8 @@ def measure(cfg):
             robust = int(np.sum(np.argmax(np.asarray(f32_fn(last[prec])), -1) == y))
             rec[prec] = {"wall_s": round(w, 4), "search_images": search_images, "judge_images": judge_images,
                          "search_gflop": round(search_flop / 1e9, 4), "judge_gflop": round(judge_flop / 1e9, 4),
-                         "gflops": round((search_flop + judge_flop) / 1e9 / w, 2), "share_of_peak": round(at_peak / w, 4),
+                         "gflops": round((search_flop + judge_flop) / 1e9 / w, 2),
+                         "share_of_peak": round(at_peak / w, 4),
                          "rejected": model_fn.take_rejected() // n if prec == "bfloat16" else None, "robust": robust}
             benchlib.log(f"{name} {prec}: {w:.3f} s, {rec[prec]['gflops']} GFLOP/s, "
                          f"{rec[prec]['share_of_peak']:.1%} of peak, robust {robust}/{len(x)}")

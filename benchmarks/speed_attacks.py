@@ -1,8 +1,8 @@
 """Our attacks' speed, the `attacks` family of `speed.py`: PGD against its floor, and our FGSM,
 PGD and APGD against IBM ART, eager CleverHans and Foolbox on the same Keras model (what each
-figure times: benchmarks/README.md, "What each family times"). Its peer helpers serve the `profile` family too."""
+figure times: benchmarks/README.md, "What each family times"). The `profile` family uses its
+peers too."""
 
-import statistics
 import warnings
 
 import benchlib
@@ -61,11 +61,6 @@ def measure(cfg):
         out["skipped"] = "; ".join(NOTES[p] for p, v in peers.items() if v is None)
     out["targets"] = benchlib.targets(out["models"], TARGETS, figures, {f: NOTES[p] for f, p in PEERS.items()})
     return out
-
-
-def report(record):
-    return benchlib.table(record, NAME, record["models"], SHOW, targets_=TARGETS) if set(FIGURES) & set(
-        record["settings"].get("figures", FIGURES)) else []
 
 
 # ------------------------------------------------------------------ the peers
@@ -270,7 +265,8 @@ def bench_attacks(model_name, cfg, record, peers):
         record["pgd_breakdown"] = {
             "k": k, "input_grads_s_per_batch": round(sec["input_grad_x_k"] / n, 5),
             "update_ops_s_per_batch": round(sec["pgd_update_ops_x_k"] / n, 5),
-            "rest_s_per_batch": round((sec["ours_pgd"] - sec["input_grad_x_k"] - sec["pgd_update_ops_x_k"]) / n, 5),
+            "rest_s_per_batch": round((sec["ours_pgd"] - sec["input_grad_x_k"] - sec["pgd_update_ops_x_k"]) / n,
+                                      5),
         }
         if "cleverhans_eager_pgd" in sec:  # What eager execution adds to each PGD step over our one graph.
             record["pgd_breakdown"]["cleverhans_eager_overhead_s_per_step"] = round(
@@ -313,7 +309,8 @@ def bench_apgd(model_name, cfg, record, art):
     labels = np.argmax(clf(x, training=False).numpy(), axis=-1).astype(np.int64)
     theirs = art_apgd(art, clf, eps, n, bs)
     contenders = {  # Ours called eagerly, as evaluate calls it (the registry does not compile APGD).
-        "ours_apgd": lambda: attacks.apgd_ce(model_fn, x, labels, eps=eps, steps=n, restarts=1, seed=cfg["seed"]).numpy(),
+        "ours_apgd": lambda: attacks.apgd_ce(model_fn, x, labels, eps=eps, steps=n, restarts=1,
+                                             seed=cfg["seed"]).numpy(),
         "art_apgd": lambda: theirs.generate(x, labels),
     }
     with benchlib.section(f"{model_name}: APGD-CE ({n} iterations)", record["sections"], "attacks_apgd"):
@@ -322,6 +319,6 @@ def bench_apgd(model_name, cfg, record, art):
     med_cpu = benchlib.medians(cpu)
     record["apgd_vs_art"] = round(ips["ours_apgd"] / ips["art_apgd"], 3)
     record["apgd_vs_art_cpu"] = round(med_cpu["art_apgd"] / med_cpu["ours_apgd"], 3)
-    record["apgd_labels"] = {"labels": "the model's predictions on the clean batch", "attacked": int(len(labels)),
+    record["apgd_labels"] = {"labels": "the model's predictions on the clean batch", "attacked": len(labels),
                              "clean_accuracy_true_labels": round(float(np.mean(labels == y_true)), 4)}
     _record_validity(record, model_name, {name: _linf_check(x, out, labels, clf, eps) for name, out in outputs.items()})

@@ -12,7 +12,7 @@ from at2l_tf import attacks, models, precision
 from at2l_tf.errors import ConfigError
 from at2l_tf.training.at2l_model import AT2LModel
 
-flags.DEFINE_string("policy", "mixed_bfloat16", "precision: the mixed policy against float32: mixed_bfloat16 | mixed_float16.")
+flags.DEFINE_string("policy", "mixed_bfloat16", "precision: policy against float32: mixed_bfloat16 | mixed_float16.")
 
 NAME = "precision"
 FIGURES = ()
@@ -46,7 +46,7 @@ def bench_model(name, x, y, cfg):
     pgd = attacks.make_attack("pgd", eps=cfg["eps"], steps=cfg["pgd_steps"])
 
     def attack(clf):
-        run = tf.function(lambda images, labels: pgd(lambda z: tf.cast(clf(z, training=False), tf.float32), images, labels))
+        run = tf.function(lambda xb, yb: pgd(lambda z: tf.cast(clf(z, training=False), tf.float32), xb, yb))
         return lambda: run(x, y).numpy()
 
     def step(clf, pol):

@@ -120,27 +120,19 @@ def trace(fn, model_name):
     }
 
 
-def _best_gflops(fn, args, flop, repeats):
-    fn = tf.function(fn)
-    for _ in range(2):
-        fn(*args).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args).numpy()
-        times.append(time.perf_counter() - start)
-    return flop / min(times) / 1e9
-
-
 def peak_gflops(repeats=5):
-    """The best float32 rates TensorFlow reaches here, `{"matmul": ..., "conv": ...}` GFLOPS, each
-    the best of `repeats` calls: an upper bound on what a model's kernels sustain. The conv is
-    the Madry CNN's second layer, the fastest kernel seen in these profiles."""
-    n = 4096
-    a, b = tf.random.stateless_normal((n, n), seed=(1, 2)), tf.random.stateless_normal((n, n), seed=(3, 4))
-    x, w = tf.random.stateless_normal((128, 14, 14, 32), seed=(5, 6)), tf.random.stateless_normal((5, 5, 32, 64), seed=(7, 8))
-    return {"matmul": _best_gflops(tf.linalg.matmul, (a, b), 2 * n**3, repeats),
-            "conv": _best_gflops(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), (x, w), 2 * 128 * 14 * 14 * 64 * 25 * 32, repeats)}
+    """The best float32 rates TensorFlow reaches here, GFLOPS, of a 4096² matmul and of a 5x5
+    convolution, 32 -> 64 channels at 14x14, batch 128 (the Madry CNN's second layer, the fastest
+    kernel seen in these profiles), each the best of `repeats` calls: an upper bound on what a
+    model's kernels sustain."""
+    n, seeds = 4096, iter(((1, 2), (3, 4), (5, 6), (7, 8)))
+    a, b, x, w = (tf.random.stateless_normal(shape, seed=next(seeds))
+                  for shape in ((n, n), (n, n), (128, 14, 14, 32), (5, 5, 32, 64)))
+    matmul, conv = tf.function(tf.linalg.matmul), tf.function(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"))
+    wall, _, _ = benchlib.interleaved({"matmul": lambda: matmul(a, b).numpy(), "conv": lambda: conv(x, w).numpy()},
+                                      repeats=repeats, warmup=2)
+    flop = {"matmul": 2 * n**3, "conv": 2 * 128 * 14 * 14 * 64 * 25 * 32}
+    return {k: flop[k] / min(wall[k]) / 1e9 for k in flop}
 
 
 def measure(cfg):
@@ -179,9 +171,11 @@ def profile_model(model_name, cfg, art, peak):
     floor = {
         "gradient_gflop": round(gflop, 3), "matmul_gflops": round(peak["matmul"], 1),
         "conv_gflops": round(peak["conv"], 1), "peak_gflops": round(peak_rate, 1), "pgd_floor_ms": round(floor_ms, 1),
-        "ours_gradient_gflops": round(k * gflop / (ours_ms / 1e3), 1), "ours_share_of_peak": round(floor_ms / ours_ms, 3),
+        "ours_gradient_gflops": round(k * gflop / (ours_ms / 1e3), 1),
+        "ours_share_of_peak": round(floor_ms / ours_ms, 3),
         # Of the traced call, whose times the profiler's own overhead inflates.
-        "ours_outside_model_share": round(1 - impls["ours"]["graph_kernel_ms"]["model"] / impls["ours"]["traced_wall_ms"], 3),
+        "ours_outside_model_share": round(
+            1 - impls["ours"]["graph_kernel_ms"]["model"] / impls["ours"]["traced_wall_ms"], 3),
     }
     for name, target in TARGET_SPEEDUPS.items():
         rec = impls[name]

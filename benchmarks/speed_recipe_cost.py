@@ -1,7 +1,7 @@
 """What each recipe costs, and does the input pipeline keep up with it? The `recipe_cost`
-family of `speed.py` (what it times: benchmarks/README.md, "What each family times"). Its report gives each recipe's cost as the
-comment lines that open its flagfile after its command (a test checks the flagfiles against
-`benchmarks/results/recipe_cost_cpu.json`)."""
+family of `speed.py` (what it times: benchmarks/README.md, "What each family times"). Its
+report gives each recipe's cost as the comment lines that open its flagfile after its command
+(a test checks the flagfiles against `benchmarks/results/recipe_cost_cpu.json`)."""
 
 import copy
 import math
@@ -21,7 +21,7 @@ from at2l_tf.training import ensemble
 from at2l_tf.training.at2l_model import AT2LModel
 
 flags.DEFINE_list("recipe", ["flags/cats_vs_dogs_at2l.flags"],
-                  "recipe_cost: flagfiles whose training step is timed; the first sets the pipeline's image and batch size.")
+                  "recipe_cost: flagfiles whose step is timed; the first sets the pipeline's image and batch size.")
 flags.DEFINE_bool("pipeline", True, "recipe_cost: also time the image-folder pipeline on generated JPEGs.")
 flags.DEFINE_integer("images", None, "recipe_cost: generated JPEGs (default 2,000; --quick: 160).")
 flags.DEFINE_integer("pipeline_epochs", None, "recipe_cost: pipeline epochs timed (default 3; --quick: 2).")
@@ -113,7 +113,7 @@ def time_recipe(path, cfg):
     y = rng.integers(0, spec.num_classes, batch).astype(np.int64)
     ens = config.ensemble.attacks
     batches = (x, y, np.clip(x + 0.01, 0, 1)) if ens else (x, y)  # Algorithm 2: precomputed x_adv.
-    benchlib.log(f"{path}: {config.model_name}, {spec.image_shape}, batch {batch}, {precision.policy}: timing {steps} steps")
+    benchlib.log(f"{path}: {config.model_name}, {spec.image_shape}, batch {batch}, {precision.policy}: {steps} steps")
     median, mean = _step_times(model, tf.data.Dataset.from_tensors(batches).repeat(), steps, warmup)
     f, k = benchlib.forward_flops(model.classifier, strict=False), _attack_steps(config)
     factor = 6 if ens else (2 * k + 6 if k else 3)
@@ -122,7 +122,8 @@ def time_recipe(path, cfg):
         "model": config.model_name, "image_shape": list(spec.image_shape), "batch_size": batch,
         "precision": precision.policy, "objective": config.train.defense, "attack": config.training_attack,
         "attack_steps": k, "preprocessing": config.preprocessing.name, "train_examples": n_train,
-        "steps_per_epoch": steps_per_epoch, "epochs": config.train.epochs, "pretrain_epochs": config.train.pretrain_epochs,
+        "steps_per_epoch": steps_per_epoch, "epochs": config.train.epochs,
+        "pretrain_epochs": config.train.pretrain_epochs,
         "timed_steps": steps, "s_per_step": round(median, 4), "s_per_step_mean": round(mean, 4),
         "images_per_s": round(batch / median, 1), "forward_gflops_per_image": round(f / 1e9, 5),
         "step_flops_factor": factor,
@@ -143,7 +144,8 @@ def time_recipe(path, cfg):
                                        cw_steps=config.ensemble.cw_steps, cw_const=config.ensemble.cw_const)
         xr = rng.uniform(0, 1, (REGENERATION_BATCH, *spec.image_shape)).astype(np.float32)
         yr = rng.integers(0, spec.num_classes, REGENERATION_BATCH).astype(np.int64)
-        compiled = {n: ensemble.compile_attack(fn, lambda z: model.classifier(z, training=False)) for n, fn in fns.items()}
+        compiled = {n: ensemble.compile_attack(fn, lambda z: model.classifier(z, training=False))
+                    for n, fn in fns.items()}
         wall, _, _ = benchlib.interleaved({n: (lambda c=c: np.asarray(c(xr, yr))) for n, c in compiled.items()},
                                           repeats=max(1, steps // 4), warmup=1)  # Warm-up: tracing.
         per_batch = {n: round(t, 3) for n, t in benchlib.medians(wall).items()}

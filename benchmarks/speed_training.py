@@ -64,11 +64,6 @@ def measure(cfg):
     return out
 
 
-def report(record):
-    return benchlib.table(record, NAME, record["models"], SHOW, targets_=TARGETS) if set(FIGURES) & set(
-        record["settings"].get("figures", FIGURES)) else []
-
-
 def _model(model_name, cfg, defense, policy="float32", jit_compile="auto", **kwargs):
     """`model_name`, untrained (seed `--seed`: the same weights for every variant), in an
     `AT2LModel` with the PGD-`--train_pgd_steps` training attack, compiled with Adam(1e-3)."""
@@ -183,7 +178,7 @@ def bench_recipe_steps(model_name, cfg, record):
     ((x, y),) = benchlib.mnist_batches("train", 1, cfg["batch_size"])
     policy = precision.POLICY_OF[cfg["recipe_precision"]]
     built = {v: _model(model_name, cfg, "trades", policy, beta=6.0, **kw) for v, kw in RECIPE_VARIANTS.items()}
-    with benchlib.section(f"{model_name}: TRADES steps with the training ingredients ({policy})", record["sections"], "recipe_steps"):
+    with benchlib.section(f"{model_name}: TRADES steps ({policy})", record["sections"], "recipe_steps"):
         wall, _, _ = benchlib.interleaved({v: benchlib.train_step(m, x, y) for v, m in built.items()},
                                           repeats=cfg["repeats"], warmup=cfg["warmup"], calls=cfg["calls"])
     med = benchlib.medians(wall)
@@ -219,7 +214,7 @@ def bench_train_run(model_name, cfg, record):
     quick = cfg["quick"]
     args = [f"--model={model_name}", "--objective=at2l", "--attack=pgd", f"--attack_steps={cfg['train_pgd_steps']}",
             f"--eps={cfg['eps']}", "--epochs=1", f"--batch_size={cfg['batch_size']}", f"--seed={cfg['seed']}",
-            "--verbose=2", f"--eval_examples={100 if quick else 1000}"] + (["--max_train_examples=512"] if quick else [])
+            "--verbose=2", f"--eval_examples={100 if quick else 1000}"] + ["--max_train_examples=512"] * quick
     benchlib.log(f"{model_name}: train command (child process) ...")
     with tempfile.TemporaryDirectory() as tmp:
         peak_file = os.path.join(tmp, "peak_kib")

@@ -233,3 +233,21 @@ def test_markdown_from_reads_the_committed_jsons_of_the_replaced_scripts():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("attacks;") and "training;" not in proc.stdout
     assert [line.split()[0] for line in proc.stdout.splitlines() if ">=" in line] == ["apgd_vs_art", "pgd_vs_foolbox"]
+
+
+def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--family=precision", "--quick", f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["families"] == ["precision"]
+    family = result["precision"]
+    assert family["policy"] == "mixed_bfloat16" and family["settings"]["pgd_steps"] == 3
+    (record,) = family["models"].values()
+    for part in ("pgd_input_gradients", "train_step"):
+        f = record["figures"][part]
+        assert _positive(f["float32_s"]) and _positive(f["mixed_s"]) and _positive(f["cpu_speedup"])
+        assert abs(f["speedup"] - f["float32_s"] / f["mixed_s"]) < 0.02 * f["speedup"] + 0.002
+        assert f["paired_speedup_min_max"][0] <= f["paired_speedup_min_max"][1]
+    assert proc.stdout.splitlines()[2:4] == [
+        "| model | PGD-3 input gradients fp32 / bf16 | AT train step fp32 / bf16 |", "| --- | --- | --- |"]

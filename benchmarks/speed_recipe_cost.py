@@ -43,6 +43,18 @@ def configure(cfg):
     for path in cfg["recipe"]:
         if not os.path.isfile(path):
             raise ConfigError(f"recipe flagfile does not exist: {path}")
+        recipe_config(path)  # Checked before any work.
+
+
+def recipe_config(path):
+    """The validated configuration the train command makes of flagfile `path`."""
+    values = copy.deepcopy(flags.FLAGS)  # The train command's flags, this run's left alone.
+    values.unparse_flags()
+    try:
+        values(["train", f"--flagfile={path}"])
+    except flags.Error as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return train.config_from_flags(values).validate()
 
 
 def measure(cfg):
@@ -98,10 +110,7 @@ def recipe_command(path):
 def time_recipe(path, cfg):
     """The cost of the recipe in flagfile `path` on this CPU, and on paper on one GPU."""
     steps, warmup, seed, gpu_flops = cfg["repeats"], cfg["warmup"], cfg["seed"], cfg["gpu_tflops"] * 1e12
-    values = copy.deepcopy(flags.FLAGS)  # The train command's flags, this run's left alone.
-    values.unparse_flags()
-    values(["train", f"--flagfile={path}"])
-    config = train.config_from_flags(values).validate()
+    config = recipe_config(path)
     spec, batch = config.spec, config.data.batch_size
     n_train = train_examples(config)
     steps_per_epoch = n_train // batch

@@ -156,11 +156,12 @@ def table(record, title, columns, show=("",), hide=(), targets_=None):
             elif v is None or isinstance(v, (int, float)) and not isinstance(v, bool):
                 yield f"{path}{key}", v
 
-    rows = {}
+    rows, columns = {}, dict(sorted(columns.items()))  # Sorted, as in a JSON file.
     for name, r in columns.items():
         for path, v in leaves(r):
             if path.startswith(show) and not any(h in path for h in hide):
                 rows.setdefault(path, {})[name] = v
+    rows = dict(sorted(rows.items()))
     m, load, targets_ = record["machine"], record.get("load"), targets_ or {}
     label, width = max([6, *map(len, rows)]) + 2, max([12, *(len(n) + 2 for n in columns)])
     lines = [f"{title}; {m['cpu_model']}, {m['cpu_count']} CPUs" + (" (--quick)" if record.get("quick") else "")

@@ -151,6 +151,9 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
         assert _positive(record["pgd_vs_foolbox_cpu"])
     notes = [n for n, has in ((ART_NOTE, HAS_ART), (FOOLBOX_NOTE, HAS_FOOLBOX)) if not has]
     assert attacks.get("skipped") == ("; ".join(notes) or None)
+    # The reports printed after the run are the ones --markdown_from prints from its JSON.
+    again = _speed(f"--markdown_from={out}")
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
 
 
 def test_figures_alone_pick_their_family_and_only_them(tmp_path):
@@ -251,3 +254,5 @@ def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tm
         assert f["paired_speedup_min_max"][0] <= f["paired_speedup_min_max"][1]
     assert proc.stdout.splitlines()[2:4] == [
         "| model | PGD-3 input gradients fp32 / bf16 | AT train step fp32 / bf16 |", "| --- | --- | --- |"]
+    again = _speed(f"--markdown_from={out}")
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]

@@ -26,7 +26,7 @@ those that fail, reporting them in one line on stderr ("image_dir: skipped 3
 of 1,200 files that do not decode as images (e.g. PetImages/Cat/666.jpg)").
 Training never meets a bad file mid-epoch (unless a file changes after the
 scan); the step count is exact. The scan
-costs one decode per file (`benchmarks/pipeline_speed.py` measures the rate).
+costs one decode per file (`benchmarks/speed.py --family=recipe_cost` measures the rate).
 
 Why not `keras.utils.image_dataset_from_directory`: it decodes inside its own
 `map`, where a file that fails to decode stops the iteration with an
@@ -39,7 +39,7 @@ uint8 cache here. The listing below follows its conventions.
 **Cache.** The resized uint8 images of a split are cached in memory when they
 fit: `n * image_size**2 * 3` bytes within `cache_budget_bytes()` (a quarter of
 the physical memory); otherwise every epoch decodes and resizes again
-(`num_parallel_calls=AUTOTUNE`), which `benchmarks/pipeline_speed.py` shows to
+(`num_parallel_calls=AUTOTUNE`), which `benchmarks/speed.py --family=recipe_cost` shows to
 be faster than a CPU training step consumes.
 """
 

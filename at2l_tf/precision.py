@@ -6,7 +6,7 @@ float32. Two policies matter here:
 * `mixed_bfloat16`: bfloat16 has float32's exponent range, so no loss scaling
   is needed. oneDNN runs it natively on CPUs whose flags list `avx512_bf16` or
   `amx_bf16` (measured on such an AMD EPYC: PGD-10 adversarial training steps
-  1.5–1.8× faster, `benchmarks/speed_precision.py`); elsewhere it is emulated
+  1.5–1.8× faster, `benchmarks/speed.py --family=precision`); elsewhere it is emulated
   and usually *slower* than float32.
 * `mixed_float16`: for GPUs of compute capability >= 7.0 (tensor cores); its
   narrow range needs loss scaling (`keras.mixed_precision.LossScaleOptimizer`,

@@ -1,4 +1,4 @@
-"""benchmarks/pipeline_speed.py, run as users run it: valid JSON with the documented keys.
+"""benchmarks/speed.py --family=recipe_cost, run as users run it: valid JSON with the documented keys.
 
 No speed ratio is asserted: timings depend on the machine and its load.
 """
@@ -16,7 +16,7 @@ def _run(*args):
     # This checkout's package first (an installed at2l_tf may be another version).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, os.path.join("benchmarks", "pipeline_speed.py"), *args],
+    return subprocess.run([sys.executable, os.path.join("benchmarks", "speed.py"), "--family=recipe_cost", *args],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -28,11 +28,12 @@ def test_quick_run_writes_the_documented_json(tmp_path):
     out = tmp_path / "pipeline.json"
     proc = _run("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "cats_vs_dogs_at2l.flags:" in proc.stdout and "s/step" in proc.stdout
+    assert "== flags/cats_vs_dogs_at2l.flags" in proc.stdout and "s/step" in proc.stdout
     result = json.loads(out.read_text())
-    assert result["benchmark"] == "pipeline_speed" and result["quick"] is True
+    assert result["families"] == ["recipe_cost"] and result["quick"] is True
     assert "--quick" in result["command"] and result["date"] and result["git_commit"]
     assert result["machine"]["cpu_count"] >= 1 and "cpu_model" in result["machine"]
+    result = result["recipe_cost"]
     assert len(result["load"]["load_avg_start"]) == 3 and len(result["load"]["load_avg_end"]) == 3
 
     recipe = result["recipes"]["cats_vs_dogs_at2l.flags"]
@@ -59,8 +60,8 @@ def test_a_missing_recipe_is_a_one_line_error(tmp_path):
     out = tmp_path / "pipeline.json"
     proc = _run("--quick", "--recipe=flags/no_such.flags", f"--output_json={out}")
     assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("pipeline_speed: error:")]
-    assert errors == ["pipeline_speed: error: recipe flagfile does not exist: flags/no_such.flags"]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("speed: error:")]
+    assert errors == ["speed: error: recipe flagfile does not exist: flags/no_such.flags"]
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
@@ -69,10 +70,11 @@ RECIPE_COSTS = os.path.join(REPO, "benchmarks", "results", "recipe_cost_cpu.json
 
 def test_the_recipes_open_with_the_cost_measured_in_the_stored_results():
     """Each CIFAR-10 and Cats vs Dogs flagfile, after its command line, carries the cost lines
-    that `--cost_lines_from` makes from the committed results (so its numbers come from there)."""
-    proc = _run(f"--cost_lines_from={RECIPE_COSTS}")
+    that `--markdown_from` prints from the committed results (so its numbers come from there),
+    the last one the command that measures them again."""
+    proc = _run(f"--markdown_from={RECIPE_COSTS}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    blocks = {}
+    blocks, current = {}, []
     for line in proc.stdout.splitlines():
         if line.startswith("== "):
             current = blocks[line[3:]] = []
@@ -90,7 +92,7 @@ def test_the_recipes_open_with_the_cost_measured_in_the_stored_results():
         while text[end - 1].endswith("\\"):  # The command continues on the next line.
             end += 1
         assert text[end:end + len(lines)] == lines, path
-        assert lines[-1].endswith(f"--recipe={path}")
+        assert lines[-1] == f"#   python benchmarks/speed.py --family=recipe_cost --nopipeline --recipe={path}"
         record = stored["recipes"][os.path.basename(path)]
         assert record["flagfile"] == path and _positive(record["s_per_step"])
 

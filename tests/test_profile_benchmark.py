@@ -1,4 +1,4 @@
-"""benchmarks/profile_attacks.py --quick, run as users run it, and its bad-input exits.
+"""benchmarks/speed.py --family=profile --quick, run as users run it, and its bad-input exits.
 
 Timings are not checked (they depend on the machine); the structure of the
 profile is: our compiled PGD runs the model's ops inside one graph and computes
@@ -15,7 +15,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join("benchmarks", "profile_attacks.py")
+SCRIPT = os.path.join("benchmarks", "speed.py")
 
 # mnist_small, per image: conv 3x3 1->32 (26x26 out), conv 3x3 32->64 (11x11 out),
 # dense 1600->128, dense 128->10. 2 FLOP per multiply-add; an input gradient is
@@ -25,9 +25,10 @@ MNIST_SMALL_GRADIENT_GFLOP = round(2 * _FORWARD * 128 / 1e9, 3)
 
 
 def _run(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     return subprocess.run(
-        [sys.executable, SCRIPT, *args],
+        [sys.executable, SCRIPT, "--family=profile", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -43,8 +44,9 @@ def test_quick_profile_writes_the_documented_json(tmp_path):
     assert "mnist_small" in proc.stdout and "cleverhans_eager" in proc.stdout
 
     result = json.loads(out.read_text())
-    assert result["benchmark"] == "profile_attacks" and result["quick"] is True
+    assert result["families"] == ["profile"] and result["quick"] is True
     assert result["machine"]["cpu_count"] >= 1 and result["versions"]["tensorflow"]
+    result = result["profile"]
     assert result["settings"]["pgd_steps"] == 3 and result["settings"]["batch_size"] == 128
     assert list(result["models"]) == ["mnist_small"]
     record = result["models"]["mnist_small"]
@@ -115,6 +117,23 @@ def test_bad_flags_exit_with_one_line(tmp_path, flag, message):
     out = tmp_path / "profile.json"
     proc = _run(flag, f"--output_json={out}", timeout=120)
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("profile_attacks:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("speed:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert not out.exists()
+
+
+def test_markdown_from_reads_the_committed_profile():
+    # A JSON of profile_attacks.py, which the `profile` family replaced: its rows by dotted path.
+    path = os.path.join(REPO, "benchmarks", "results", "profile_attacks_cpu.json")
+    proc = _run(f"--markdown_from={path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stored = json.load(open(path))["models"]
+    for row in ("implementations.ours.wall_ms", "floor.needed_share_of_peak_for_target_over_art"):
+        (line,) = [line for line in proc.stdout.splitlines() if line.split()[:1] == [row]]
+        values = []
+        for model in ("madry_mnist", "mnist_small"):
+            value = stored[model]
+            for key in row.split("."):
+                value = value[key]
+            values.append(f"{value:.4g}")
+        assert line.split()[1:] == values, line

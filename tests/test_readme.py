@@ -208,7 +208,7 @@ def test_table3_is_the_committed_run():
 
 def test_mixed_precision_tables_are_the_committed_runs():
     bench = _bench().splitlines()
-    speed = _printed_table("speed_precision.py", "speed_precision_cpu.json")
+    speed = _printed_table("speed.py", "speed_precision_cpu.json")
     study = _printed_table("study.py", "precision_study_mnist.json", study="precision")
     assert len(speed) == 6 and len(study) == 5
     assert all(line in bench for line in speed + study)

@@ -1,4 +1,4 @@
-"""benchmarks/speed_attack_precision.py --quick, run as users run it, and its bad input.
+"""benchmarks/speed.py --family=attack_precision --quick, run as users run it, and its bad input.
 
 Timings are not checked (they depend on the machine and its load); the counts are:
 the FLOPs of one forward pass match a hand count, the float32 runs call no judge and
@@ -14,7 +14,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join("benchmarks", "speed_attack_precision.py")
+SCRIPT = os.path.join("benchmarks", "speed.py")
 # mnist_small per image: conv 3x3 1->32 (26x26 out), conv 3x3 32->64 (11x11 out),
 # dense 1600->128, dense 128->10; 2 FLOP per multiply-add.
 MNIST_SMALL_FORWARD = 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 1600 * 128 + 128 * 10)
@@ -23,7 +23,7 @@ MNIST_SMALL_FORWARD = 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 1600 * 128
 def _run(*args):
     # PYTHONPATH: this checkout's package, whichever one the environment installed.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, SCRIPT, "--family=attack_precision", *args], cwd=REPO, capture_output=True,
                           text=True, env=env, timeout=600)
 
 
@@ -32,7 +32,8 @@ def test_quick_run_writes_the_documented_json(tmp_path):
     proc = _run("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["benchmark"] == "speed_attack_precision" and result["quick"] is True
+    assert result["families"] == ["attack_precision"] and result["quick"] is True
+    result = result["attack_precision"]
     assert result["forward_flop_per_image"] == MNIST_SMALL_FORWARD
     # The profiler also counts bias adds, activations and pooling: a little more.
     assert MNIST_SMALL_FORWARD <= result["profiler_forward_flop_per_image"] <= 1.1 * MNIST_SMALL_FORWARD
@@ -49,12 +50,12 @@ def test_quick_run_writes_the_documented_json(tmp_path):
             total = (r["search_gflop"] + r["judge_gflop"]) / r["wall_s"]
             assert r["gflops"] == pytest.approx(total, rel=0.02, abs=0.02), name
         assert rec["bfloat16_speedup"] == pytest.approx(f32["wall_s"] / bf16["wall_s"], rel=0.01)
-    assert "apgd_ce" in proc.stdout and "of peak" in proc.stdout
+    assert "apgd_ce" in proc.stdout and "share_of_peak" in proc.stdout
 
 
 def test_peak_follows_the_cpu_flags():
-    # In a fresh process: the script defines absl flags on import (--eps, --batch_size, ...)
-    # that other test modules' commands define too.
+    # In a fresh process: the family defines absl flags on import (--model_dir, --cores, ...)
+    # that other test modules' commands may define too.
     code = """
 import json, sys
 sys.path.insert(0, "benchmarks")
@@ -79,6 +80,6 @@ def test_bad_input_exits_1_with_one_line(tmp_path):
     out = tmp_path / "p.json"
     proc = _run("--quick", "--batch_size=0", f"--output_json={out}")
     assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("speed_attack_precision:")]
-    assert lines == ["speed_attack_precision: error: batch_size must be >= 1, received batch_size=0"], proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("speed:")]
+    assert lines == ["speed: error: batch_size must be >= 1, received batch_size=0"], proc.stderr[-2000:]
     assert not out.exists()

@@ -1,5 +1,6 @@
-"""benchmarks/speed.py --quick, run as users run it: valid JSON with the documented keys;
-its families (speed_training.py, speed_attacks.py) run alone on their own figures.
+"""benchmarks/speed.py, run as users run it: its default families (`training`, `attacks`) with
+--quick write valid JSON with the documented keys, --figures picks figures and families, and
+--markdown_from reads every committed speed JSON, those of the scripts it replaced included.
 
 Only that the benchmark runs and what it writes are checked here: every figure a
 positive number (or `null` with the documented `skipped` note), every
@@ -23,16 +24,13 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
 FOOLBOX_NOTE = "foolbox not installed (pip install -e '.[bench]')"
-TARGETS = (
-    "at2l_over_at", "pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverhans_eager",
-    "apgd_vs_art", "pgd_vs_foolbox",
-)
-FIGURES = TARGETS + ("train_epoch_s", "train_run", "recipe_step_s")
+TRAINING_FIGURES = ("at2l_over_at", "train_epoch_s", "train_run", "recipe_step_s")
+ATTACK_FIGURES = ("pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverhans_eager", "apgd_vs_art",
+                  "pgd_vs_foolbox")
+FIGURES = TRAINING_FIGURES + ATTACK_FIGURES
 ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art", "apgd_vs_art")
 FOOLBOX_RATIOS = ("pgd_vs_foolbox",)
 DEFENSES = ("none", "at", "at2l")
-# Ratios timed side by side that the JSON carries besides the targets (no bounds: see above).
-CPU_RATIOS = ("pgd_efficiency_cpu",)
 HAS_ART = importlib.util.find_spec("art") is not None
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 
@@ -50,19 +48,12 @@ def _skipped(name):
     return None
 
 
-TRAINING_FIGURES = ("at2l_over_at", "train_epoch_s", "train_run", "recipe_step_s")
-
-
-def _speed(*args, script="speed.py"):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join("benchmarks", script), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+def _speed(*args):
+    # PYTHONPATH: this checkout's package, whichever one the environment installed.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, os.path.join("benchmarks", "speed.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=900)
 
 
 def _check_valid(record, contenders):
@@ -74,16 +65,31 @@ def _check_valid(record, contenders):
         assert _positive(record["images_per_s"][name]), name
 
 
+def test_interleaved_times_every_call_in_rotated_rounds():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import benchlib
+    finally:
+        sys.path.pop(0)
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n) or n.upper()) for n in "abc"}
+    wall, cpu, last = benchlib.interleaved(fns, repeats=3, warmup=1, calls=2)
+    assert calls == list("abc") + list("aabbcc") + list("bbccaa") + list("ccaabb")
+    assert last == {"a": "A", "b": "B", "c": "C"}
+    assert all(len(wall[n]) == len(cpu[n]) == 3 and min(wall[n]) >= 0 for n in "abc")
+
+
 def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
     out = tmp_path / "speed.json"
     proc = _speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in TARGETS:  # The table names every figure.
+    for name in FIGURES[:1] + ATTACK_FIGURES:  # The reports name every target.
         assert name in proc.stdout
 
     result = json.loads(out.read_text())
     assert result["benchmark"] == "speed" and result["quick"] is True
-    assert "--quick" in result["command"] and result["date"]
+    assert result["families"] == ["training", "attacks"]
+    assert "--quick" in result["command"] and result["date"] and result["git_commit"]
     machine = result["machine"]
     assert machine["platform"] and machine["cpu_count"] >= 1 and "cpu_model" in machine
     versions = result["versions"]
@@ -91,69 +97,74 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
     assert (versions["adversarial-robustness-toolbox"] is not None) == HAS_ART
     assert (versions["foolbox"] is not None) == HAS_FOOLBOX
     assert (versions["eagerpy"] is not None) == HAS_FOOLBOX
-    settings = result["settings"]
-    assert settings["batch_size"] == 128 and settings["repeats"] >= 1
-    assert settings["figures"] == list(FIGURES)
-    assert settings["apgd_steps"] == 10 and settings["attack_apgd"]["restarts"] == 1
     assert _positive(result["peak_rss_mb"])
-    assert result["load"]["load_avg_start"] and result["load"]["load_avg_end"]
 
-    assert list(result["models"]) == ["mnist_small"]
-    for record in result["models"].values():
-        for name in TARGETS:
+    training, attacks = result["training"], result["attacks"]
+    for family, figures in ((training, TRAINING_FIGURES), (attacks, ATTACK_FIGURES)):
+        settings = family["settings"]
+        assert settings["batch_size"] == 128 and settings["repeats"] == 3 and settings["figures"] == list(figures)
+        assert len(family["load"]["load_avg_start"]) == 3 and _positive(family["wall_s"])
+        assert list(family["models"]) == ["mnist_small"]
+        targets = family["targets"]
+        assert set(targets) == set(figures) & {"at2l_over_at", *ATTACK_FIGURES}
+        for name, entry in targets.items():
+            assert entry["target"] and set(entry["values"]) == {"mnist_small"}
             if _skipped(name):
-                assert record[name] is None
+                assert entry["pass"] is None and entry["skipped"] == _skipped(name)
             else:
-                assert _positive(record[name]), (name, record[name])
-        for name in CPU_RATIOS:
-            assert _positive(record[name]), (name, record[name])
-        epoch = record["train_epoch_s"]
-        assert epoch["extrapolated"] is True and epoch["steps_per_epoch"] == 55000 // 128
-        for d in DEFENSES:
-            assert _positive(epoch[d]) and _positive(record["train_step_s"][d])
-        for name, speed in record["images_per_s"].items():
-            assert _positive(speed), name
-        run = record["train_run"]  # The train command in a child process.
-        assert "-m at2l_tf.train" in run["command"] and "--max_train_examples=512" in run["command"]
-        assert _positive(run["wall_s"]) and _positive(run["peak_rss_mb"])
-        for name, check in record["validity"].items():
-            assert check["in_eps_ball"] and check["in_box"], (name, check)
-        _check_valid(record, ["ours_pgd", "cleverhans_eager_pgd"])
-        if HAS_ART:  # Every ART attack, APGD included, made valid adversarials.
-            # Our FGSM is timed only against ART's (`fgsm_vs_art`).
-            _check_valid(record, ["ours_fgsm", "art_fgsm", "art_pgd", "ours_apgd", "art_apgd"])
-            assert _positive(record["apgd_vs_art_cpu"])
-            # The model's predictions as labels: all 128 images attacked, by both.
-            assert record["apgd_labels"]["attacked"] == 128
-            assert _positive(record["sections"]["attacks_apgd"]["wall_s"])
-        if HAS_FOOLBOX:
-            _check_valid(record, ["foolbox_pgd"])
-            assert _positive(record["pgd_vs_foolbox_cpu"])
+                assert isinstance(entry["pass"], bool)
+    assert attacks["settings"]["apgd_steps"] == 10 and attacks["settings"]["attack_apgd"]["restarts"] == 1
+    assert training["settings"]["train_pgd_steps"] == 3 and training["settings"]["xla"] is False
 
-    targets = result["targets"]
-    assert set(targets) == set(TARGETS)
-    for name, entry in targets.items():
-        assert entry["target"] and set(entry["values"]) == {"mnist_small"}
+    record = training["models"]["mnist_small"]
+    assert _positive(record["at2l_over_at"]) and _positive(record["at2l_over_at_cpu"])
+    epoch = record["train_epoch_s"]
+    assert epoch["extrapolated"] is True and epoch["steps_per_epoch"] == 55000 // 128
+    for d in DEFENSES:
+        assert _positive(epoch[d]) and _positive(record["train_step_s"][d])
+    run = record["train_run"]  # The train command in a child process.
+    assert "-m at2l_tf.train" in run["command"] and "--max_train_examples=512" in run["command"]
+    assert _positive(run["wall_s"]) and _positive(run["peak_rss_mb"])
+    assert set(record["recipe_step_s"]["steps_s"]) == {"plain", "ema", "awp", "ema_awp"}
+
+    record = attacks["models"]["mnist_small"]
+    for name in ATTACK_FIGURES:
         if _skipped(name):
-            assert entry["pass"] is None and entry["skipped"] == _skipped(name)
+            assert record[name] is None
         else:
-            assert isinstance(entry["pass"], bool)
+            assert _positive(record[name]), (name, record[name])
+    assert _positive(record["pgd_efficiency_cpu"])
+    for name, speed in record["images_per_s"].items():
+        assert _positive(speed), name
+    for name, check in record["validity"].items():
+        assert check["in_eps_ball"] and check["in_box"], (name, check)
+    _check_valid(record, ["ours_pgd", "cleverhans_eager_pgd"])
+    if HAS_ART:  # Every ART attack, APGD included, made valid adversarials.
+        # Our FGSM is timed only against ART's (`fgsm_vs_art`).
+        _check_valid(record, ["ours_fgsm", "art_fgsm", "art_pgd", "ours_apgd", "art_apgd"])
+        assert _positive(record["apgd_vs_art_cpu"])
+        # The model's predictions as labels: all 128 images attacked, by both.
+        assert record["apgd_labels"]["attacked"] == 128
+        assert _positive(record["sections"]["attacks_apgd"]["wall_s"])
+    if HAS_FOOLBOX:
+        _check_valid(record, ["foolbox_pgd"])
+        assert _positive(record["pgd_vs_foolbox_cpu"])
     notes = [n for n, has in ((ART_NOTE, HAS_ART), (FOOLBOX_NOTE, HAS_FOOLBOX)) if not has]
-    assert result.get("skipped") == ("; ".join(notes) or None)
+    assert attacks.get("skipped") == ("; ".join(notes) or None)
+    # The reports printed after the run are the ones --markdown_from prints from its JSON.
+    again = _speed(f"--markdown_from={out}")
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
 
 
-def test_figures_runs_only_the_figures_named(tmp_path):
-    # The attacks family alone, as speed_attacks.py.
+def test_figures_alone_pick_their_family_and_only_them(tmp_path):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}",
-                  script="speed_attacks.py")
+    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["benchmark"] == "speed_attacks" and "speed_attacks.py" in result["command"]
-    assert result["settings"]["figures"] == ["pgd_vs_foolbox"]
-    assert "train_pgd_steps" not in result["settings"]  # The training family did not run.
-    assert set(result["targets"]) == {"pgd_vs_foolbox"}
-    (record,) = result["models"].values()
+    assert result["families"] == ["attacks"] and "training" not in result
+    assert result["attacks"]["settings"]["figures"] == ["pgd_vs_foolbox"]
+    assert set(result["attacks"]["targets"]) == {"pgd_vs_foolbox"}
+    (record,) = result["attacks"]["models"].values()
     for other in set(FIGURES) - {"pgd_vs_foolbox"}:
         assert other not in record, other
     if HAS_FOOLBOX:
@@ -162,39 +173,32 @@ def test_figures_runs_only_the_figures_named(tmp_path):
         assert _positive(record["pgd_vs_foolbox"])
         _check_valid(record, ["ours_pgd", "foolbox_pgd"])
     else:
-        assert record["pgd_vs_foolbox"] is None and result["skipped"] == FOOLBOX_NOTE
+        assert record["pgd_vs_foolbox"] is None and result["attacks"]["skipped"] == FOOLBOX_NOTE
 
 
-def test_an_unknown_figure_is_a_one_line_error(tmp_path):
+def _errors(proc):
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return [line for line in proc.stderr.splitlines() if line.startswith("speed: error:")]
+
+
+def test_an_unknown_figure_or_family_is_a_one_line_error(tmp_path):
     out = tmp_path / "speed.json"
     proc = _speed("--quick", "--figures=apgd_vs_art,no_such_figure", f"--output_json={out}")
-    assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("speed: error:")]
-    assert errors == [
-        "speed: error: unknown figure 'no_such_figure'; known figures: " + ", ".join(FIGURES)
-    ]
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
-
-
-def test_a_family_knows_only_its_own_figures(tmp_path):
-    out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=apgd_vs_art", f"--output_json={out}",
-                  script="speed_training.py")
-    assert proc.returncode == 1
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("speed_training: error:")]
-    assert errors == [
-        "speed_training: error: unknown figure 'apgd_vs_art'; known figures: "
-        + ", ".join(TRAINING_FIGURES)
-    ]
+    assert _errors(proc) == ["speed: error: unknown figure 'no_such_figure'; known figures: " + ", ".join(FIGURES)]
+    proc = _speed("--quick", "--family=training", "--figures=apgd_vs_art", f"--output_json={out}")
+    assert _errors(proc) == [
+        "speed: error: unknown figure 'apgd_vs_art'; known figures: " + ", ".join(TRAINING_FIGURES)]
+    proc = _speed("--quick", "--family=training,speeed", f"--output_json={out}")
+    assert _errors(proc) == ["speed: error: unknown family 'speeed'; known families: training, attacks, precision, "
+                             "attack_precision, profile, recipe_cost"]
     assert not out.exists()
 
 
 def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=recipe_step_s", f"--output_json={out}", script="speed_training.py")
+    proc = _speed("--quick", "--figures=recipe_step_s", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["training"]
     assert result["settings"]["figures"] == ["recipe_step_s"]
     assert "precision bfloat16" in result["settings"]["recipe"]
     (record,) = result["models"].values()
@@ -208,3 +212,47 @@ def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path):
     assert _positive(recipe["awp_over_plain"]) and _positive(recipe["ema_over_plain"])
     for other in set(TRAINING_FIGURES) - {"recipe_step_s"}:
         assert other not in record, other
+
+
+def test_markdown_from_reads_the_committed_jsons_of_the_replaced_scripts():
+    """`speed_cpu.json` (the old speed.py: training and attacks in one record): each target
+    in its family's table, with its values and marks; `speed_attacks_cpu.json` (attack
+    figures only): the attacks' table alone."""
+    results = os.path.join(REPO, "benchmarks", "results")
+    proc = _speed(f"--markdown_from={results}/speed_cpu.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stored = json.load(open(os.path.join(results, "speed_cpu.json")))
+    lines = proc.stdout.splitlines()
+    attacks = lines.index(next(line for line in lines if line.startswith("attacks;")))
+    assert lines[0].startswith("training;") and len(stored["targets"]) == 5
+    for name, entry in stored["targets"].items():
+        (row,) = [line for line in lines if line.split()[:1] == [name]]
+        assert (lines.index(row) < attacks) == (name == "at2l_over_at"), name
+        op, threshold = entry["target"].split()
+        values = [entry["values"][m] for m in sorted(stored["models"])]
+        marks = ["ok" if (v <= float(threshold) if op == "<=" else v >= float(threshold)) else "MISS" for v in values]
+        assert row.split()[1:] == [op + threshold, *(c for v, m in zip(values, marks) for c in (f"{v:.4g}", m))], row
+    proc = _speed(f"--markdown_from={results}/speed_attacks_cpu.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("attacks;") and "training;" not in proc.stdout
+    assert [line.split()[0] for line in proc.stdout.splitlines() if ">=" in line] == ["apgd_vs_art", "pgd_vs_foolbox"]
+
+
+def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed("--family=precision", "--quick", f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["families"] == ["precision"]
+    family = result["precision"]
+    assert family["policy"] == "mixed_bfloat16" and family["settings"]["pgd_steps"] == 3
+    (record,) = family["models"].values()
+    for part in ("pgd_input_gradients", "train_step"):
+        f = record["figures"][part]
+        assert _positive(f["float32_s"]) and _positive(f["mixed_s"]) and _positive(f["cpu_speedup"])
+        assert abs(f["speedup"] - f["float32_s"] / f["mixed_s"]) < 0.02 * f["speedup"] + 0.002
+        assert f["paired_speedup_min_max"][0] <= f["paired_speedup_min_max"][1]
+    assert proc.stdout.splitlines()[2:4] == [
+        "| model | PGD-3 input gradients fp32 / bf16 | AT train step fp32 / bf16 |", "| --- | --- | --- |"]
+    again = _speed(f"--markdown_from={out}")
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]

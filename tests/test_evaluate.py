@@ -326,7 +326,7 @@ def test_report_of_a_model_that_always_says_0(capsys):
     ]
     assert lines[0].endswith("ETA ?")  # PGD has not run yet: no rate for it.
     assert re.fullmatch(
-        r"\[at2l_tf\] batch 3/3 pgd: 8/8 examples, 4 still robust, [0-9.]+ s elapsed, ETA 0.0 s",
+        r"\[at2l_tf\] batch 3/3 pgd: 8/8 examples, 4 still robust, [0-9.]+ (s|min|h) elapsed, ETA 0.0 s",
         lines[-1],
     )
     assert " 3/8 examples, 2 still robust" in lines[1]  # The first batch: labels 0, 1, 0.

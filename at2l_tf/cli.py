@@ -30,17 +30,30 @@ def fail(prog, message):
     sys.exit(1)
 
 
-def parse_flags(prog, argv, flag_values=None):
+def parse_flags(prog, argv, flag_values=None, removed=None):
     """Parses `argv` into `flag_values` (default `flags.FLAGS`); on a parsing
-    error, prints `<prog>: error: <message>` on one line and exits with status 1."""
+    error, prints `<prog>: error: <message>` on one line and exits with status 1.
+
+    `removed` maps flags the command no longer has to their replacements
+    (`removed_flag_message`).
+    """
     flag_values = flags.FLAGS if flag_values is None else flag_values
     try:
         return flag_values(argv)
     except flags.Error as e:
-        fail(prog, e)
+        fail(prog, removed_flag_message(e, removed) or e)
 
 
-def run(main, prog):
+def removed_flag_message(error, removed):
+    """`--norm was removed: use --triplet_distance, received --norm=l2` when the absl
+    parsing `error` is about a flag of `removed` (old name -> replacement), else None."""
+    if isinstance(error, flags.UnrecognizedFlagError) and error.flagname in (removed or {}):
+        # flagvalue: the argument as given, `--norm=l2`.
+        return f"--{error.flagname} was removed: use --{removed[error.flagname]}, received {error.flagvalue}"
+    return None
+
+
+def run(main, prog, removed=None):
     """Runs `main` under `absl.app.run`, reporting user errors on one line.
 
     Flag-parsing errors (an unknown flag, `--epochs=two`, a missing flagfile)
@@ -50,10 +63,11 @@ def run(main, prog):
     Args:
         main: the entry point's `main(argv)`.
         prog: command name used as the prefix of error messages.
+        removed: flags the command no longer has -> their replacements (`parse_flags`).
     """
 
     def _parse(argv):
-        return parse_flags(prog, argv)
+        return parse_flags(prog, argv, removed=removed)
 
     def _guarded(argv):
         if not flags.FLAGS["verbosity"].present:

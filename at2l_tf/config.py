@@ -16,7 +16,6 @@ from typing import Optional
 from at2l_tf import attacks, data, defenses, image_folder, losses, models, precision
 from at2l_tf.errors import ConfigError, at_least
 from at2l_tf.training import objectives
-from at2l_tf.training.objectives import DEFENSES
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "cosine")
@@ -158,21 +157,20 @@ class TrainConfig:
     """Loss and optimisation.
 
     Attributes:
-        defense: the recipe (flag `--objective`; `training.objectives`): `none`, `at` (Eq. 1),
+        objective: the recipe (flag `--objective`; `training.objectives`): `none`, `at` (Eq. 1),
             `at2l` (Eq. 2: AT + the triplet term), `tr` (clean CE + the triplet
-            term), `trades` (TRADES) or `mart` (MART). The field keeps the flag's
-            old name (`--defense`, a deprecated alias) as every recorded config
-            (`results.json`, the exports' metadata, tuner searches) carries it.
+            term), `trades` (TRADES) or `mart` (MART). Records written before
+            the rename call it `defense` (`identity.renamed` reads them).
         lambda1: weight of the adversarial cross-entropy (Eq. 1, 2).
         lambda2: weight λ2 of the triplet term (Eq. 2). `None` (default): 0.5,
             the paper's, for `at2l` and `tr`; 0 (no triplet term) for `at`,
             `trades`, `mart`. A value > 0 adds the term to `at`, `trades` or
             `mart`; `none` ignores it (it crafts no adversarial examples).
         margin: triplet margin α.
-        norm: the triplet distance d (flag `--triplet_distance`; `--norm` a deprecated alias):
+        triplet_distance: the triplet distance d (flag `--triplet_distance`):
             `linf` (the paper's), `l2`, `l1`, or `cosine` (1 − cos between
-            L2-normalized features, TLA). The historical name is kept so that
-            every recorded config and tuner search keeps reading and resuming.
+            L2-normalized features, TLA). Records written before the rename
+            call it `norm` (`identity.renamed` reads them).
         beta: β of `trades` / `mart`, the weight of the KL term (>= 0).
             `None` (default): 1.0 for TRADES (its published MNIST value, MNIST
             being the default dataset; CIFAR-10: 6), 6.0 for MART (its published
@@ -214,11 +212,11 @@ class TrainConfig:
             starts (the authors start it after a few epochs).
     """
 
-    defense: str = "at2l"
+    objective: str = "at2l"
     lambda1: float = 1.0
     lambda2: Optional[float] = None
     margin: float = 0.5
-    norm: str = "linf"
+    triplet_distance: str = "linf"
     beta: Optional[float] = None
     triplet_features: str = "logits"
     triplet_negative: str = "random"
@@ -238,39 +236,39 @@ class TrainConfig:
     @property
     def eps_warmup(self):
         """N, the ε warm-up in epochs: `eps_warmup_epochs` or the objective's default."""
-        return objectives.resolve_eps_warmup(self.defense, self.eps_warmup_epochs, self.epochs)
+        return objectives.resolve_eps_warmup(self.objective, self.eps_warmup_epochs, self.epochs)
 
     @property
     def uses_triplet(self):
         """Whether the run trains with the triplet term (`objectives.uses_triplet`)."""
-        return objectives.uses_triplet(self.defense, self.lambda2)
+        return objectives.uses_triplet(self.objective, self.lambda2)
 
     def describe(self):
-        """`{"defense", "objective", "triplet"}`: what the run trains with (for `results.json`)."""
+        """`{"objective", "loss", "triplet"}`: what the run trains with (for `results.json`)."""
         return objectives.describe(
-            self.defense, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
-            margin=self.margin, norm=self.norm, features=self.triplet_features,
+            self.objective, lambda1=self.lambda1, lambda2=self.lambda2, beta=self.beta,
+            margin=self.margin, distance=self.triplet_distance, features=self.triplet_features,
             negative=self.triplet_negative,
         )
 
     def validate(self):
-        if self.defense not in DEFENSES:
+        if self.objective not in objectives.CHOICES:
             raise ConfigError(
-                f"unknown objective {self.defense!r}; known objectives: {', '.join(DEFENSES)}"
+                f"unknown objective {self.objective!r}; known objectives: {', '.join(objectives.CHOICES)}"
             )
         at_least("lambda1", self.lambda1, 0.0)
         if self.lambda2 is not None:
             at_least("lambda2", self.lambda2, 0.0)
         at_least("margin", self.margin, 0.0)
-        if self.norm not in losses.NORMS:
+        if self.triplet_distance not in losses.DISTANCES:
             raise ConfigError(
-                f"unknown triplet_distance {self.norm!r}; known: {', '.join(losses.NORMS)}"
+                f"unknown triplet_distance {self.triplet_distance!r}; known: {', '.join(losses.DISTANCES)}"
             )
         if self.beta is not None:
             at_least("beta", self.beta, 0.0)
-            if not objectives.uses_beta(self.defense):
+            if not objectives.uses_beta(self.objective):
                 raise ConfigError(
-                    f"beta is the weight of the KL term of trades and mart: objective={self.defense!r} "
+                    f"beta is the weight of the KL term of trades and mart: objective={self.objective!r} "
                     f"takes no beta, received beta={self.beta}"
                 )
         for name, known in (("triplet_features", objectives.TRIPLET_FEATURES),
@@ -280,9 +278,9 @@ class TrainConfig:
                 raise ConfigError(f"unknown {name} {value!r}; known: {', '.join(known)}")
             if value != known[0] and not self.uses_triplet:
                 raise ConfigError(
-                    f"{name}={value!r} needs the triplet term, which objective={self.defense!r} "
+                    f"{name}={value!r} needs the triplet term, which objective={self.objective!r} "
                     + ("does not have (no adversarial examples; clean CE + triplet is --objective=tr)"
-                       if self.defense == "none" else "adds only with --lambda2 > 0")
+                       if self.objective == "none" else "adds only with --lambda2 > 0")
                 )
         at_least("epochs", self.epochs, 1)
         at_least("pretrain_epochs", self.pretrain_epochs, 0)
@@ -310,7 +308,7 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1) (0: off), received ema={self.ema}")
         if self.eps_warmup_epochs is not None:
             at_least("eps_warmup_epochs", self.eps_warmup_epochs, 0)
-            if self.eps_warmup_epochs > 0 and self.defense == "none":
+            if self.eps_warmup_epochs > 0 and self.objective == "none":
                 raise ConfigError(
                     f"eps_warmup_epochs ramps the training attack's eps: objective='none' crafts no "
                     f"adversarial examples, received eps_warmup_epochs={self.eps_warmup_epochs}"
@@ -452,7 +450,7 @@ class ExperimentConfig:
         """The attack that crafts x' in the step: `attack.name`, or the objective's own
         (TRADES' `trades_kl`); None when no adversarial example is crafted."""
         t = self.train
-        objective = objectives.for_defense(t.defense, lambda1=t.lambda1, beta=t.beta)
+        objective = objectives.for_objective(t.objective, lambda1=t.lambda1, beta=t.beta)
         if not (objective.needs_adversarial or t.uses_triplet):
             return None
         try:
@@ -500,10 +498,10 @@ class ExperimentConfig:
 
     def _validate_preprocessing(self):
         p, t = self.preprocessing, self.train
-        if p.name == "defense_gan" and t.defense not in ("none", "tr"):
+        if p.name == "defense_gan" and t.objective not in ("none", "tr"):
             raise ConfigError(
                 f"defense_gan classifiers are trained on clean data (objective none) or with "
-                f"triplet regularization (objective tr), received objective={t.defense!r}"
+                f"triplet regularization (objective tr), received objective={t.objective!r}"
             )
         if p.name == "random_resize_pad":
             size = self.spec.image_shape[0]
@@ -534,9 +532,9 @@ class ExperimentConfig:
         n.validate()
         if not n.attacks:
             return
-        if self.train.defense not in ("at", "at2l", "tr"):
+        if self.train.objective not in ("at", "at2l", "tr"):
             raise ConfigError(
-                f"ensemble training needs objective at, at2l or tr, received objective={self.train.defense!r}"
+                f"ensemble training needs objective at, at2l or tr, received objective={self.train.objective!r}"
             )
         if self.preprocessing.name != "none":
             raise ConfigError(

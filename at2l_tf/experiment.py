@@ -26,7 +26,7 @@ Outputs, all under `config.workdir` unless noted:
 * `backup/<task>-<index>/state.npz`: the backup of an unfinished run;
 * `model.keras`: the trained classifier (images -> logits);
 * `results.json`: the configuration, what it trains with (`"training"`: the
-  objective with its λ1 / β, and the triplet term's features, distance,
+  objective, its loss with λ1 / β, and the triplet term's features, distance,
   negative, λ2, α, or null), the training history, the resumes and the final
   test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
 * `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`), with
@@ -111,13 +111,13 @@ def build_model(config, strategy=None, steps_per_epoch=None, precision=None):
         params["eps"] = config.eps
         model = AT2LModel(
             classifier,
-            defense=config.train.defense,
+            objective=config.train.objective,
             attack=config.attack.name,
             attack_params=params,
             lambda1=config.train.lambda1,
             lambda2=config.train.lambda2,
             margin=config.train.margin,
-            norm=config.train.norm,
+            triplet_distance=config.train.triplet_distance,
             beta=config.train.beta,
             triplet_features=config.train.triplet_features,
             triplet_negative=config.train.triplet_negative,
@@ -368,8 +368,7 @@ def run(config, *, verbose=None):
     train_data = training_data(config, strategy, worker)
     model = build_model(config, strategy, steps_per_epoch=train_data.steps, precision=precision)
     log(
-        f"training {config.model_name} on {config.data.dataset} with defense={config.train.defense} "
-        f"{_describe_training(config.train)}"
+        f"training {config.model_name} on {config.data.dataset} with {_describe_training(config.train)}"
         f"attack={config.training_attack or 'none'} eps={config.eps:.4g} steps={config.attack.steps} "
         f"preprocessing={config.preprocessing.name} "
         f"replicas={strategy.num_replicas_in_sync}"
@@ -448,7 +447,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
         if epoch < pre:
             log(f"pre-training on clean data for {pre} epoch(s) (line 1 of Algorithms 1 and 2)")
             with strategy.scope():
-                clean = AT2LModel(model.classifier, defense="none", seed=config.train.seed)
+                clean = AT2LModel(model.classifier, objective="none", seed=config.train.seed)
                 clean.compile(optimizer=precision_lib.wrap_optimizer(
                     keras.optimizers.Adam(config.train.learning_rate), backup.precision))
             backup.restore(clean, "pretrain", strategy)
@@ -587,7 +586,7 @@ def finish(model, config, record, backup, worker, started, verbose):
             metadata={
                 "dataset": config.data.dataset,
                 "model": config.model_name,
-                "defense": config.train.defense,
+                "objective": config.train.objective,
                 "config": config.to_dict(),
                 "test": results.get("test"),
             },
@@ -662,11 +661,11 @@ def _fit_ensemble(model, config, static_models, train_data, callbacks, verbose, 
 
 
 def _describe_training(train):
-    """`objective=at (λ1 1) triplet=logits/linf/random λ2 0.5 α 0.5 `: one phrase for the log."""
+    """`objective=at2l (λ1 1) triplet=logits/linf/random λ2 0.5 α 0.5 `: one phrase for the log."""
     d = train.describe()
-    o = d["objective"]
-    params = " ".join(f"{'λ1' if k == 'lambda1' else 'β'} {v:g}" for k, v in o.items() if k in ("lambda1", "beta"))
-    text = f"objective={o['name']}{f' ({params})' if params else ''} "
+    loss = d["loss"]
+    params = " ".join(f"{'λ1' if k == 'lambda1' else 'β'} {v:g}" for k, v in loss.items() if k in ("lambda1", "beta"))
+    text = f"objective={d['objective']}{f' ({params})' if params else ''} "
     if train.ema:
         text += f"ema={train.ema:g} "
     if train.eps_warmup:

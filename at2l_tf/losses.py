@@ -28,7 +28,7 @@ choices are the defaults):
 
 * features: the logits (paper) or any other per-example features, e.g. the
   penultimate layer's output (TLA, Mao et al. 2019), passed in by the caller;
-* distance (`NORMS`): `linf` (paper), `l2`, `l1`, or `cosine`: `1 - cos(a, b)`,
+* distance (`DISTANCES`): `linf` (paper), `l2`, `l1`, or `cosine`: `1 - cos(a, b)`,
   i.e. a distance between L2-normalized features (TLA), blind to their scale;
 * negative (`NEGATIVES`): `random` (paper, above) or `hardest` (TLA): the clean
   example of another label that is *closest* to the anchor under the distance.
@@ -37,61 +37,61 @@ choices are the defaults):
 import keras
 import tensorflow as tf
 
-# Distances of the triplet term (`--triplet_distance`; the config field keeps its historical name, `norm`).
-NORMS = ("linf", "l2", "l1", "cosine")
+# Distances of the triplet term (`--triplet_distance`).
+DISTANCES = ("linf", "l2", "l1", "cosine")
 NEGATIVES = ("random", "hardest")
 
 
-def logit_distance(a, b, norm="linf"):
+def logit_distance(a, b, distance="linf"):
     """Row-wise distance `d(a, b)` over the last axis.
 
     Args:
         a, b: tensors `(k, D)` (logits or other features).
-        norm: `"linf"` (the paper's choice), `"l2"`, `"l1"`, or `"cosine"`
+        distance: `"linf"` (the paper's choice), `"l2"`, `"l1"`, or `"cosine"`
             (`1 - <a/||a||, b/||b||>`, in [0, 2]; unchanged when a row is scaled).
 
     Returns:
         A `(k,)` tensor.
     """
-    if norm == "cosine":
+    if distance == "cosine":
         return 1.0 - tf.reduce_sum(_unit(a) * _unit(b), axis=-1)
     diff = a - b
-    if norm == "linf":
+    if distance == "linf":
         return tf.reduce_max(tf.abs(diff), axis=-1)
-    if norm == "l2":
+    if distance == "l2":
         # The epsilon keeps the gradient finite when a == b (sqrt'(0) = inf).
         return tf.sqrt(tf.reduce_sum(tf.square(diff), axis=-1) + 1e-12)
-    if norm == "l1":
+    if distance == "l1":
         return tf.reduce_sum(tf.abs(diff), axis=-1)
-    raise ValueError(f"norm must be one of {NORMS}, received norm={norm!r}")
+    raise ValueError(f"distance must be one of {DISTANCES}, received distance={distance!r}")
 
 
-def pairwise_distance(a, b, norm="linf"):
+def pairwise_distance(a, b, distance="linf"):
     """All distances `d(a_i, b_j)`: a `(k, m)` tensor for `a` `(k, D)` and `b` `(m, D)`.
 
     Used to find the hardest negatives; L∞ and L1 broadcast to `(k, m, D)` (a
     few MB for a batch of 128 and D = 128), L2 and cosine go through a matmul.
     """
-    if norm == "cosine":
+    if distance == "cosine":
         return 1.0 - tf.matmul(_unit(a), _unit(b), transpose_b=True)
-    if norm == "l2":
+    if distance == "l2":
         sq = (
             tf.reduce_sum(tf.square(a), -1)[:, None]
             + tf.reduce_sum(tf.square(b), -1)[None, :]
             - 2.0 * tf.matmul(a, b, transpose_b=True)
         )
         return tf.sqrt(tf.maximum(sq, 0.0) + 1e-12)
-    if norm in ("linf", "l1"):
+    if distance in ("linf", "l1"):
         diff = tf.abs(a[:, None, :] - b[None, :, :])
-        return tf.reduce_max(diff, -1) if norm == "linf" else tf.reduce_sum(diff, -1)
-    raise ValueError(f"norm must be one of {NORMS}, received norm={norm!r}")
+        return tf.reduce_max(diff, -1) if distance == "linf" else tf.reduce_sum(diff, -1)
+    raise ValueError(f"distance must be one of {DISTANCES}, received distance={distance!r}")
 
 
 def _unit(v):
     return tf.math.l2_normalize(v, axis=-1, epsilon=1e-12)
 
 
-def triplet_hinge(anchor, positive, negative, *, margin, norm="linf"):
+def triplet_hinge(anchor, positive, negative, *, margin, distance="linf"):
     """Per-triplet hinge `max(d(anchor, positive) - d(anchor, negative) + margin, 0)`.
 
     Args:
@@ -99,15 +99,15 @@ def triplet_hinge(anchor, positive, negative, *, margin, norm="linf"):
         positive: features of their clean examples, `(k, D)`.
         negative: features of the selected negatives, `(k, D)`.
         margin: the margin α (>= 0).
-        norm: distance, see `logit_distance`.
+        distance: see `logit_distance`.
 
     Returns:
         A `(k,)` tensor of hinge values.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, received margin={margin}")
-    d_pos = logit_distance(anchor, positive, norm)
-    d_neg = logit_distance(anchor, negative, norm)
+    d_pos = logit_distance(anchor, positive, distance)
+    d_neg = logit_distance(anchor, negative, distance)
     return tf.nn.relu(d_pos - d_neg + margin)
 
 
@@ -145,14 +145,14 @@ def select_negatives(labels, adv_logits, *, num_classes, seed=None):
     return index, valid
 
 
-def hardest_negatives(labels, anchors, clean, *, norm="linf"):
+def hardest_negatives(labels, anchors, clean, *, distance="linf"):
     """For each anchor, the in-batch index of the closest clean example of another label (TLA).
 
     Args:
         labels: int labels `(k,)`.
         anchors: features of the adversarial examples `(k, D)`.
         clean: features of the clean examples `(k, D)`, the pool of negatives.
-        norm: the distance (`NORMS`) under which "closest" is meant.
+        distance: the distance (`DISTANCES`) under which "closest" is meant.
 
     Returns:
         `(index, valid)` as `select_negatives`. The choice is not differentiated
@@ -160,7 +160,7 @@ def hardest_negatives(labels, anchors, clean, *, norm="linf"):
     """
     labels = tf.cast(labels, tf.int32)
     different = tf.not_equal(labels[:, None], labels[None, :])
-    dist = pairwise_distance(tf.stop_gradient(anchors), tf.stop_gradient(clean), norm)
+    dist = pairwise_distance(tf.stop_gradient(anchors), tf.stop_gradient(clean), distance)
     dist = tf.where(different, dist, tf.fill(tf.shape(dist), tf.constant(float("inf"), dist.dtype)))
     index = tf.argmin(dist, axis=1, output_type=tf.int32)
     return index, tf.reduce_any(different, axis=1)
@@ -173,7 +173,7 @@ def triplet_term(
     *,
     margin,
     num_classes,
-    norm="linf",
+    distance="linf",
     seed=None,
     negative="random",
     clean_features=None,
@@ -188,7 +188,7 @@ def triplet_term(
         clean_logits: `f(x)`, `(k, C)`.
         adv_logits: `f(x_adv)`, `(k, C)`: they decide the class each example is
             pushed to (`random` negatives).
-        margin, norm: see `triplet_hinge`.
+        margin, distance: see `triplet_hinge`.
         num_classes, seed: see `select_negatives`.
         negative: `random` (the paper's, `select_negatives`) or `hardest`
             (`hardest_negatives`).
@@ -203,10 +203,10 @@ def triplet_term(
     if negative == "random":
         index, valid = select_negatives(labels, adv_logits, num_classes=num_classes, seed=seed)
     elif negative == "hardest":
-        index, valid = hardest_negatives(labels, anchors, clean, norm=norm)
+        index, valid = hardest_negatives(labels, anchors, clean, distance=distance)
     else:
         raise ValueError(f"negative must be one of {NEGATIVES}, received negative={negative!r}")
-    hinge = triplet_hinge(anchors, clean, tf.gather(clean, index), margin=margin, norm=norm)
+    hinge = triplet_hinge(anchors, clean, tf.gather(clean, index), margin=margin, distance=distance)
     return tf.where(valid, hinge, tf.zeros_like(hinge))
 
 

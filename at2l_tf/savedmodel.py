@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from at2l_tf import defenses, precision
+from at2l_tf import defenses, identity, precision
 from at2l_tf.errors import ModelLoadError
 
 METADATA_FILE = "at2l_metadata.json"
@@ -220,7 +220,8 @@ class Classifier:
         input_shape: `(H, W, C)`.
         num_classes: width of the logits.
         path: where it was loaded from.
-        metadata: the export's metadata (empty for `.keras` files).
+        metadata: the export's metadata (empty for `.keras` files), read with the
+            names of today (`identity.renamed`: an older export's `defense` is `objective`).
         preprocessing: the defence layer in front of the network, or `None`.
         net_fn: the network behind `preprocessing` (its outputs -> logits);
             `None` without a layer.
@@ -342,7 +343,7 @@ def load_classifier(path):
     meta_path = os.path.join(version_dir, METADATA_FILE)
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            meta = json.load(f)
+            meta = identity.renamed(json.load(f))
     num_classes = int(serving.structured_outputs["logits"].shape[-1])
 
     def model_fn(x):

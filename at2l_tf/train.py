@@ -25,11 +25,11 @@ so every older flagfile keeps its meaning. Its design space, defaults the
 paper's: `--triplet_features=logits|embedding` (penultimate layer, same
 forward pass), `--triplet_distance=linf|l2|l1|cosine`,
 `--triplet_negative=random|hardest` (the closest clean example of
-another class, TLA), `--margin` (α). `results.json` records the objective and
-the triplet under `"training"` (the objective as `"defense"`, its name when
-the first results were recorded). Deprecated aliases, accepted with one warning
-line: `--defense` for `--objective` (the input layers in front of the
-classifier are `--preprocessing`) and `--norm` for `--triplet_distance`.
+another class, TLA), `--margin` (α). `results.json` records the objective, its
+loss and the triplet under `"training"`. `--defense` is a deprecated alias of
+`--objective`, accepted with one warning line (the input layers in front of the
+classifier are `--preprocessing`); `--norm`, once an alias of `--triplet_distance`,
+is gone (a one-line error names its replacement).
 
 **Training ingredients** (all off by default, composable with every objective):
 `--ema=0.995` averages the weights (the run returns the average), `--eps_warmup_epochs=N`
@@ -64,7 +64,7 @@ flags.DEFINE_string("dataset", _D.data.dataset, "mnist | cifar10 | cats_vs_dogs 
 flags.DEFINE_string("image_dir", None, "Train on a folder of class subfolders (PATH/cat/*.jpg, PATH/dog/*.jpg; at2l_tf.image_folder): split 80/10/10, files that do not decode skipped.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (CIFAR-10, Cats vs Dogs).")
 flags.DEFINE_string("model", None, "Model registry name; default the dataset's default model.")
-flags.DEFINE_string("objective", _D.train.defense, "Training objective (the recipe; equations in at2l_tf/training/objectives.py): none (clean CE) | at (Eq. 1) | at2l (Eq. 1 + the triplet term, Eq. 2) | tr (clean CE + triplet) | trades (CE + β·KL) | mart (boosted CE + β·KL·(1 − p_y)).")
+flags.DEFINE_string("objective", _D.train.objective, "Training objective (the recipe; equations in at2l_tf/training/objectives.py): none (clean CE) | at (Eq. 1) | at2l (Eq. 1 + the triplet term, Eq. 2) | tr (clean CE + triplet) | trades (CE + β·KL) | mart (boosted CE + β·KL·(1 − p_y)).")
 flags.DEFINE_string("defense", None, "Deprecated alias of --objective.")
 flags.DEFINE_string("attack", _D.attack.name, "Training attack: fgsm | fgsm_rs | ifgsm | pgd | ll | ill | ls_pga (thermometer models).")
 flags.DEFINE_float("eps", None, "L-inf radius of the training attack; default per dataset (MNIST 0.3, else 8/255).")
@@ -73,8 +73,7 @@ flags.DEFINE_float("attack_step_size", None, "Step size; default 2.5*eps/steps (
 flags.DEFINE_float("lambda1", _D.train.lambda1, "λ1: weight of the adversarial cross-entropy.")
 flags.DEFINE_float("lambda2", _D.train.lambda2, "λ2: weight of the triplet term; > 0 adds it to at, trades, mart. Default 0.5 for at2l and tr, else 0.")
 flags.DEFINE_float("margin", _D.train.margin, "α: triplet margin.")
-flags.DEFINE_string("triplet_distance", _D.train.norm, "Distance of the triplet term: linf | l2 | l1 | cosine (1 - cos of L2-normalized features).")
-flags.DEFINE_string("norm", None, "Deprecated alias of --triplet_distance.")
+flags.DEFINE_string("triplet_distance", _D.train.triplet_distance, "Distance of the triplet term: linf | l2 | l1 | cosine (1 - cos of L2-normalized features).")
 flags.DEFINE_string("triplet_features", _D.train.triplet_features, "Features of the triplet term: logits (paper) | embedding (the penultimate layer's output, TLA).")
 flags.DEFINE_string("triplet_negative", _D.train.triplet_negative, "Negative of the triplet term: random (paper: an in-batch example of the class x' is pushed to) | hardest (TLA: the closest clean example of another class).")
 flags.DEFINE_float("beta", _D.train.beta, "β of trades and mart (weight of the KL term, >= 0); default 1.0 for trades (its MNIST value), 6.0 for mart.")
@@ -119,7 +118,9 @@ flags.DEFINE_integer("verbose", None, "0 silent, 1 progress bar, 2 one line per 
 
 
 # Deprecated flag -> its replacement (the same setting; `deprecated_alias`).
-DEPRECATED = {"defense": "objective", "norm": "triplet_distance"}
+DEPRECATED = {"defense": "objective"}
+# Removed flag -> its replacement: giving it is a one-line error that names the replacement (`cli.run`).
+REMOVED = {"norm": "triplet_distance"}
 _warned = set()  # Deprecated names already warned about: once per process.
 
 
@@ -145,7 +146,6 @@ def deprecated_alias(f, old, new):
 def config_from_flags(f=FLAGS):
     """Maps parsed flags onto an `ExperimentConfig` (not yet validated)."""
     objective = deprecated_alias(f, "defense", "objective")
-    triplet_distance = deprecated_alias(f, "norm", "triplet_distance")
     dataset = f.dataset
     if f.image_dir and not f["dataset"].present:
         dataset = "image_folder"
@@ -168,11 +168,11 @@ def config_from_flags(f=FLAGS):
             name=f.attack, eps=f.eps, steps=f.attack_steps, step_size=f.attack_step_size
         ),
         train=config_lib.TrainConfig(
-            defense=objective,
+            objective=objective,
             lambda1=f.lambda1,
             lambda2=f.lambda2,
             margin=f.margin,
-            norm=triplet_distance,
+            triplet_distance=f.triplet_distance,
             beta=f.beta,
             triplet_features=f.triplet_features,
             triplet_negative=f.triplet_negative,
@@ -230,4 +230,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, "train")
+    cli.run(main, "train", removed=REMOVED)

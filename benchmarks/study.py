@@ -31,7 +31,7 @@ from absl import flags
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
 import studylib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from studylib import note  # isort: skip
-from at2l_tf import train as train_command  # noqa: E402,F401  (defines every train flag)
+from at2l_tf import train as train_command  # noqa: E402  (defines every train flag)
 from at2l_tf.errors import ConfigError  # noqa: E402
 
 STUDIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "studies")
@@ -121,8 +121,8 @@ def main(argv):
     study = load(FLAGS.study)
     markdown = study.markdown or studylib.markdown
     if FLAGS.markdown_from or FLAGS.plot_from:
-        with open(FLAGS.markdown_from or FLAGS.plot_from) as f:
-            record = json.load(f)
+        with open(FLAGS.markdown_from or FLAGS.plot_from) as f:  # Old names read as today's.
+            record = studylib.run_identity.renamed(json.load(f))
         if FLAGS.markdown_from:
             print(markdown(record))
         elif not study.plot:
@@ -156,4 +156,4 @@ def _png(json_path):
 
 
 if __name__ == "__main__":
-    cli.run(main, "study")
+    cli.run(main, "study", removed=train_command.REMOVED)

@@ -34,6 +34,7 @@ import time
 from typing import Callable, Optional
 
 import provenance
+from at2l_tf import identity as run_identity
 from at2l_tf.errors import ConfigError
 from at2l_tf.fileio import atomic_write_json
 from at2l_tf.log import log
@@ -134,7 +135,7 @@ class Tuning:
     trials: int = 6
     train_examples: int = 10000
     epochs: int = 2
-    keys: tuple = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "norm", "triplet_negative")
+    keys: tuple = ("lambda1", "lambda2", "margin", "beta", "triplet_features", "triplet_distance", "triplet_negative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +197,8 @@ class State:
         self.started = time.time()
         self.data = {"benchmark": "study", "study": name, "tuning": {}, "pilot": None, "runs": {}, "report": None}
         if path and os.path.exists(path):
-            with open(path) as f:
-                self.data.update(json.load(f))
+            with open(path) as f:  # Names of before the rename read as today's (`identity.renamed`).
+                self.data.update(run_identity.renamed(json.load(f)))
         self.data.setdefault("sittings", []).append({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": provenance.machine(), "git_commit": provenance.git_commit()})
@@ -280,14 +281,10 @@ class Driver:
         out = list(variant.flags)
         best = (tuning.get(variant.design_from) or {}).get("best") if variant.design_from else None
         if best:  # Before that search has run (the configuration check), the untuned flags.
-            # The search's hyperparameter `norm` is train's --triplet_distance.
-            out += [f"--{k}={best[h]}" for k, h in (("triplet_features", "triplet_features"),
-                                                     ("triplet_distance", "norm"),
-                                                     ("triplet_negative", "triplet_negative"))]
+            out += [f"--{k}={best[k]}" for k in ("triplet_features", "triplet_distance", "triplet_negative")]
         tuned = tuning.get(variant.name, {}).get("best") or {}
         keys = self.study.tuning.keys if self.study.tuning else ()
-        flag = {"norm": "triplet_distance"}  # The search's name for train's flag.
-        return out + [f"--{flag.get(k, k)}={v}" for k, v in tuned.items() if k in keys and v is not None]
+        return out + [f"--{k}={v}" for k, v in tuned.items() if k in keys and v is not None]
 
     def tuned(self, variant):
         """Has `variant` (and the variant it takes its design from) finished its search?"""
@@ -330,8 +327,7 @@ class Driver:
                    f"--epochs={t.epochs}", f"--max_trials={t.trials}", f"--tune_dir={tune_dir}",
                    "--eval_examples=0", "--tuner=random"]
             seconds = _subprocess(cmd, f"search of {v.name}")
-            with open(os.path.join(tune_dir, "summary.json")) as f:
-                summary = json.load(f)
+            summary = run_identity.read(os.path.join(tune_dir, "summary.json"))
             best = summary["best"] or {}
             tuning[v.name] = {
                 "complete": True, "seconds": round(seconds, 1),
@@ -436,7 +432,7 @@ class Driver:
 
 
 # Deprecated train flags and the flags they alias: either name sets the same thing.
-_ALIASES = {"defense": "objective", "norm": "triplet_distance"}
+_ALIASES = {"defense": "objective"}
 
 
 def _flag_name(flag):
@@ -471,6 +467,7 @@ def parse_config(flags):
     (a copy of the train command's flags parses them, in the repository's root)."""
     from absl import flags as absl_flags
 
+    from at2l_tf import cli
     from at2l_tf import train as train_command
 
     values = copy.deepcopy(absl_flags.FLAGS)
@@ -479,7 +476,7 @@ def parse_config(flags):
         try:
             values(["train", *flags])
         except absl_flags.Error as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(cli.removed_flag_message(e, train_command.REMOVED) or str(e)) from None
         return train_command.config_from_flags(values).validate()
 
 
@@ -498,8 +495,6 @@ def finished_run(config):
     Finished: `results.json` and `model.keras` exist and the recorded configuration equals
     `config`'s (`at2l_tf.identity`; settings added to the configuration after the run was
     recorded count as their defaults)."""
-    from at2l_tf import identity as run_identity
-
     results = os.path.join(config.workdir, "results.json")
     if not (os.path.exists(results) and os.path.exists(os.path.join(config.workdir, "model.keras"))):
         return None
@@ -585,7 +580,7 @@ def validation_robust_accuracy(workdir, weights):
     from at2l_tf.training.at2l_model import AT2LModel
 
     model = precision.to_float32(keras.models.load_model(os.path.join(workdir, "model.keras"), compile=False))
-    AT2LModel(model, defense="none").load_weights(weights)
+    AT2LModel(model, objective="none").load_weights(weights)
     ds = data.make_pipeline(data.load("mnist", "validation", max_examples=1000), batch_size=500)
     spec = evaluation.AttackSpec("apgd_ce", {"eps": 0.3, "steps": 20, "restarts": 1})
     return evaluation.robustness_report(lambda x: model(x, training=False), ds, [spec], verbose=0)["robust_accuracy"]

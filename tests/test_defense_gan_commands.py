@@ -36,7 +36,7 @@ def _cfg(tmp_path, generator, **preprocessing):
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=64),
         attack=config_lib.AttackConfig(name="fgsm"),
-        train=config_lib.TrainConfig(defense="tr", epochs=1),
+        train=config_lib.TrainConfig(objective="tr", epochs=1),
         eval=config_lib.EvalConfig(num_examples=32, attacks=("fgsm",)),
         preprocessing=config_lib.PreprocessingConfig(
             name="defense_gan", generator=generator, dgan_steps=2, dgan_restarts=2, **preprocessing
@@ -130,7 +130,7 @@ def test_train_config_errors(tmp_path, change, message):
 
 def test_defense_gan_classifiers_are_trained_clean_or_with_tr(tmp_path):
     cfg = _cfg(tmp_path, _generator(tmp_path / "gen.keras"))
-    cfg.train.defense = "at2l"
+    cfg.train.objective = "at2l"
     with pytest.raises(ConfigError, match="objective none.*or with triplet regularization"):
         cfg.validate()
 

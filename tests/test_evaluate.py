@@ -70,8 +70,8 @@ def exports(tmp_path_factory):
     )
     model.fit(train, epochs=1, verbose=0)
     export = root / "export"
-    savedmodel.export_saved_model(
-        model, str(export), metadata={"dataset": "mnist", "model": "mnist_small"}
+    savedmodel.export_saved_model(  # Metadata as train wrote it before the rename: `defense`, not `objective`.
+        model, str(export), metadata={"dataset": "mnist", "model": "mnist_small", "defense": "at"}
     )
     return {"target": str(export), "untrained": str(root / "untrained.keras"), "root": root}
 
@@ -99,6 +99,7 @@ def test_whitebox_report_has_the_documented_keys_and_bounds(whitebox, exports):
         exports["target"], "mnist", "test"
     )
     assert on_disk["num_examples"] == 32 and on_disk["eps"] == EPS
+    assert (on_disk["model"], on_disk["objective"]) == ("mnist_small", "at") and "defense" not in on_disk
     assert list(report["attacks"]) == list(ALL_ATTACKS) and set(on_disk["attacks"]) == set(ALL_ATTACKS)
     assert 0 <= on_disk["clean_error"] <= 0.5  # 50 steps of training do learn something.
     for name, entry in on_disk["attacks"].items():

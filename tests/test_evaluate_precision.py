@@ -201,7 +201,7 @@ def test_train_final_check_searches_in_bfloat16(tmp_path):
         data=config_lib.DataConfig(max_train_examples=128, batch_size=64, validation_size=0),
         attack=config_lib.AttackConfig(name="fgsm"),
         # Trained in float32 on every CPU (the policy pinned): only the check's search is bfloat16.
-        train=config_lib.TrainConfig(defense="at", epochs=1, mixed_precision="off"),
+        train=config_lib.TrainConfig(objective="at", epochs=1, mixed_precision="off"),
         eval=config_lib.EvalConfig(attacks=("fgsm", "pgd"), num_examples=16, pgd_steps=2,
                                    attack_precision="bfloat16"),
         workdir=str(tmp_path / "run"),
@@ -295,7 +295,7 @@ def test_a_thermometer_export_is_attacked_through_bpda_on_its_bfloat16_copy(tmp_
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=0),
         attack=config_lib.AttackConfig(name="ls_pga", steps=1),
-        train=config_lib.TrainConfig(defense="none", epochs=1, mixed_precision="off"),
+        train=config_lib.TrainConfig(objective="none", epochs=1, mixed_precision="off"),
         eval=config_lib.EvalConfig(num_examples=0),
         preprocessing=config_lib.PreprocessingConfig(name="thermometer", thermometer_levels=4),
         workdir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"),

@@ -14,16 +14,16 @@ def test_triplet_hinge_matches_hand_computation():
     h = losses.triplet_hinge(anchor, positive, negative, margin=0.5)
     np.testing.assert_allclose(h.numpy(), [0.5, 0.0], atol=1e-6)
     # L2: row 0: d_pos = sqrt(.25 + 1) , d_neg = 1
-    h2 = losses.triplet_hinge(anchor, positive, negative, margin=0.5, norm="l2")
+    h2 = losses.triplet_hinge(anchor, positive, negative, margin=0.5, distance="l2")
     np.testing.assert_allclose(h2.numpy()[0], np.sqrt(1.25) - 1 + 0.5, atol=1e-5)
-    h1 = losses.triplet_hinge(anchor, positive, negative, margin=0.0, norm="l1")
+    h1 = losses.triplet_hinge(anchor, positive, negative, margin=0.0, distance="l1")
     np.testing.assert_allclose(h1.numpy(), [0.5, 0.0], atol=1e-6)
 
 
-def test_bad_norm_and_margin_are_rejected():
+def test_bad_distance_and_margin_are_rejected():
     a = tf.zeros((2, 3))
-    with pytest.raises(ValueError, match="norm=.l3."):
-        losses.logit_distance(a, a, norm="l3")
+    with pytest.raises(ValueError, match="distance=.l3."):
+        losses.logit_distance(a, a, distance="l3")
     with pytest.raises(ValueError, match="margin=-1"):
         losses.triplet_hinge(a, a, a, margin=-1)
 
@@ -88,24 +88,24 @@ def test_triplet_term_uses_clean_logits_of_the_negative():
 def test_cosine_distance_is_one_minus_cos_and_blind_to_feature_scale():
     a = tf.constant([[1.0, 0.0, 1.0], [3.0, 4.0, 0.0]])
     b = tf.constant([[0.0, 2.0, 2.0], [-3.0, -4.0, 0.0]])
-    d = losses.logit_distance(a, b, norm="cosine").numpy()
+    d = losses.logit_distance(a, b, distance="cosine").numpy()
     np.testing.assert_allclose(d, [1 - 2 / (np.sqrt(2) * np.sqrt(8)), 2.0], atol=1e-6)
     scale = tf.constant([[7.0], [0.01]])
-    np.testing.assert_allclose(losses.logit_distance(a * scale, b, norm="cosine").numpy(), d, atol=1e-6)
-    np.testing.assert_allclose(losses.logit_distance(a, b * 3.0, norm="cosine").numpy(), d, atol=1e-6)
+    np.testing.assert_allclose(losses.logit_distance(a * scale, b, distance="cosine").numpy(), d, atol=1e-6)
+    np.testing.assert_allclose(losses.logit_distance(a, b * 3.0, distance="cosine").numpy(), d, atol=1e-6)
     # The other distances are not (which is why the test can tell them apart).
     assert abs(float(losses.logit_distance(a * scale, b, "l2")[0]) - float(losses.logit_distance(a, b, "l2")[0])) > 1
-    h = losses.triplet_hinge(a * 5.0, b, -b * 2.0, margin=0.1, norm="cosine").numpy()
-    np.testing.assert_allclose(h, losses.triplet_hinge(a, b, -b, margin=0.1, norm="cosine").numpy(), atol=1e-6)
+    h = losses.triplet_hinge(a * 5.0, b, -b * 2.0, margin=0.1, distance="cosine").numpy()
+    np.testing.assert_allclose(h, losses.triplet_hinge(a, b, -b, margin=0.1, distance="cosine").numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("norm", losses.NORMS)
-def test_pairwise_distances_agree_with_the_row_wise_ones(norm):
+@pytest.mark.parametrize("distance", losses.DISTANCES)
+def test_pairwise_distances_agree_with_the_row_wise_ones(distance):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 7)).astype("float32"), rng.normal(size=(4, 7)).astype("float32")
-    pair = losses.pairwise_distance(tf.constant(a), tf.constant(b), norm).numpy()
+    pair = losses.pairwise_distance(tf.constant(a), tf.constant(b), distance).numpy()
     for i in range(5):
-        rows = losses.logit_distance(tf.constant(np.repeat(a[i:i + 1], 4, 0)), tf.constant(b), norm)
+        rows = losses.logit_distance(tf.constant(np.repeat(a[i:i + 1], 4, 0)), tf.constant(b), distance)
         np.testing.assert_allclose(pair[i], rows.numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -114,7 +114,7 @@ def test_hardest_negative_is_the_nearest_clean_example_of_another_class():
     labels = tf.constant([0, 0, 1, 2])
     clean = tf.constant([[0.0, 0.0], [0.1, 0.0], [3.0, 0.0], [0.0, 2.0]])
     anchors = tf.constant([[0.2, 0.0], [2.0, 1.9], [0.1, 0.1], [2.6, 0.1]])
-    idx, valid = losses.hardest_negatives(labels, anchors, clean, norm="linf")
+    idx, valid = losses.hardest_negatives(labels, anchors, clean, distance="linf")
     assert valid.numpy().all()
     # L-inf distances to the other-class candidates (same-class ones never count):
     # ex0 (y 0): c2 2.8, c3 2.0 -> 3 (the same-class c1 at 0.1 is nearer still);
@@ -127,7 +127,7 @@ def test_hardest_negative_is_the_nearest_clean_example_of_another_class():
     rnd, _ = losses.select_negatives(labels, adv_logits, num_classes=3, seed=0)
     assert rnd.numpy()[0] == 2  # Class 1, though example 3 is the nearest.
     # Under L2 the nearest differs from L-inf's: for ex1, c3 (2.00) beats c2 (2.15).
-    idx_l2, _ = losses.hardest_negatives(labels, anchors, clean, norm="l2")
+    idx_l2, _ = losses.hardest_negatives(labels, anchors, clean, distance="l2")
     assert idx_l2.numpy()[1] == 3
 
 
@@ -135,7 +135,7 @@ def test_hardest_negatives_in_the_triplet_term_and_no_candidate_gives_zero():
     labels = tf.constant([0, 1, 1])
     clean = tf.constant([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
     adv = tf.constant([[0.5, 0.0], [0.0, 0.0], [4.0, 0.0]])
-    h = losses.triplet_term(labels, clean, adv, margin=1.0, num_classes=2, negative="hardest", norm="l1")
+    h = losses.triplet_term(labels, clean, adv, margin=1.0, num_classes=2, negative="hardest", distance="l1")
     # ex0: neg 1 (d .5): .5 - .5 + 1 = 1; ex1: neg 0 (d 0): 1 - 0 + 1 = 2; ex2: neg 0 (d 4): 1 - 4 + 1 < 0.
     np.testing.assert_allclose(h.numpy(), [1.0, 2.0, 0.0], atol=1e-6)
     same = tf.constant([2, 2, 2])

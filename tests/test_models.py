@@ -59,7 +59,7 @@ def test_wide_silu_model_has_its_stated_size_and_trains_one_trades_step_in_bfloa
     with precision.policy_scope("mixed_bfloat16"):
         clf = models.get_model("mnist_wide_silu")
     assert precision.policies_of(clf) >= {"mixed_bfloat16"}
-    trainer = AT2LModel(clf, defense="trades", attack="pgd", attack_params={"eps": 0.3, "steps": 2})
+    trainer = AT2LModel(clf, objective="trades", attack="pgd", attack_params={"eps": 0.3, "steps": 2})
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     x, y = data.load_mnist_arrays("validation")
     ds = tf.data.Dataset.from_tensor_slices((x[:16].astype("float32") / 255.0, y[:16])).batch(16)

@@ -25,11 +25,11 @@ def test_every_new_flag_reaches_the_built_model(parse):
         "--seed=5",
     ).validate()
     model = experiment.build_model(cfg)
-    assert (model.defense, model.objective.name, model.beta, model.lambda2, model.margin) == (
+    assert (model.objective_name, model.objective.name, model.beta, model.lambda2, model.margin) == (
         "mart", "mart", 3.5, 0.7, 0.2
     )
     t = model.triplet
-    assert (t.features, t.norm, t.negative, t.seed) == ("embedding", "cosine", "hardest", 5)
+    assert (t.features, t.distance, t.negative, t.seed) == ("embedding", "cosine", "hardest", 5)
     assert model.uses_triplet and model._forward_fn is not None  # Features from the two-output view.
     assert model.attack == "ifgsm" and model._attack_fn.bound_params == {"eps": 0.3, "steps": 3}
 
@@ -44,9 +44,18 @@ def test_trades_takes_its_kl_attack_with_the_attack_flags(parse):
     assert model._attack_fn.bound_params == {"eps": 0.3, "steps": 40, "step_size": 0.01}
 
 
+def test_the_training_log_line_names_the_objective_once(parse):
+    from at2l_tf import experiment
+
+    describe = lambda *args: experiment._describe_training(parse(*args).validate().train)  # noqa: E731
+    assert describe("--objective=trades") == "objective=trades (β 1) "
+    assert describe("--objective=at2l") == "objective=at2l (λ1 1) triplet=logits/linf/random λ2 0.5 α 0.5 "
+    assert describe("--objective=tr", "--triplet_distance=cosine").startswith("objective=tr triplet=logits/cosine/")
+
+
 def test_the_triplet_distance_flag_sets_the_distance(parse):
-    assert parse("--triplet_distance=l1").train.norm == "l1"
-    assert parse("--triplet_distance=cosine").train.norm == "cosine"
+    assert parse("--triplet_distance=l1").train.triplet_distance == "l1"
+    assert parse("--triplet_distance=cosine").train.triplet_distance == "cosine"
 
 
 @pytest.fixture
@@ -59,10 +68,8 @@ def warnings_once(capsys, monkeypatch):
     return lambda: [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
 
 
-@pytest.mark.parametrize("old, new, value", [
-    ("defense", "objective", "trades"), ("norm", "triplet_distance", "cosine"),
-])
-def test_a_deprecated_alias_sets_the_same_config_and_says_so_once(parse, warnings_once, old, new, value):
+def test_a_deprecated_alias_sets_the_same_config_and_says_so_once(parse, warnings_once):
+    old, new, value = "defense", "objective", "trades"
     expected = parse(f"--{new}={value}").to_dict()
     assert warnings_once() == []  # Only the old name warns.
     assert parse(f"--{old}={value}").to_dict() == expected
@@ -78,8 +85,27 @@ def test_a_deprecated_alias_that_disagrees_is_a_one_line_error(parse):
         "--defense is a deprecated alias of --objective: give only --objective "
         "(a later one overrides a flagfile's), received --objective=trades and --defense=at"
     )
-    with pytest.raises(ConfigError, match=r"--triplet_distance \(.*\), received --triplet_distance=l2 and --norm=l1$"):
-        parse("--norm=l1", "--triplet_distance=l2")
+
+
+def test_the_removed_norm_flag_is_a_one_line_error_naming_its_replacement(tmp_path, capsys):
+    from absl import flags
+
+    from at2l_tf import cli, train
+
+    assert "norm" not in flags.FLAGS and train.REMOVED == {"norm": "triplet_distance"}
+    flagfile = tmp_path / "old.flags"
+    flagfile.write_text("--norm=cosine\n")
+    try:
+        for args, given in ((["--norm=l2"], "--norm=l2"), ([f"--flagfile={flagfile}"], "--norm=cosine")):
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as info:
+                cli.parse_flags("train", ["train", *args], removed=train.REMOVED)
+            assert info.value.code == 1
+            assert capsys.readouterr().err == (
+                f"train: error: --norm was removed: use --triplet_distance, received {given}\n"
+            )
+    finally:
+        flags.FLAGS.unparse_flags()
 
 
 def test_the_default_workdir_names_the_objective(parse, warnings_once):
@@ -139,7 +165,8 @@ def test_bad_input_on_the_command_line_exits_1_with_one_line_and_trains_nothing(
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     runs = {  # Started together: each spends most of its time importing TensorFlow.
         "beta": [sys.executable, "-m", "at2l_tf.train", "--objective=trades", "--beta=-1"],
-        "deprecated": [sys.executable, "-m", "at2l_tf.train", "--defense=at", "--norm=l2", "--eps=-1"],
+        "deprecated": [sys.executable, "-m", "at2l_tf.train", "--defense=at", "--eps=-1"],
+        "removed": [sys.executable, "-m", "at2l_tf.train", "--objective=at", "--norm=l2"],
         "conflict": [sys.executable, "-m", "at2l_tf.train", "--objective=trades", "--defense=at"],
         "embedding": [sys.executable, "-c", _LINEAR_MODEL_TRAIN, "--model=mnist_linear",
                       "--triplet_features=embedding"],
@@ -152,8 +179,8 @@ def test_bad_input_on_the_command_line_exits_1_with_one_line_and_trains_nothing(
     expected = {
         "beta": "train: error: beta must be >= 0.0, received beta=-1.0",
         "deprecated": ["[at2l_tf] warning: --defense is deprecated; use --objective",
-                       "[at2l_tf] warning: --norm is deprecated; use --triplet_distance",
                        "train: error: eps must be >= 0.0, received eps=-1.0"],
+        "removed": "train: error: --norm was removed: use --triplet_distance, received --norm=l2",
         "conflict": "train: error: --defense is a deprecated alias of --objective: give only --objective "
                     "(a later one overrides a flagfile's), received --objective=trades and --defense=at",
         "embedding": "train: error: model 'mnist_linear' has no penultimate layer for "
@@ -194,26 +221,26 @@ def test_every_shipped_flagfile_keeps_its_meaning(parse):
         path = os.path.join(root, name)
         d = parse(f"--flagfile={path}").validate().train.describe()
         triplet = d["triplet"] and d["triplet"]["lambda2"]
-        assert (d["objective"]["name"], triplet) == _old_meaning(path), name
+        assert (d["loss"]["name"], triplet) == _old_meaning(path), name
         if d["triplet"]:
             assert (d["triplet"]["features"], d["triplet"]["distance"], d["triplet"]["negative"]) == (
                 "logits", "linf", "random"
             ), name
 
 
-@pytest.mark.parametrize("name, defense, beta, steps, step_size, eps", [
+@pytest.mark.parametrize("name, objective, beta, steps, step_size, eps", [
     ("mnist_trades.flags", "trades", 1.0, 40, 0.01, 0.3),
     ("cifar10_trades.flags", "trades", 6.0, 10, 2 / 255, 8 / 255),
     ("mnist_mart.flags", "mart", 6.0, 40, 0.01, 0.3),
     ("mnist_trades_cpu.flags", "trades", 1.0, 10, None, 0.3),
     ("mnist_mart_cpu.flags", "mart", 6.0, 10, None, 0.3),
 ])
-def test_the_trades_and_mart_recipes(parse, name, defense, beta, steps, step_size, eps):
+def test_the_trades_and_mart_recipes(parse, name, objective, beta, steps, step_size, eps):
     path = os.path.join(ROOT, "flags", name)
     first = open(path).readline()
     assert first.startswith(f"# python -m at2l_tf.train --flagfile=flags/{name}")
     cfg = parse(f"--flagfile={path}").validate()
-    assert (cfg.train.defense, cfg.train.describe()["objective"]["beta"], cfg.attack.steps) == (defense, beta, steps)
+    assert (cfg.train.objective, cfg.train.describe()["loss"]["beta"], cfg.attack.steps) == (objective, beta, steps)
     assert cfg.attack.step_size == pytest.approx(step_size) if step_size else cfg.attack.step_size is None
     assert cfg.eps == pytest.approx(eps) and not cfg.train.uses_triplet
     text = open(path).read()
@@ -226,7 +253,7 @@ def test_results_json_records_the_objective_and_the_triplet(tmp_path):
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=64, batch_size=32, validation_size=32),
         attack=config_lib.AttackConfig(steps=1),
-        train=config_lib.TrainConfig(defense="trades", beta=2.0, lambda2=0.3, triplet_negative="hardest",
+        train=config_lib.TrainConfig(objective="trades", beta=2.0, lambda2=0.3, triplet_negative="hardest",
                                      epochs=1),
         eval=config_lib.EvalConfig(num_examples=0),
         workdir=str(tmp_path / "run"),
@@ -235,8 +262,8 @@ def test_results_json_records_the_objective_and_the_triplet(tmp_path):
     experiment.run(cfg, verbose=0)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["training"] == {
-        "defense": "trades",
-        "objective": {"name": "trades", "attack_loss": "kl", "beta": 2.0},
+        "objective": "trades",
+        "loss": {"name": "trades", "attack_loss": "kl", "beta": 2.0},
         "triplet": {"features": "logits", "distance": "linf", "negative": "hardest", "lambda2": 0.3,
                     "margin": 0.5},
     }
@@ -249,7 +276,7 @@ def test_each_config_section_validates_its_own_fields():
     with pytest.raises(ConfigError, match="attack_steps must be >= 1"):
         config_lib.AttackConfig(steps=0).validate()
     with pytest.raises(ConfigError, match="beta must be >= 0.0"):
-        config_lib.TrainConfig(defense="mart", beta=-0.5).validate()
+        config_lib.TrainConfig(objective="mart", beta=-0.5).validate()
     with pytest.raises(ConfigError, match="unknown preprocessing 'jpeg'"):
         config_lib.PreprocessingConfig(name="jpeg").validate()
     with pytest.raises(ConfigError, match="regenerate_every must be >= 1"):

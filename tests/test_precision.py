@@ -55,7 +55,7 @@ def _tiny_config(tmp_path, choice="bfloat16", **train_kw):
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=128),
         attack=config_lib.AttackConfig(name="pgd", steps=2),
-        train=config_lib.TrainConfig(defense="at2l", epochs=1, mixed_precision=choice, **train_kw),
+        train=config_lib.TrainConfig(objective="at2l", epochs=1, mixed_precision=choice, **train_kw),
         eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=64),
         workdir=str(tmp_path / "run"),
         export_dir=str(tmp_path / "export"),

@@ -26,12 +26,12 @@ def parse(*args):
 def _train(root, run_name, **preprocessing):
     from at2l_tf import experiment
 
-    defense = preprocessing.pop("defense", "none")
+    objective = preprocessing.pop("objective", "none")
     attack = preprocessing.pop("attack", "pgd")
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=2048, batch_size=64, validation_size=128),
         attack=config_lib.AttackConfig(name=attack, steps=1),
-        train=config_lib.TrainConfig(defense=defense, epochs=1, learning_rate=3e-3),
+        train=config_lib.TrainConfig(objective=objective, epochs=1, learning_rate=3e-3),
         eval=config_lib.EvalConfig(num_examples=0),
         preprocessing=config_lib.PreprocessingConfig(**preprocessing),
         workdir=str(root / run_name),

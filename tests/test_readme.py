@@ -131,9 +131,9 @@ def test_defences_compared_tables_are_the_committed_runs(name, heading):
     assert lines[0].startswith("| defence |") and "\n".join(lines) in "\n".join(section)
     labels = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, α = 0.5)"}
     results = json.loads(_read("benchmarks", "results", name))["results"]
-    for defense, r in results.items():
-        cells = [labels[defense]] + [_pct(r[f"{k}_accuracy"]) for k in ("clean", "fgsm", "pgd", "autoattack")]
-        assert "| " + " | ".join(cells) + f" | **{_pct(r['robust_accuracy'])}** |" in section, defense
+    for objective, r in results.items():
+        cells = [labels[objective]] + [_pct(r[f"{k}_accuracy"]) for k in ("clean", "fgsm", "pgd", "autoattack")]
+        assert "| " + " | ".join(cells) + f" | **{_pct(r['robust_accuracy'])}** |" in section, objective
 
 
 def _performance_rows(lines):

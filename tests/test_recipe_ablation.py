@@ -31,7 +31,7 @@ def test_every_variant_trains_the_recipe_with_its_one_ingredient():
     study = recipe_ablation.STUDY
     config = {v.name: studylib.parse_config([*study.recipe, *v.flags, "--seed=0"]) for v in study.variants}
     base = config["trades"]
-    assert (base.train.defense, base.model_name, base.train.ema, base.train.awp_gamma) == ("trades", "mnist_small", 0.0, 0.0)
+    assert (base.train.objective, base.model_name, base.train.ema, base.train.awp_gamma) == ("trades", "mnist_small", 0.0, 0.0)
     assert base.train.eps_warmup == 0
     changed = {
         name: {k for k in ("ema", "eps_warmup", "awp_gamma", "model_name")

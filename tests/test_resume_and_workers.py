@@ -181,7 +181,7 @@ def _cats_config(tmp_path, name, **train):
             dataset="cats_vs_dogs", image_size=16, batch_size=16, max_train_examples=64, validation_size=0
         ),
         attack=config_lib.AttackConfig(name="fgsm"),
-        train=config_lib.TrainConfig(defense="at2l", epochs=1, **train),
+        train=config_lib.TrainConfig(objective="at2l", epochs=1, **train),
         eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=16),
         workdir=str(tmp_path / name),
         export_dir=str(tmp_path / f"{name}_export"),
@@ -279,7 +279,7 @@ def _ingredients_config(tmp_path, name):
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=64),
         attack=config_lib.AttackConfig(name="fgsm"),
-        train=config_lib.TrainConfig(defense="at", epochs=3, eps_warmup_epochs=2, ema=0.9, seed=2,
+        train=config_lib.TrainConfig(objective="at", epochs=3, eps_warmup_epochs=2, ema=0.9, seed=2,
                                      save_every_steps=1, mixed_precision="off"),
         eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=32),
         workdir=str(tmp_path / name),

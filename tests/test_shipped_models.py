@@ -33,7 +33,7 @@ def test_reference_is_the_flagfile_recipe(reference):
     # The shipped version is the one the flagfile's run exported (not a copy): the whole
     # configuration matches, export directory and final check included.
     assert recorded == expected
-    assert reference.metadata["model"] == "mnist_smallcnn" and reference.metadata["defense"] == "trades"
+    assert reference.metadata["model"] == "mnist_smallcnn" and reference.metadata["objective"] == "trades"
     assert reference.path.endswith(os.path.join("mnist_reference", "2"))
 
 

@@ -63,7 +63,7 @@ def test_bad_flags_are_one_line_config_errors(parse, arg, match):
 
 def test_defaults_are_at2l_on_mnist(parse):
     cfg = parse().validate()
-    assert (cfg.data.dataset, cfg.model_name, cfg.train.defense, cfg.attack.name) == (
+    assert (cfg.data.dataset, cfg.model_name, cfg.train.objective, cfg.attack.name) == (
         "mnist",
         "mnist_small",
         "at2l",
@@ -107,7 +107,7 @@ def test_tiny_end_to_end_run_writes_everything(tmp_path):
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=128),
         attack=config_lib.AttackConfig(name="pgd", steps=2),
-        train=config_lib.TrainConfig(defense="at2l", epochs=1),
+        train=config_lib.TrainConfig(objective="at2l", epochs=1),
         eval=config_lib.EvalConfig(num_examples=64, pgd_steps=3),
         workdir=str(tmp_path / "run"),
         export_dir=str(tmp_path / "export"),
@@ -145,7 +145,7 @@ def test_cosine_schedule_decays_to_zero_over_all_training_steps(parse):
 
 def test_every_objective_and_attack_flag_reaches_the_model(parse):
     # Distinct values everywhere, so that a swap (λ1 for λ2) or a dropped
-    # value (margin, eps, norm, seed) shows.
+    # value (margin, eps, distance, seed) shows.
     from at2l_tf import experiment
 
     cfg = parse(
@@ -154,12 +154,12 @@ def test_every_objective_and_attack_flag_reaches_the_model(parse):
         "--triplet_distance=l2", "--seed=5", "--learning_rate=0.002", "--model=mnist_d",
     ).validate()
     model = experiment.build_model(cfg)
-    got = {f: getattr(model, f) for f in ("defense", "attack", "lambda1", "lambda2", "margin", "seed")}
+    got = {f: getattr(model, f) for f in ("objective_name", "attack", "lambda1", "lambda2", "margin", "seed")}
     assert got == {
-        "defense": "tr", "attack": "ifgsm", "lambda1": 0.3, "lambda2": 0.7, "margin": 1.5, "seed": 5
+        "objective_name": "tr", "attack": "ifgsm", "lambda1": 0.3, "lambda2": 0.7, "margin": 1.5, "seed": 5
     }
     assert model._attack_fn.bound_params == {"eps": 0.2, "steps": 3, "step_size": 0.05}
-    assert (model.triplet.norm, model.triplet.seed) == ("l2", 5)
+    assert (model.triplet.distance, model.triplet.seed) == ("l2", 5)
     assert model.classifier.name == "mnist_d"
     assert float(model.optimizer.learning_rate) == pytest.approx(0.002)
 
@@ -223,8 +223,8 @@ def test_eps_warmup_ramps_per_epoch_and_is_on_by_default_for_mart_only(parse):
     got = [experiment.training_eps(cfg, e) for e in range(6)]
     # Epoch e < N at eps·(e + ½)/N, the ramp's mean over the epoch; then the full eps.
     assert got == pytest.approx([0.0375, 0.1125, 0.1875, 0.2625, 0.3, 0.3])
-    for defense in ("at", "at2l", "tr", "trades", "none"):
-        cfg = parse(f"--objective={defense}", "--epochs=10").validate()
+    for objective in ("at", "at2l", "tr", "trades", "none"):
+        cfg = parse(f"--objective={objective}", "--epochs=10").validate()
         assert cfg.train.eps_warmup == 0 and experiment.training_eps(cfg, 0) == 0.3
     assert parse("--objective=mart", "--epochs=10").validate().train.eps_warmup == 2
     assert parse("--objective=mart", "--epochs=2").validate().train.eps_warmup == 1  # Ends at the full eps.
@@ -248,7 +248,7 @@ def _tiny_ingredients_config(tmp_path, name, **train):
     return config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=64),
         attack=config_lib.AttackConfig(name="fgsm"),
-        train=config_lib.TrainConfig(defense="at", mixed_precision="off", seed=1, **train),
+        train=config_lib.TrainConfig(objective="at", mixed_precision="off", seed=1, **train),
         eval=config_lib.EvalConfig(attacks=("fgsm",), num_examples=64),
         workdir=str(tmp_path / name),
         export_dir=str(tmp_path / f"{name}_export"),

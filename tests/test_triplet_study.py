@@ -31,7 +31,7 @@ def study():
 def _run(objective, seed, robust, n=300):
     rng = np.random.default_rng(100 * seed + len(objective))
     correct = rng.random(n) < robust
-    return {"objective": objective, "seed": seed, "train_flags": [f"--defense={objective}"],
+    return {"objective": objective, "seed": seed, "train_flags": [f"--objective={objective}"],
             "fast": {"clean_accuracy": 0.98, "robust_accuracy": float(correct.mean()),
                      "robust_correct": paired.encode(correct)}}
 

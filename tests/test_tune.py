@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,9 +91,9 @@ def test_a_two_trial_search_reports_the_objective(search):
         assert 0.0 <= t["val_robust_acc"] <= 1.0
         assert t["metrics"]["val_robust_acc"] == t["val_robust_acc"]
         assert t["best_epoch"] == 1 and t["seconds"] > 0
-        assert set(t["tuned"]) == {"lambda1", "lambda2", "margin", "norm"}
+        assert set(t["tuned"]) == {"lambda1", "lambda2", "margin", "triplet_distance"}
         assert 0.5 <= t["tuned"]["lambda1"] <= 2 and 1e-3 <= t["tuned"]["lambda2"] <= 2
-        assert 0.05 <= t["tuned"]["margin"] <= 20 and t["tuned"]["norm"] in ("linf", "l2")
+        assert 0.05 <= t["tuned"]["margin"] <= 20 and t["tuned"]["triplet_distance"] in ("linf", "l2")
     assert trials[0]["tuned"] != trials[1]["tuned"]
     best = max(trials, key=lambda t: t["val_robust_acc"])
     assert summary["best"]["trial_id"] == best["trial_id"]
@@ -111,9 +112,9 @@ def test_the_objective_is_the_stronger_attack_not_the_training_one(search):
     tuner, summary, _ = search.runs[2]
     best = summary["best"]
     model = tuner.get_best_models(1)[0]  # The best epoch's weights.
-    assert (model.lambda1, model.margin, model.triplet.norm) == (
+    assert (model.lambda1, model.margin, model.triplet.distance) == (
         best["hyperparameters"]["lambda1"], best["hyperparameters"]["margin"],
-        best["hyperparameters"]["norm"],
+        best["hyperparameters"]["triplet_distance"],
     )
     # As documented (`tune.RobustAccuracy`), robustness is judged on the classifier's float32
     # twin: under --mixed_precision=auto the trained classifier computes in bfloat16 on CPUs
@@ -165,9 +166,57 @@ def test_best_flags_are_accepted_by_train_unchanged(search):
     flags.FLAGS(["train", f"--flagfile={path}"])
     cfg = train.config_from_flags().validate()
     best = summary["best"]["hyperparameters"]
-    assert {n: getattr(cfg.train, n) for n in ("lambda1", "lambda2", "margin", "norm")} == best
+    assert {n: getattr(cfg.train, n) for n in ("lambda1", "lambda2", "margin", "triplet_distance")} == best
     assert (cfg.data.max_train_examples, cfg.train.epochs, cfg.model_name) == (512, 1, "mnist_small")
     assert (cfg.attack.steps, cfg.attack.step_size, cfg.export_dir) == (1, 0.001, None)
+
+
+def _as_recorded_before_the_rename(tune_dir):
+    """Rewrites a search's files with the names of before the rename (issue 33): `defense`
+    and `norm` in search.json, summary.json and KerasTuner's state."""
+    old = {"objective": "defense", "triplet_distance": "norm"}
+    for name in ("search.json", "summary.json"):
+        path = os.path.join(tune_dir, name)
+        record = json.loads(open(path).read())
+        base = record["base_config"]["train"]
+        record["base_config"]["train"] = {old.get(k, k): v for k, v in base.items()}
+        record["search_space"]["norms"] = record["search_space"].pop("triplet_distances")
+        record["tuned"] = [old.get(n, n) for n in record["tuned"]]
+        for t in record.get("trials", []):
+            t["tuned"] = {old.get(k, k): v for k, v in t["tuned"].items()}
+            t["hyperparameters"] = {old.get(k, k): v for k, v in t["hyperparameters"].items()}
+        if record.get("best"):
+            best = record["best"]["hyperparameters"]
+            record["best"]["hyperparameters"] = {old.get(k, k): v for k, v in best.items()}
+        open(path, "w").write(json.dumps(record))
+    for root, _, files in os.walk(tune_dir):
+        for name in files:
+            if name.endswith(".json") and name not in ("search.json", "summary.json"):
+                path = os.path.join(root, name)
+                text = open(path).read()
+                open(path, "w").write(text.replace('"triplet_distance"', '"norm"'))
+
+
+def test_a_search_recorded_before_the_rename_resumes_with_the_new_names(search, tmp_path):
+    tune_dir = str(tmp_path / "old")
+    shutil.copytree(search.dir, tune_dir)
+    _as_recorded_before_the_rename(tune_dir)
+    assert '"norm"' in open(os.path.join(tune_dir, "trial_0", "trial.json")).read()
+    tuner, summary, err = _run(*TINY, f"--tune_dir={tune_dir}", "--max_trials=3")
+    assert "resuming a random search" in err and "2 of 3 trials done" in err
+    _, before, _ = search.runs[2]
+    assert [t["trial_id"] for t in summary["trials"]] == ["0", "1", "2"]
+    assert summary["trials"][:2] == before["trials"]  # Kept, read with the new names.
+    for t in summary["trials"]:
+        assert set(t["tuned"]) == {"lambda1", "lambda2", "margin", "triplet_distance"}
+        assert "norm" not in t["hyperparameters"] and t["tuned"]["triplet_distance"] in ("linf", "l2")
+    # The new trial drew its distance from the search's own (old-named) hyperparameter: one, not two.
+    values = json.loads(open(os.path.join(tune_dir, "trial_2", "trial.json")).read())["hyperparameters"]["values"]
+    assert "norm" in values and "triplet_distance" not in values
+    assert summary["trials"][2]["tuned"]["triplet_distance"] == values["norm"]
+    lines = open(os.path.join(tune_dir, "best.flags")).read().splitlines()
+    assert any(line.startswith("--triplet_distance=") for line in lines)
+    assert not any(line.startswith(("--norm", "--defense")) for line in lines)
 
 
 def test_resuming_with_other_settings_is_refused(search):
@@ -260,26 +309,29 @@ def test_the_command_exits_1_with_one_line(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def _hypermodel(defense="at2l", space=hm.SearchSpace(), seed=3):
+def _hypermodel(objective="at2l", space=hm.SearchSpace(), seed=3):
     base = config_lib.ExperimentConfig(
-        train=config_lib.TrainConfig(defense=defense, seed=seed, lambda1=0.25, margin=7.0),
+        train=config_lib.TrainConfig(objective=objective, seed=seed, lambda1=0.25, margin=7.0),
         data=config_lib.DataConfig(validation_size=128),
     )
     return tune.AT2LHyperModel(base, space, hm.ObjectiveAttack(num_examples=64))
 
 
-def test_the_space_follows_the_defense_and_each_execution_gets_its_seed():
+def test_the_space_follows_the_objective_and_each_execution_gets_its_seed():
     hp = keras_tuner.HyperParameters()
     assert set(_hypermodel("at").declare(hp)) == {"lambda1"}
     hp = keras_tuner.HyperParameters()
-    assert set(_hypermodel("tr").declare(hp)) == {"lambda2", "margin", "norm"}
+    assert set(_hypermodel("tr").declare(hp)) == {"lambda2", "margin", "triplet_distance"}
     hp = keras_tuner.HyperParameters()
-    model = _hypermodel(space=hm.SearchSpace(lambda1_range=None, margin_range=(2.0, 2.0), norms=("l1",)))
+    model = _hypermodel(space=hm.SearchSpace(lambda1_range=None, margin_range=(2.0, 2.0),
+                                             triplet_distances=("l1",)))
     values = model.declare(hp)
-    assert values == {"lambda2": pytest.approx(1e-3), "margin": 2.0, "norm": "l1"}
+    assert values == {"lambda2": pytest.approx(1e-3), "margin": 2.0, "triplet_distance": "l1"}
     assert isinstance(hp.space[1], keras_tuner.engine.hyperparameters.Fixed)
-    cfg = model.config_for({"lambda2": 0.1, "margin": 2.0, "norm": "l1", "tuner/epochs": 3}, execution=2)
-    assert (cfg.train.lambda1, cfg.train.lambda2, cfg.train.margin, cfg.train.norm) == (0.25, 0.1, 2.0, "l1")
+    cfg = model.config_for({"lambda2": 0.1, "margin": 2.0, "triplet_distance": "l1", "tuner/epochs": 3},
+                           execution=2)
+    assert (cfg.train.lambda1, cfg.train.lambda2, cfg.train.margin, cfg.train.triplet_distance) == (
+        0.25, 0.1, 2.0, "l1")
     assert cfg.train.seed == 5 and model.base_config.train.seed == 3  # seed + execution
     # KerasTuner builds once per execution with the trial's own `hp`: seeds 3, 4, then 3 again.
     model, first, second = _hypermodel("at"), keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
@@ -294,7 +346,7 @@ def test_the_shipped_recipe_parses_and_validates(tmp_path):
     assert (settings.tuner, settings.max_trials) == ("random", 12)
     assert space == hm.SearchSpace((0.5, 2.0), (0.001, 2.0), (0.05, 20.0), ("linf", "l2"))
     assert objective_attack == hm.ObjectiveAttack("apgd_ce", 20, 1, 1000)
-    assert (base.train.defense, base.attack.steps, base.train.epochs) == ("at2l", 5, 3)
+    assert (base.train.objective, base.attack.steps, base.train.epochs) == ("at2l", 5, 3)
     assert not (tmp_path / "t").exists()
 
 
@@ -303,7 +355,8 @@ def test_the_deprecated_tune_and_train_names_map_to_the_new_ones_with_one_warnin
     monkeypatch.setattr(train, "_warned", set())
     new = ["--objective=at", "--triplet_distance=l2", "--objective_choices=at,trades",
            "--triplet_distance_choices=l2,cosine"]
-    old = ["--defense=at", "--norm=l2", "--defense_choices=at,trades", "--norms=l2,cosine"]
+    old = ["--defense=at", "--triplet_distance=l2", "--defense_choices=at,trades",
+           "--triplet_distance_choices=l2,cosine"]
     tiny = [a for a in TINY if not a.startswith("--objective=")]  # TINY's would disagree.
     results = []
     for args in (new, old, old):  # Mapped twice: still one line per deprecated name.
@@ -311,22 +364,34 @@ def test_the_deprecated_tune_and_train_names_map_to_the_new_ones_with_one_warnin
         base, space, _, _ = tune_cli.settings_from_flags()
         results.append((base.to_dict(), space, tune_cli.base_flag_lines()))
     assert results[0] == results[1] == results[2]
-    assert space.defenses == ("at", "trades") and space.norms == ("l2", "cosine")
+    assert space.objectives == ("at", "trades") and space.triplet_distances == ("l2", "cosine")
     lines = dict(results[1][2])
     assert (lines["objective"], lines["triplet_distance"]) == ("--objective=at", "--triplet_distance=l2")
     assert not {"defense", "norm"} & set(lines)  # best.flags carries only the new names.
     warned = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
     assert sorted(warned) == sorted(f"[at2l_tf] warning: --{o} is deprecated; use --{n}" for o, n in (
-        ("defense", "objective"), ("norm", "triplet_distance"), ("defense_choices", "objective_choices"),
-        ("norms", "triplet_distance_choices")))
+        ("defense", "objective"), ("defense_choices", "objective_choices")))
 
 
 def test_a_deprecated_tune_alias_that_disagrees_is_a_one_line_error(tmp_path):
-    _parse(*TINY, f"--tune_dir={tmp_path / 't'}", "--triplet_distance_choices=linf", "--norms=l2")
-    with pytest.raises(ConfigError, match=r"^--norms is a deprecated alias of --triplet_distance_choices: give "
-                                          r"only --triplet_distance_choices \(.*\), received "
-                                          r"--triplet_distance_choices=linf and --norms=l2$"):
+    _parse(*TINY, f"--tune_dir={tmp_path / 't'}", "--objective_choices=at", "--defense_choices=trades")
+    with pytest.raises(ConfigError, match=r"^--defense_choices is a deprecated alias of --objective_choices: give "
+                                          r"only --objective_choices \(.*\), received "
+                                          r"--objective_choices=at and --defense_choices=trades$"):
         tune_cli.settings_from_flags()
+
+
+@pytest.mark.parametrize("given, replacement", [
+    ("--norms=l2,cosine", "--triplet_distance_choices"), ("--norm=l2", "--triplet_distance"),
+])
+def test_the_removed_tune_and_train_names_are_one_line_errors(tmp_path, capsys, given, replacement):
+    from at2l_tf import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.parse_flags("tune", ["tune", *TINY, f"--tune_dir={tmp_path / 't'}", given], removed=tune_cli.REMOVED)
+    assert info.value.code == 1
+    name = given.split("=")[0]
+    assert capsys.readouterr().err == f"tune: error: {name} was removed: use {replacement}, received {given}\n"
 
 
 def test_the_robust_accuracy_callback_survives_kerastuners_deepcopy():
@@ -336,7 +401,7 @@ def test_the_robust_accuracy_callback_survives_kerastuners_deepcopy():
     assert twin is not cb and twin.dataset is cb.dataset and twin.name == "val_robust_acc"
 
 
-FULL = hm.SearchSpace(defenses=("at", "at2l", "trades"), beta_range=(1.0, 6.0),
+FULL = hm.SearchSpace(objectives=("at", "at2l", "trades"), beta_range=(1.0, 6.0),
                       triplet_features=("logits", "embedding"), triplet_negatives=("random", "hardest"))
 
 
@@ -345,21 +410,22 @@ def test_the_space_can_cover_the_objective_beta_and_the_triplet_design():
     hp = keras_tuner.HyperParameters()
     values = model.declare(hp)
     assert list(values) == list(hm.ALL_HYPERPARAMETERS)
-    assert hp.get("defense") in ("at", "at2l", "trades") and 1.0 <= hp.get("beta") <= 6.0
-    drawn = {"lambda1": 0.7, "lambda2": 0.3, "margin": 2.0, "norm": "l2", "beta": 2.0,
+    assert hp.get("objective") in ("at", "at2l", "trades") and 1.0 <= hp.get("beta") <= 6.0
+    drawn = {"lambda1": 0.7, "lambda2": 0.3, "margin": 2.0, "triplet_distance": "l2", "beta": 2.0,
              "triplet_features": "embedding", "triplet_negative": "hardest"}
     # Each trial takes only what its objective uses: an `at` trial stays plain AT.
-    at = model.config_for({**drawn, "defense": "at"}).validate().train
-    assert (at.defense, at.lambda1, at.lambda2, at.beta, at.triplet_features) == ("at", 0.7, None, None, "logits")
+    at = model.config_for({**drawn, "objective": "at"}).validate().train
+    assert (at.objective, at.lambda1, at.lambda2, at.beta, at.triplet_features) == ("at", 0.7, None, None, "logits")
     assert at.describe()["triplet"] is None
-    trades = model.config_for({**drawn, "defense": "trades"}).validate().train
+    trades = model.config_for({**drawn, "objective": "trades"}).validate().train
     assert (trades.beta, trades.lambda1, trades.lambda2, trades.uses_triplet) == (2.0, 0.25, None, False)
-    at2l = model.config_for({**drawn, "defense": "at2l"}).validate().train
+    at2l = model.config_for({**drawn, "objective": "at2l"}).validate().train
     assert at2l.describe()["triplet"] == {"features": "embedding", "distance": "l2", "negative": "hardest",
                                           "lambda2": 0.3, "margin": 2.0}
     # Unsearched axes are not recorded, so that older searches still resume.
-    assert set(hm.SearchSpace().record()) == {"lambda1_range", "lambda2_range", "margin_range", "norms"}
-    assert FULL.record()["defenses"] == ("at", "at2l", "trades")
+    assert set(hm.SearchSpace().record()) == {"lambda1_range", "lambda2_range", "margin_range",
+                                              "triplet_distances"}
+    assert FULL.record()["objectives"] == ("at", "at2l", "trades")
 
 
 def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path):
@@ -368,11 +434,12 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
     settings = tune.SearchSettings(tune_dir=str(tmp_path))
     base_flags = {"objective": "--objective=at2l", "lambda1": "--lambda1=0.25", "margin": "--margin=7.0"}
     reporter = tune.Reporter(settings, model.base_config, hm.ObjectiveAttack(), record, base_flags, model)
-    values = reporter.effective({"defense": "at", "lambda1": 0.7, "lambda2": 0.3, "beta": 2.0,
+    values = reporter.effective({"objective": "at", "lambda1": 0.7, "lambda2": 0.3, "beta": 2.0,
                                  "triplet_features": "embedding", "triplet_negative": "hardest"})
-    assert values == {"defense": "at", "lambda1": 0.7, "lambda2": None, "margin": 7.0, "norm": "linf",
-                      "beta": None, "triplet_features": "logits", "triplet_negative": "random"}
-    assert reporter.used(values) == ("defense", "lambda1")
+    assert values == {"objective": "at", "lambda1": 0.7, "lambda2": None, "margin": 7.0,
+                      "triplet_distance": "linf", "beta": None, "triplet_features": "logits",
+                      "triplet_negative": "random"}
+    assert reporter.used(values) == ("objective", "lambda1")
     summary = {"best": {"trial_id": "3", "val_robust_acc": 0.5, "best_epoch": 1, "hyperparameters": values},
                "trials": []}
     text = reporter.best_flags_text(summary)
@@ -383,7 +450,7 @@ def test_best_flags_of_an_objective_search_train_what_the_trial_trained(tmp_path
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["train", *lines])
     cfg = train.config_from_flags().validate()
-    assert (cfg.train.defense, cfg.train.lambda1, cfg.train.describe()["triplet"]) == ("at", 0.7, None)
+    assert (cfg.train.objective, cfg.train.lambda1, cfg.train.describe()["triplet"]) == ("at", 0.7, None)
     table = tune.format_table({"best": None, "tuned": record["tuned"], "trials": [],
                                "base_config": model.base_config.to_dict(),
                                "objective": {"name": "apgd_ce", "steps": 1, "restarts": 1, "eps": 0.3,
@@ -397,7 +464,7 @@ def test_a_trial_warms_eps_up_as_train_does():
     attacks at `experiment.training_eps(config, e)`, later epochs at the full ε,
     and the tuner reads one history over all epochs."""
     base = config_lib.ExperimentConfig(
-        train=config_lib.TrainConfig(defense="mart", seed=0, epochs=3, eps_warmup_epochs=2),
+        train=config_lib.TrainConfig(objective="mart", seed=0, epochs=3, eps_warmup_epochs=2),
         data=config_lib.DataConfig(validation_size=128, max_train_examples=128, batch_size=64),
         attack=config_lib.AttackConfig(steps=1),
     ).validate()

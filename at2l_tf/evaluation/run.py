@@ -208,7 +208,8 @@ def finish(config, loaded, report, ds, eps, curve, worker, started):
 def add_settings(report, config, loaded, eps):
     """Adds what was evaluated, and how, to `report`: the model, the images,
     eps, seed, sources, the defence layer and adaptive mode, the bfloat16
-    search (if any) and the export's `model` and `defense` metadata."""
+    search (if any) and the export's `model` and `objective` metadata (an older
+    export's `defense`, read as `objective`: `savedmodel.load_classifier`)."""
     a, target = config.attacks, loaded.target
     sources = config.model.source_model_dirs
     report.update(
@@ -227,7 +228,7 @@ def add_settings(report, config, loaded, eps):
             "search": "bfloat16", "verdicts": "float32", "choice": loaded.precision.choice,
             "reason": loaded.precision.reason,
         }
-    for key in ("model", "defense"):
+    for key in ("model", "objective"):
         if key in target.metadata:
             report[key] = target.metadata[key]
 

@@ -14,7 +14,7 @@ Algorithm 1 of the paper, one mini-batch `(x, y)` of size k at a time:
    (`TripletRegularizer`, through `add_loss`; the negatives come from the
    clean pass), plus the classifier's weight regularizers.
 
-The objectives (`training.objectives`, equations there) by `defense`:
+The objectives (`training.objectives`, equations there) by `objective`:
 
    * `none`:   `1/k Σ CE(x_i, y_i)` (clean training; no attack is run);
    * `at`:     `1/((1+λ1) k) Σ [CE(x_i, y_i) + λ1 CE(x_adv_i, y_i)]`          (Eq. 1)
@@ -62,10 +62,9 @@ logits, whatever the classifier's dtype policy.
 import keras
 import tensorflow as tf
 
-from at2l_tf import attacks, defenses, losses
+from at2l_tf import attacks, defenses, identity, losses
 from at2l_tf.training import awp as awp_lib
 from at2l_tf.training import embedding, objectives
-from at2l_tf.training.objectives import DEFENSES
 from at2l_tf.training.triplet_regularizer import TripletRegularizer
 from at2l_tf.training.weight_average import WeightAverage
 
@@ -76,7 +75,7 @@ class AT2LModel(keras.Model):
 
     Args:
         classifier: a `keras.Model` mapping images to logits.
-        defense: the recipe, one of `training.objectives.DEFENSES`: `none`,
+        objective: the recipe, one of `training.objectives.CHOICES`: `none`,
             `at` (Eq. 1), `at2l` (Eq. 2), `tr` (clean CE + triplet term),
             `trades` or `mart`.
         attack: training attack name, one of `at2l_tf.attacks.TRAINING_ATTACKS`
@@ -88,7 +87,7 @@ class AT2LModel(keras.Model):
             `at2l` / `tr`, 0 (no triplet term) for the others
             (`objectives.resolve_lambda2`).
         margin: α, triplet margin (>= 0).
-        norm: the triplet distance (`linf`, `l2`, `l1`, `cosine`).
+        triplet_distance: the triplet distance (`linf`, `l2`, `l1`, `cosine`).
         beta: β of `trades` / `mart` (>= 0); `None`: 1.0 for TRADES, 6.0 for MART.
         triplet_features: `logits` (the paper's) or `embedding` (the input of
             the classifier's final layer, from the same forward pass).
@@ -100,11 +99,15 @@ class AT2LModel(keras.Model):
             2020: 5e-3 with TRADES, 1e-2 with AT on CIFAR-10).
         awp_start_step: the optimizer step from which AWP is on (its warm-up).
 
+    Attributes:
+        objective_name: the recipe (`objective` above).
+        objective: its `training.objectives.Objective` (the loss; `at2l` trains the `at` loss).
+
     Calling the model returns the classifier's logits.
 
     Example:
         >>> clf = at2l_tf.models.get_model("mnist_small")
-        >>> model = AT2LModel(clf, defense="trades", attack="pgd", lambda2=0.5,
+        >>> model = AT2LModel(clf, objective="trades", attack="pgd", lambda2=0.5,
         ...                   attack_params={"eps": 0.3, "steps": 10})
         >>> model.compile(optimizer="adam")
         >>> model.fit(train_ds, epochs=3, validation_data=val_ds)
@@ -114,13 +117,13 @@ class AT2LModel(keras.Model):
         self,
         classifier,
         *,
-        defense="at2l",
+        objective="at2l",
         attack="pgd",
         attack_params=None,
         lambda1=1.0,
         lambda2=None,
         margin=0.5,
-        norm="linf",
+        triplet_distance="linf",
         beta=None,
         triplet_features="logits",
         triplet_negative="random",
@@ -137,12 +140,11 @@ class AT2LModel(keras.Model):
             raise ValueError(f"awp_gamma must be >= 0, received awp_gamma={awp_gamma}")
         if awp_start_step < 0:
             raise ValueError(f"awp_start_step must be >= 0, received awp_start_step={awp_start_step}")
-        if defense not in DEFENSES:
-            raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
+        objectives.check_objective(objective)
         if lambda2 is not None and lambda2 < 0:
             raise ValueError(f"lambda2 must be >= 0, received lambda2={lambda2}")
-        self.objective = objectives.for_defense(defense, lambda1=lambda1, beta=beta)
-        self.uses_triplet = objectives.uses_triplet(defense, lambda2)
+        self.objective = objectives.for_objective(objective, lambda1=lambda1, beta=beta)
+        self.uses_triplet = objectives.uses_triplet(objective, lambda2)
         self.crafts_adversarial = self.objective.needs_adversarial or self.uses_triplet
         if self.crafts_adversarial:
             attack = self.objective.inner_attack(attack)
@@ -152,7 +154,7 @@ class AT2LModel(keras.Model):
                     f"received attack={attack!r}"
                 )
         self.classifier = classifier
-        self.defense = defense
+        self.objective_name = objective
         self.attack = attack
         self.attack_params = dict(attack_params or {})
         self.lambda1 = float(lambda1)
@@ -171,10 +173,10 @@ class AT2LModel(keras.Model):
         self.awp_start_step = int(awp_start_step)
         self.num_classes = int(classifier.output_shape[-1])
         self.triplet = TripletRegularizer(
-            objectives.resolve_lambda2(defense, lambda2),
+            objectives.resolve_lambda2(objective, lambda2),
             margin,
             self.num_classes,
-            norm=norm,
+            distance=triplet_distance,
             features=triplet_features,
             negative=triplet_negative,
             seed=seed,
@@ -369,13 +371,13 @@ class AT2LModel(keras.Model):
         return {
             **super().get_config(),
             "classifier": keras.saving.serialize_keras_object(self.classifier),
-            "defense": self.defense,
+            "objective": self.objective_name,
             "attack": self.attack,
             "attack_params": self.attack_params,
             "lambda1": self.lambda1,
             "lambda2": self.lambda2,
             "margin": self.margin,
-            "norm": self.triplet.norm,
+            "triplet_distance": self.triplet.distance,
             "seed": self.seed,
             "beta": self.beta,
             "triplet_features": self.triplet.features,
@@ -388,8 +390,10 @@ class AT2LModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
-        return cls(**config)
+        classifier = keras.saving.deserialize_keras_object(config.pop("classifier"))
+        # A config written before the rename names `objective` and `triplet_distance` as
+        # `TrainConfig` did then: `defense` and `norm`.
+        return cls(classifier, **identity.renamed(config, "train"))
 
 
 def _untracked_call(model):

@@ -23,8 +23,9 @@ with `g` the logits (paper) or the penultimate features, `d` the distance
 and `x_n` the in-batch negative (`losses.triplet_term`). It needs x', so
 with `none` it is not available (clean CE + triplet is the `tr` recipe).
 
-**Recipes.** The `--objective` names (`DEFENSES`) are recipes: an objective and
-whether the paper's triplet term is on by default (`RECIPES`):
+**Recipes.** The `--objective` names (`CHOICES`) are recipes: an objective's loss
+(`LOSSES`, one `Objective` class each) and whether the paper's triplet term is on
+by default (`RECIPES`):
 
     none -> none          at -> at          at2l -> at + triplet (Eq. 2)
     tr   -> none + triplet (on x' from the configured attack; the paper's Fig. 3)
@@ -58,10 +59,10 @@ import tensorflow as tf
 
 from at2l_tf import losses
 
-DEFENSES = ("none", "at", "at2l", "tr", "trades", "mart")
-OBJECTIVES = ("none", "at", "trades", "mart")
+CHOICES = ("none", "at", "at2l", "tr", "trades", "mart")  # --objective
+LOSSES = ("none", "at", "trades", "mart")  # `Objective.name`
 TRIPLET_FEATURES = ("logits", "embedding")
-TRIPLET_DISTANCES = losses.NORMS
+TRIPLET_DISTANCES = losses.DISTANCES
 TRIPLET_NEGATIVES = losses.NEGATIVES
 
 # --objective -> (objective, the paper's triplet term on by default).
@@ -78,54 +79,54 @@ DEFAULT_BETA = {"trades": 1.0, "mart": 6.0}
 DEFAULT_EPS_WARMUP_EPOCHS = {"mart": 2}
 
 
-def check_defense(defense):
-    if defense not in RECIPES:
-        raise ValueError(f"defense must be one of {DEFENSES}, received defense={defense!r}")
+def check_objective(objective):
+    if objective not in RECIPES:
+        raise ValueError(f"objective must be one of {CHOICES}, received objective={objective!r}")
 
 
-def resolve_lambda2(defense, lambda2):
-    """λ2 of `defense`: `lambda2`, or when `None` 0.5 for `at2l` / `tr` and 0 otherwise."""
-    check_defense(defense)
-    if defense == "none":
+def resolve_lambda2(objective, lambda2):
+    """λ2 of `objective`: `lambda2`, or when `None` 0.5 for `at2l` / `tr` and 0 otherwise."""
+    check_objective(objective)
+    if objective == "none":
         return 0.0
     if lambda2 is None:
-        return PAPER_LAMBDA2 if RECIPES[defense][1] else 0.0
+        return PAPER_LAMBDA2 if RECIPES[objective][1] else 0.0
     return float(lambda2)
 
 
-def uses_triplet(defense, lambda2):
-    """Whether `defense` with `lambda2` (possibly `None`) trains with the triplet term.
+def uses_triplet(objective, lambda2):
+    """Whether `objective` with `lambda2` (possibly `None`) trains with the triplet term.
 
     `at2l` and `tr` always do (λ2 = 0 then only records the term); `at`,
     `trades`, `mart` when λ2 > 0; `none` never.
     """
-    check_defense(defense)
-    if defense == "none":
+    check_objective(objective)
+    if objective == "none":
         return False
-    return RECIPES[defense][1] or resolve_lambda2(defense, lambda2) > 0
+    return RECIPES[objective][1] or resolve_lambda2(objective, lambda2) > 0
 
 
-def uses_beta(defense):
-    return RECIPES.get(defense, (None,))[0] in DEFAULT_BETA
+def uses_beta(objective):
+    return RECIPES.get(objective, (None,))[0] in DEFAULT_BETA
 
 
-def resolve_beta(defense, beta):
-    """β of `defense`: `beta`, or when `None` the objective's default (`DEFAULT_BETA`); None if unused."""
-    check_defense(defense)
-    objective = RECIPES[defense][0]
-    if objective not in DEFAULT_BETA:
+def resolve_beta(objective, beta):
+    """β of `objective`: `beta`, or when `None` its loss' default (`DEFAULT_BETA`); None if unused."""
+    check_objective(objective)
+    loss = RECIPES[objective][0]
+    if loss not in DEFAULT_BETA:
         return None
-    return DEFAULT_BETA[objective] if beta is None else float(beta)
+    return DEFAULT_BETA[loss] if beta is None else float(beta)
 
 
-def resolve_eps_warmup(defense, eps_warmup_epochs, epochs):
-    """N, the ε warm-up of `defense` in epochs: `eps_warmup_epochs`, or when `None`
-    the objective's default (`DEFAULT_EPS_WARMUP_EPOCHS`, at most `epochs − 1` so
+def resolve_eps_warmup(objective, eps_warmup_epochs, epochs):
+    """N, the ε warm-up of `objective` in epochs: `eps_warmup_epochs`, or when `None`
+    its loss' default (`DEFAULT_EPS_WARMUP_EPOCHS`, at most `epochs − 1` so
     that the last epoch trains at the full ε), else 0."""
-    check_defense(defense)
+    check_objective(objective)
     if eps_warmup_epochs is not None:
         return int(eps_warmup_epochs)
-    default = DEFAULT_EPS_WARMUP_EPOCHS.get(RECIPES[defense][0], 0)
+    default = DEFAULT_EPS_WARMUP_EPOCHS.get(RECIPES[objective][0], 0)
     return max(0, min(default, int(epochs) - 1))
 
 
@@ -133,7 +134,7 @@ class Objective:
     """A training objective: a per-example loss from clean and adversarial logits.
 
     Attributes:
-        name: one of `OBJECTIVES`.
+        name: one of `LOSSES`.
         attack_loss: what its inner attack maximizes (`"ce"`, `"kl"`), or None
             when it crafts no adversarial examples.
         needs_adversarial: whether `per_example_loss` reads `adv_logits`.
@@ -259,7 +260,7 @@ def _check_beta(beta):
 
 
 def make_objective(name, *, lambda1=1.0, beta=None):
-    """The `Objective` named `name` (one of `OBJECTIVES`)."""
+    """The `Objective` named `name` (one of `LOSSES`)."""
     if name == "none":
         return Clean()
     if name == "at":
@@ -268,29 +269,31 @@ def make_objective(name, *, lambda1=1.0, beta=None):
         return TRADES(beta)
     if name == "mart":
         return MART(beta)
-    raise ValueError(f"objective must be one of {OBJECTIVES}, received objective={name!r}")
+    raise ValueError(f"loss must be one of {LOSSES}, received loss={name!r}")
 
 
-def for_defense(defense, *, lambda1=1.0, beta=None):
-    """The `Objective` of the recipe `defense` (`RECIPES`)."""
-    check_defense(defense)
-    return make_objective(RECIPES[defense][0], lambda1=lambda1, beta=beta)
+def for_objective(objective, *, lambda1=1.0, beta=None):
+    """The `Objective` (the loss) of the recipe `objective` (`RECIPES`)."""
+    check_objective(objective)
+    return make_objective(RECIPES[objective][0], lambda1=lambda1, beta=beta)
 
 
-def describe(defense, *, lambda1, lambda2, beta, margin, norm, features, negative):
-    """What a run trains with, for `results.json`: `{"defense", "objective", "triplet"}`.
+def describe(objective, *, lambda1, lambda2, beta, margin, distance, features, negative):
+    """What a run trains with, for `results.json`: `{"objective", "loss", "triplet"}`.
 
+    `objective` is the recipe (`--objective`), `loss` its `Objective`'s config;
     `triplet` is None when the term is off, else its features, distance,
-    negative, λ2 and α.
+    negative, λ2 and α. (Records written before the rename call the recipe
+    `defense` and the loss `objective`: `identity.renamed` reads them.)
     """
-    objective = for_defense(defense, lambda1=lambda1, beta=beta).get_config()
+    loss = for_objective(objective, lambda1=lambda1, beta=beta).get_config()
     triplet = None
-    if uses_triplet(defense, lambda2):
+    if uses_triplet(objective, lambda2):
         triplet = {
             "features": features,
-            "distance": norm,
+            "distance": distance,
             "negative": negative,
-            "lambda2": resolve_lambda2(defense, lambda2),
+            "lambda2": resolve_lambda2(objective, lambda2),
             "margin": float(margin),
         }
-    return {"defense": defense, "objective": objective, "triplet": triplet}
+    return {"objective": objective, "loss": loss, "triplet": triplet}

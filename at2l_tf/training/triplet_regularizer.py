@@ -25,7 +25,7 @@ class TripletRegularizer(keras.layers.Layer):
         lambda2: weight λ2 of the triplet term (>= 0).
         margin: margin α (>= 0).
         num_classes: number of classes (decides the negative selection rule).
-        norm: the distance d: `"linf"` (default, the paper's), `"l2"`, `"l1"`
+        distance: the distance d: `"linf"` (default, the paper's), `"l2"`, `"l1"`
             or `"cosine"` (1 − cos, on L2-normalized features).
         features: what g is, recorded for the owner (which passes the
             features in): `"logits"` (the paper's) or `"embedding"` (the
@@ -47,15 +47,15 @@ class TripletRegularizer(keras.layers.Layer):
         The per-example hinge `(k_replica,)` (for metrics).
     """
 
-    def __init__(self, lambda2, margin, num_classes, norm="linf", seed=None, features="logits",
+    def __init__(self, lambda2, margin, num_classes, distance="linf", seed=None, features="logits",
                  negative="random", **kwargs):
         super().__init__(**kwargs)
         if lambda2 < 0:
             raise ValueError(f"lambda2 must be >= 0, received lambda2={lambda2}")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, received margin={margin}")
-        if norm not in losses.NORMS:
-            raise ValueError(f"norm must be one of {losses.NORMS}, received norm={norm!r}")
+        if distance not in losses.DISTANCES:
+            raise ValueError(f"distance must be one of {losses.DISTANCES}, received distance={distance!r}")
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, received features={features!r}")
         if negative not in losses.NEGATIVES:
@@ -65,7 +65,7 @@ class TripletRegularizer(keras.layers.Layer):
         self.lambda2 = float(lambda2)
         self.margin = float(margin)
         self.num_classes = int(num_classes)
-        self.norm = norm
+        self.distance = distance
         self.features = features
         self.negative = negative
         self.seed = seed
@@ -79,7 +79,7 @@ class TripletRegularizer(keras.layers.Layer):
             adv_features if adv_logits is None else tf.cast(adv_logits, tf.float32),
             margin=self.margin,
             num_classes=self.num_classes,
-            norm=self.norm,
+            distance=self.distance,
             seed=self.seed_generator,
             negative=self.negative,
             clean_features=tf.cast(clean_features, tf.float32),
@@ -92,7 +92,7 @@ class TripletRegularizer(keras.layers.Layer):
         """The term's settings for `results.json`: features, distance, negative, λ2, α."""
         return {
             "features": self.features,
-            "distance": self.norm,
+            "distance": self.distance,
             "negative": self.negative,
             "lambda2": self.lambda2,
             "margin": self.margin,
@@ -104,7 +104,7 @@ class TripletRegularizer(keras.layers.Layer):
             lambda2=self.lambda2,
             margin=self.margin,
             num_classes=self.num_classes,
-            norm=self.norm,
+            distance=self.distance,
             features=self.features,
             negative=self.negative,
             seed=self.seed,

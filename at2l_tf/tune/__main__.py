@@ -27,9 +27,10 @@ takes only the values its objective uses: an `at` trial stays plain AT),
 `--triplet_negative_choices=random,hardest` the triplet term's design, and
 `cosine` joins `--triplet_distance_choices`. E.g. AT vs TRADES vs MART, with and
 without the paper's triplet: `--objective_choices=at,at2l,trades,mart --beta_range=1,6`.
-`--defense_choices` and `--norms` are deprecated aliases of `--objective_choices`
-and `--triplet_distance_choices` (one warning line), as train's `--defense` and
-`--norm` are of `--objective` and `--triplet_distance`.
+`--defense_choices` is a deprecated alias of `--objective_choices` (one warning
+line), as train's `--defense` is of `--objective`; `--norms`, once an alias of
+`--triplet_distance_choices`, is gone (a one-line error names its replacement),
+as is train's `--norm`.
 
 **What a search maximises** (the tuning objective, not the training
 `--objective`): `val_robust_acc`, the accuracy under a stronger attack than
@@ -90,6 +91,8 @@ _S = space_lib.SearchSpace()
 _O = space_lib.ObjectiveAttack()
 # Train flags that are not part of the recipe (display only).
 _NOT_RECIPE = ("verbose", *train.DEPRECATED)  # best.flags carries their replacements.
+# Removed flags -> their replacements (`cli.run`): train's, and the search's own.
+REMOVED = {**train.REMOVED, "norms": "triplet_distance_choices"}
 
 
 def _range_default(r):
@@ -105,9 +108,8 @@ flags.DEFINE_bool("overwrite", False, "Delete the search in --tune_dir and start
 flags.DEFINE_list("lambda1_range", _range_default(_S.lambda1_range), "λ1 range 'min,max', uniform; empty keeps --lambda1.")
 flags.DEFINE_list("lambda2_range", _range_default(_S.lambda2_range), "λ2 range 'min,max', log-uniform; empty keeps --lambda2.")
 flags.DEFINE_list("margin_range", _range_default(_S.margin_range), "α range 'min,max', log-uniform; empty keeps --margin.")
-flags.DEFINE_list("triplet_distance_choices", list(_S.norms), "Triplet distances to choose from (linf, l2, l1, cosine); empty keeps --triplet_distance.")
-flags.DEFINE_list("norms", None, "Deprecated alias of --triplet_distance_choices.")
-flags.DEFINE_list("objective_choices", list(_S.defenses), "Objectives to choose from (at, at2l, tr, trades, mart); empty keeps --objective.")
+flags.DEFINE_list("triplet_distance_choices", list(_S.triplet_distances), "Triplet distances to choose from (linf, l2, l1, cosine); empty keeps --triplet_distance.")
+flags.DEFINE_list("objective_choices", list(_S.objectives), "Objectives to choose from (at, at2l, tr, trades, mart); empty keeps --objective.")
 flags.DEFINE_list("defense_choices", None, "Deprecated alias of --objective_choices.")
 flags.DEFINE_list("beta_range", [], "β range 'min,max' of trades / mart, log-uniform; empty keeps --beta.")
 flags.DEFINE_list("triplet_features_choices", list(_S.triplet_features), "Triplet features to choose from (logits, embedding); empty keeps --triplet_features.")
@@ -126,8 +128,8 @@ def settings_from_flags(f=FLAGS):
         lambda1_range=_parse_range("lambda1_range", f.lambda1_range),
         lambda2_range=_parse_range("lambda2_range", f.lambda2_range),
         margin_range=_parse_range("margin_range", f.margin_range),
-        norms=_choices(train.deprecated_alias(f, "norms", "triplet_distance_choices")),
-        defenses=_choices(train.deprecated_alias(f, "defense_choices", "objective_choices")),
+        triplet_distances=_choices(f.triplet_distance_choices),
+        objectives=_choices(train.deprecated_alias(f, "defense_choices", "objective_choices")),
         beta_range=_parse_range("beta_range", f.beta_range),
         triplet_features=_choices(f.triplet_features_choices),
         triplet_negatives=_choices(f.triplet_negative_choices),
@@ -210,4 +212,4 @@ def main(argv):
 
 if __name__ == "__main__":
     FLAGS.set_default("verbose", 2)  # One line per epoch: trials are long.
-    cli.run(main, "tune")
+    cli.run(main, "tune", removed=REMOVED)

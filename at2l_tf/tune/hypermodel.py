@@ -1,5 +1,5 @@
 """KerasTuner hypermodel of AT²L: λ1, λ2, α and the triplet distance as hyperparameters,
-and optionally the objective (`defense`), β, and the triplet's features and negatives.
+and optionally the objective, β, and the triplet's features and negatives.
 
 The loss being tuned (Eq. 1 and 2 of the paper):
 
@@ -8,11 +8,11 @@ The loss being tuned (Eq. 1 and 2 of the paper):
 
 `AT2LHyperModel` wraps the existing builder (`experiment.build_model`): every
 trial is the base `ExperimentConfig` with λ1 (`lambda1`), λ2 (`lambda2`), α
-(`margin`) and the distance `d` (`norm`) substituted, trained on the base
+(`margin`) and the distance `d` (`triplet_distance`) substituted, trained on the base
 config's data and budget (`epochs`, `max_train_examples`) with the base seed,
 so that every trial sees the same initial weights and the same data order.
 
-The search may also cover the objective itself (`SearchSpace.defenses`, e.g.
+The search may also cover the objective itself (`SearchSpace.objectives`, e.g.
 `at, at2l, trades, mart`), TRADES' / MART's β (`beta_range`), and the triplet
 term's features (`logits | embedding`) and negatives (`random | hardest`);
 by default it does not (the base config's values are kept). A trial only
@@ -39,8 +39,8 @@ import functools
 import keras
 import keras_tuner
 
-from at2l_tf import data, defenses, evaluation, experiment, precision
-from at2l_tf.tune.space import OBJECTIVE_METRIC, used_by
+from at2l_tf import data, defenses, evaluation, experiment, identity, precision
+from at2l_tf.tune.space import OBJECTIVE_METRIC, trial_values, used_by
 
 class RobustAccuracy(keras.callbacks.Callback):
     """Logs the accuracy under a (strong) attack at the end of every epoch.
@@ -108,13 +108,15 @@ class RobustAccuracy(keras.callbacks.Callback):
 class AT2LHyperModel(keras_tuner.HyperModel):
     """Builds and trains one AT²L configuration per trial.
 
-    Hyperparameters (named as the `TrainConfig` fields, which recorded searches
-    carry; `report.FLAG_NAMES` gives the two train flags named otherwise):
-    `defense` (`--objective`, choice), `lambda1` (λ1, uniform), `lambda2` (λ2,
-    log-uniform), `margin` (α, log-uniform), `norm` (`--triplet_distance`,
-    choice), `beta` (β, log-uniform), `triplet_features` and
-    `triplet_negative` (choices), each only if an objective of the search uses
-    it (`used_by`) and its range is given; a range with min == max is a fixed value.
+    Hyperparameters (named as the `TrainConfig` fields and the train flags):
+    `objective` (choice), `lambda1` (λ1, uniform), `lambda2` (λ2,
+    log-uniform), `margin` (α, log-uniform), `triplet_distance` (choice),
+    `beta` (β, log-uniform), `triplet_features` and `triplet_negative`
+    (choices), each only if an objective of the search uses it (`used_by`) and
+    its range is given; a range with min == max is a fixed value. A search
+    started before the rename keeps, in its KerasTuner state, `defense` and
+    `norm` for `objective` and `triplet_distance`: `declare` declares them
+    under those names there, and `trial_values` reads them back as the new.
 
     Execution j of a trial (`executions_per_trial`) uses seed `base seed + j`:
     every trial sees the same initial weights, data order and negatives as
@@ -136,7 +138,7 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         self.space = space
         self.objective_attack = objective_attack
         self.verbose = verbose
-        self.tuned = space.tuned(base_config.train.defense, base_config.train.lambda2)
+        self.tuned = space.tuned(base_config.train.objective, base_config.train.lambda2)
         self._last_hp = None
         self._execution = 0
         self._config = None
@@ -149,21 +151,22 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         """Declares the tuned hyperparameters in `hp`; returns `{name: value}`."""
         s = self.space
         values = {}
-        choices = {"defense": s.defenses, "norm": s.norms, "triplet_features": s.triplet_features,
-                   "triplet_negative": s.triplet_negatives}
+        choices = {"objective": s.objectives, "triplet_distance": s.triplet_distances,
+                   "triplet_features": s.triplet_features, "triplet_negative": s.triplet_negatives}
         for name in self.tuned:
+            declared = _declared_name(hp, name)
             if name in choices:
                 options = tuple(dict.fromkeys(choices[name]))
                 values[name] = (
-                    hp.Fixed(name, options[0]) if len(options) == 1 else hp.Choice(name, options)
+                    hp.Fixed(declared, options[0]) if len(options) == 1 else hp.Choice(declared, options)
                 )
                 continue
             low, high = getattr(s, f"{name}_range")
             if low == high:
-                values[name] = hp.Fixed(name, float(low))
+                values[name] = hp.Fixed(declared, float(low))
             else:
                 sampling = "linear" if name == "lambda1" else "log"
-                values[name] = hp.Float(name, float(low), float(high), sampling=sampling)
+                values[name] = hp.Float(declared, float(low), float(high), sampling=sampling)
         return values
 
     def config_for(self, values, execution=0):
@@ -174,16 +177,16 @@ class AT2LHyperModel(keras_tuner.HyperModel):
         objective that does not use them.
         """
         base = self.base_config.train
-        defense = values.get("defense", base.defense)
-        used = used_by(defense, base.lambda2)
+        objective = values.get("objective", base.objective)
+        used = used_by(objective, base.lambda2)
         own = {k: v for k, v in values.items() if k in used}
         reset = {}
-        if defense != base.defense:
+        if objective != base.objective:
             defaults = type(base)()
             reset = {n: getattr(defaults, n) for n in ("beta", "triplet_features", "triplet_negative")
                      if n not in used}
         train = dataclasses.replace(
-            base, defense=defense, **reset, **own, seed=base.seed + execution
+            base, objective=objective, **reset, **own, seed=base.seed + execution
         )
         return dataclasses.replace(self.base_config, train=train)
 
@@ -213,7 +216,7 @@ class AT2LHyperModel(keras_tuner.HyperModel):
                 f"received {len(args)} positional argument(s) from search()"
             )
         kwargs.pop("verbose", None)
-        config = self._config if self._config is not None else self.config_for(hp.values)
+        config = self._config if self._config is not None else self.config_for(trial_values(hp.values))
         keras.utils.set_random_seed(config.train.seed)  # Same data order in every trial.
         train_ds, val_ds = experiment.load_datasets(config)
         robust = RobustAccuracy(
@@ -258,6 +261,13 @@ class AT2LHyperModel(keras_tuner.HyperModel):
             train_ds, _ = experiment.load_datasets(config)
             self._steps_per_epoch = int(train_ds.cardinality())
         return self._steps_per_epoch if self._steps_per_epoch > 0 else None
+
+
+def _declared_name(hp, name):
+    """The name under which `hp` holds `name`: its old one (`identity.RENAMED_SETTINGS`) in a
+    search started before the rename, whose KerasTuner state declared it so."""
+    old = next((o for o, new in identity.RENAMED_SETTINGS.items() if new == name), None)
+    return old if old is not None and old in hp.values else name
 
 
 def _joined(histories):

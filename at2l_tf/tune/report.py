@@ -6,18 +6,17 @@ import json
 import os
 import time
 
-from at2l_tf import fileio
+from at2l_tf import fileio, identity
 from at2l_tf.log import log
 from at2l_tf.tune import space
+from at2l_tf.tune.space import trial_values
 from at2l_tf.tune.settings import BEST_FLAGS_FILE, SUMMARY_FILE, tuner_seed
 
 # Reported for every search; the other axes of `space.ALL_HYPERPARAMETERS` when searched.
-HYPERPARAMETERS = ("lambda1", "lambda2", "margin", "norm")
-SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "norm": "distance", "defense": "objective",
-           "beta": "β", "triplet_features": "features", "triplet_negative": "negative"}
-# The train flag of a hyperparameter whose name (kept in summary.json and KerasTuner's
-# trials, so that recorded searches still read and resume) is the flag's old one.
-FLAG_NAMES = {"defense": "objective", "norm": "triplet_distance"}
+# Hyperparameters are named as the train flags they set.
+HYPERPARAMETERS = ("lambda1", "lambda2", "margin", "triplet_distance")
+SYMBOLS = {"lambda1": "λ1", "lambda2": "λ2", "margin": "α", "triplet_distance": "distance",
+           "objective": "objective", "beta": "β", "triplet_features": "features", "triplet_negative": "negative"}
 
 
 class Reporter:
@@ -29,7 +28,7 @@ class Reporter:
         self.started, self.seconds = {}, {}
         self.ran = []  # Trials this process ran (a worker's log).
         self.writes = True  # summary.json and best.flags (False on a worker).
-        # λ1, λ2, α, norm always; the objective, β, features, negative when searched.
+        # λ1, λ2, α, distance always; the objective, β, features, negative when searched.
         self.names = reported_names(record["tuned"])
 
     def load_durations(self):
@@ -45,7 +44,7 @@ class Reporter:
         """Logs a trial's start (`on`: the worker it was handed to, on a chief)."""
         self.started[trial.trial_id] = time.time()
         hp_values = trial.hyperparameters.values
-        values = self.effective(hp_values)
+        values = self.effective(trial_values(hp_values))
         budget = ""
         if hp_values.get("tuner/epochs"):  # Hyperband
             first = hp_values.get("tuner/initial_epoch", 0) + 1
@@ -76,14 +75,14 @@ class Reporter:
             self.write(tuner)
 
     def effective(self, values):
-        """λ1, λ2, α, norm (and the searched axes) a trial trains with: its tuned
+        """λ1, λ2, α, distance (and the searched axes) a trial trains with: its tuned
         values where its objective uses them, else the base config's."""
         train = self.hypermodel.config_for(values).train
         return {n: getattr(train, n) for n in self.names}
 
     def used(self, values):
         """The reported names the trial's objective uses (the objective first)."""
-        return used_names(values, self.base.train.defense, self.base.train.lambda2)
+        return used_names(values, self.base.train.objective, self.base.train.lambda2)
 
     def summarize(self, tuner):
         oracle = tuner.oracle
@@ -93,11 +92,12 @@ class Reporter:
         for tid in order:
             trial = oracle.trials[tid]
             hp_values = trial.hyperparameters.values
+            tuned = trial_values(hp_values)
             entry = {
                 "trial_id": tid,
                 "status": str(trial.status),
-                "hyperparameters": self.effective(hp_values),
-                "tuned": {n: hp_values[n] for n in space.ALL_HYPERPARAMETERS if n in hp_values},
+                "hyperparameters": self.effective(tuned),
+                "tuned": {n: tuned[n] for n in space.ALL_HYPERPARAMETERS if n in tuned},
                 space.OBJECTIVE_METRIC: trial.score,
                 "best_epoch": _best_epoch(trial) if trial.score is not None else None,
                 "metrics": {
@@ -160,33 +160,32 @@ class Reporter:
         ]
         values = best["hyperparameters"]
         lines = []
-        hyperparameter = {flag: name for name, flag in FLAG_NAMES.items()}
         for flag, text in self.base_flags.items():
-            name = hyperparameter.get(flag, flag)
-            if name in values:
-                text = _flag_line(flag, values[name], text)
+            if flag in values:
+                text = _flag_line(flag, values[flag], text)
             if text:
                 lines.append(text)
         for name in self.names:  # In case the base flags did not carry one.
-            flag = FLAG_NAMES.get(name, name)
-            if flag not in self.base_flags and values[name] is not None:
-                lines.append(_flag_line(flag, values[name]))
+            if name not in self.base_flags and values[name] is not None:
+                lines.append(_flag_line(name, values[name]))
         return "\n".join(header + lines) + "\n"
 
 
 def reported_names(tuned):
-    """The hyperparameters a search reports: λ1, λ2, α, norm, and the other searched axes."""
+    """The hyperparameters a search reports: λ1, λ2, α, distance, and the other searched axes."""
     return tuple(n for n in space.ALL_HYPERPARAMETERS if n in HYPERPARAMETERS or n in tuned)
 
 
-def used_names(values, base_defense, base_lambda2):
-    """The names of `values` that the trial's objective (`values["defense"]`, else the base's) uses."""
-    used = ("defense",) + space.used_by(values.get("defense", base_defense), base_lambda2)
+def used_names(values, base_objective, base_lambda2):
+    """The names of `values` that the trial's objective (`values["objective"]`, else the base's) uses."""
+    used = ("objective",) + space.used_by(values.get("objective", base_objective), base_lambda2)
     return tuple(n for n in values if n in used)
 
 
 def format_table(summary):
-    """The trials as a fixed-width table, the best one marked with `*`."""
+    """The trials as a fixed-width table, the best one marked with `*` (`summary`: a
+    `summary.json`, old names `identity.renamed`)."""
+    summary = identity.renamed(summary)
     best = (summary.get("best") or {}).get("trial_id")
     train = summary["base_config"]["train"]
     names = reported_names(summary["tuned"])
@@ -195,12 +194,12 @@ def format_table(summary):
     rows = []
     for t in summary["trials"]:
         hp, m = t["hyperparameters"], t["metrics"]
-        used = space.used_by(hp.get("defense", train["defense"]), train.get("lambda2"))  # "-": unused.
+        used = space.used_by(hp.get("objective", train["objective"]), train.get("lambda2"))  # "-": unused.
         rows.append([
             "*" if t["trial_id"] == best else "",
             t["trial_id"],
             t["status"],
-            *(_cell(hp[n], n in used or n == "defense") for n in names),
+            *(_cell(hp[n], n in used or n == "objective") for n in names),
             _pct(t[space.OBJECTIVE_METRIC]),
             _pct(m.get("val_adv_acc")),
             _pct(m.get("val_acc")),

@@ -34,7 +34,7 @@ def search_record(base, space, objective_attack, settings):
     record = {
         "base_config": cfg,
         "search_space": space.record(),
-        "tuned": list(space.tuned(base.train.defense, base.train.lambda2)),
+        "tuned": list(space.tuned(base.train.objective, base.train.lambda2)),
         "objective": {
             "metric": space_lib.OBJECTIVE_METRIC,
             "direction": "max",
@@ -75,7 +75,7 @@ def validate_flags(base, space, objective_attack, settings):
         )
     if base.train.strategy == "multi_worker":
         raise ConfigError("the tune command runs on one machine: use --strategy=auto, default or mirrored")
-    space.validate(base.train.defense, base.train.lambda2)
+    space.validate(base.train.objective, base.train.lambda2)
     check_trial_configs(base, space)
     objective_attack.validate(base)
 
@@ -84,15 +84,15 @@ def check_trial_configs(base, space):
     """Validates the base config under each objective, features and negative choice of
     `space` (e.g. `embedding` on a model without a penultimate layer), before any trial."""
     hypermodel = hm.AT2LHyperModel(base, space, space_lib.ObjectiveAttack())
-    for defense in space.defenses or (base.train.defense,):
+    for objective in space.objectives or (base.train.objective,):
         for features in space.triplet_features or (None,):
             for negative in space.triplet_negatives or (None,):
-                values = {"defense": defense, "triplet_features": features, "triplet_negative": negative}
+                values = {"objective": objective, "triplet_features": features, "triplet_negative": negative}
                 cfg = hypermodel.config_for({k: v for k, v in values.items() if v is not None})
                 try:
                     cfg.validate()
                 except ConfigError as e:
-                    raise ConfigError(f"a trial with defense={defense!r} is invalid: {e}") from None
+                    raise ConfigError(f"a trial with objective={objective!r} is invalid: {e}") from None
 
 
 def check_tune_dir(path, record, overwrite):

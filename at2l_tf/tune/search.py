@@ -62,7 +62,7 @@ class Search:
         reporter.load_durations()
         base, space, settings = self.base, self.space, self.settings
         done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
-        uses = {n for d in space.defenses or (base.train.defense,) for n in space_lib.used_by(d, base.train.lambda2)}
+        uses = {n for o in space.objectives or (base.train.objective,) for n in space_lib.used_by(o, base.train.lambda2)}
         log(
             f"{self._who()}{'resuming' if mode == 'resume' else 'starting'} a {settings.tuner} search of "
             f"{_tuned(reporter.hypermodel)} in {settings.tune_dir}: {done} of {settings.max_trials} trials done; "
@@ -70,12 +70,12 @@ class Search:
             f"first {self.objective_attack.num_examples} validation images"
         )
         untuned = [n for n in space_lib.ALL_HYPERPARAMETERS
-                   if n in uses and n not in reporter.hypermodel.tuned and n != "defense"]
+                   if n in uses and n not in reporter.hypermodel.tuned and n != "objective"]
         unused = [n for n in HYPERPARAMETERS if n not in uses]
         if untuned:
             log(f"kept from the base flags: {', '.join(f'{SYMBOLS[n]}={getattr(base.train, n)}' for n in untuned)}")
         if unused:
-            which = ", ".join(space.defenses) if space.defenses else base.train.defense
+            which = ", ".join(space.objectives) if space.objectives else base.train.objective
             log(f"objective={which} does not use {', '.join(SYMBOLS[n] for n in unused)}: not tuned")
 
     def run(self, tuner, reporter):

@@ -41,7 +41,7 @@ class SearchSettings:
 
 def default_tune_dir(config):
     """`runs/tune_<dataset>[_<preprocessing>]_<objective>`, beside train's default workdir."""
-    parts = [config.data.dataset, config.train.defense]
+    parts = [config.data.dataset, config.train.objective]
     if config.preprocessing.name != "none":
         parts.insert(1, config.preprocessing.name)
     return os.path.join("runs", "tune_" + "_".join(parts))

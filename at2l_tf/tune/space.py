@@ -16,9 +16,9 @@ from typing import Optional
 
 import keras_tuner
 
-from at2l_tf import evaluation
+from at2l_tf import evaluation, identity
 from at2l_tf.errors import ConfigError
-from at2l_tf.losses import NORMS
+from at2l_tf.losses import DISTANCES
 from at2l_tf.training import objectives
 
 OBJECTIVE_METRIC = "val_robust_acc"
@@ -27,10 +27,10 @@ OBJECTIVE_METRIC = "val_robust_acc"
 # with `steps` and `restarts`. APGD-T runs 9 targets (9× the cost of APGD-CE).
 OBJECTIVE_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "pgd")
 
-# The triplet term's hyperparameters (names as the train flags).
-TRIPLET_HYPERPARAMETERS = ("lambda2", "margin", "norm", "triplet_features", "triplet_negative")
+# The triplet term's hyperparameters (names as the train flags and the `TrainConfig` fields).
+TRIPLET_HYPERPARAMETERS = ("lambda2", "margin", "triplet_distance", "triplet_features", "triplet_negative")
 # The hyperparameters each training objective uses (with its default λ2).
-TUNED_BY_DEFENSE = {
+TUNED_BY_OBJECTIVE = {
     "at": ("lambda1",),  # Eq. 1: λ1 only (λ2 > 0 in the base adds the triplet's).
     "at2l": ("lambda1",) + TRIPLET_HYPERPARAMETERS,  # Eq. 2.
     "tr": TRIPLET_HYPERPARAMETERS,  # Clean CE + the triplet term.
@@ -38,16 +38,23 @@ TUNED_BY_DEFENSE = {
     "mart": ("beta",),  # BCE + β KL (1 - p_y) (idem).
 }
 # Search order of all hyperparameters (the trial's objective first).
-ALL_HYPERPARAMETERS = ("defense", "lambda1", "lambda2", "margin", "norm", "beta",
+ALL_HYPERPARAMETERS = ("objective", "lambda1", "lambda2", "margin", "triplet_distance", "beta",
                        "triplet_features", "triplet_negative")
 
 
-def used_by(defense, lambda2=None):
-    """The hyperparameters `defense` uses, the triplet's too when the base λ2 turns it on."""
-    names = TUNED_BY_DEFENSE[defense]
-    if "lambda2" not in names and objectives.uses_triplet(defense, lambda2):
+def used_by(objective, lambda2=None):
+    """The hyperparameters `objective` uses, the triplet's too when the base λ2 turns it on."""
+    names = TUNED_BY_OBJECTIVE[objective]
+    if "lambda2" not in names and objectives.uses_triplet(objective, lambda2):
         names = names + TRIPLET_HYPERPARAMETERS
     return names
+
+
+def trial_values(values):
+    """A trial's KerasTuner values (`HyperParameters.values`) by today's names: a search
+    started before the rename declared `objective` and `triplet_distance` as `defense`
+    and `norm` (`identity.renamed`; `AT2LHyperModel.declare`)."""
+    return identity.renamed(values, "hyperparameters")
 
 
 def objective():
@@ -61,14 +68,14 @@ def objective():
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """Where λ1, λ2, α and the logit norm are searched.
+    """Where λ1, λ2, α and the triplet distance are searched.
 
     A range is `(min, max)`; `min == max` fixes the value; `None` (or, for
-    `norms`, an empty tuple) keeps the base config's value untuned.
+    `triplet_distances`, an empty tuple) keeps the base config's value untuned.
 
     The objective, β and the triplet's features and negatives are not searched
-    unless given (`defenses`, `beta_range`, `triplet_features`,
-    `triplet_negatives`); with `defenses`, each trial draws its objective and
+    unless given (`objectives`, `beta_range`, `triplet_features`,
+    `triplet_negatives`); with `objectives`, each trial draws its objective and
     takes only the values that objective uses.
 
     Attributes:
@@ -77,11 +84,12 @@ class SearchSpace:
         margin_range: α, the triplet margin, log-uniform (min > 0). L∞ distances
             between logits of a trained MNIST model run to tens, so α = 0.5
             constrains little: the default range reaches 20.
-        norms: triplet distances `d` to choose from (`linf`, `l2`, `l1`, `cosine`;
-            flag `--triplet_distance_choices`).
-        defenses: objectives (train's `--objective` names; flag
+        triplet_distances: triplet distances `d` to choose from (`linf`, `l2`, `l1`,
+            `cosine`; flag `--triplet_distance_choices`).
+        objectives: objectives (train's `--objective` names; flag
             `--objective_choices`) to choose from; empty keeps the base config's.
-            The field names are the flags' old ones, as `search.json` records them.
+            (A `search.json` written before the rename calls these two `norms` and
+            `defenses`: `identity.renamed` reads it.)
         beta_range: β of trades / mart, log-uniform (min > 0).
         triplet_features: triplet features to choose from (`logits`, `embedding`).
         triplet_negatives: triplet negatives to choose from (`random`, `hardest`).
@@ -90,30 +98,30 @@ class SearchSpace:
     lambda1_range: Optional[tuple] = (0.5, 2.0)
     lambda2_range: Optional[tuple] = (1e-3, 2.0)
     margin_range: Optional[tuple] = (0.05, 20.0)
-    norms: tuple = ("linf", "l2")
-    defenses: tuple = ()
+    triplet_distances: tuple = ("linf", "l2")
+    objectives: tuple = ()
     beta_range: Optional[tuple] = None
     triplet_features: tuple = ()
     triplet_negatives: tuple = ()
 
-    def validate(self, defense, lambda2=None):
+    def validate(self, objective, lambda2=None):
         """Checks the ranges; raises `ConfigError` naming the first bad one.
 
         Args:
-            defense: the base config's training objective; `none` has nothing
+            objective: the base config's training objective; `none` has nothing
                 to tune.
             lambda2: the base config's λ2 (`None`: the objective's default).
         """
-        for d in self.defenses:
-            if d not in TUNED_BY_DEFENSE:
+        for o in self.objectives:
+            if o not in TUNED_BY_OBJECTIVE:
                 raise ConfigError(
-                    f"objective {d!r} in objective_choices has nothing to tune; choose among "
-                    f"{', '.join(TUNED_BY_DEFENSE)}"
+                    f"objective {o!r} in objective_choices has nothing to tune; choose among "
+                    f"{', '.join(TUNED_BY_OBJECTIVE)}"
                 )
-        if not self.defenses and defense not in TUNED_BY_DEFENSE:
+        if not self.objectives and objective not in TUNED_BY_OBJECTIVE:
             raise ConfigError(
-                f"objective={defense!r} has no λ1, λ2 or α to tune: use --objective="
-                f"{' | '.join(TUNED_BY_DEFENSE)}"
+                f"objective={objective!r} has no λ1, λ2 or α to tune: use --objective="
+                f"{' | '.join(TUNED_BY_OBJECTIVE)}"
             )
         for name, log in (("lambda1_range", False), ("lambda2_range", True), ("margin_range", True),
                           ("beta_range", True)):
@@ -129,10 +137,10 @@ class SearchSpace:
                 raise ConfigError(f"{name} is sampled on a log scale: min must be > 0, {received}")
             if r[0] < 0:
                 raise ConfigError(f"{name} must have min >= 0, {received}")
-        for norm in self.norms:
-            if norm not in NORMS:
+        for distance in self.triplet_distances:
+            if distance not in DISTANCES:
                 raise ConfigError(
-                    f"unknown triplet_distance {norm!r} in triplet_distance_choices; known: {', '.join(NORMS)}"
+                    f"unknown triplet_distance {distance!r} in triplet_distance_choices; known: {', '.join(DISTANCES)}"
                 )
         for name, values, known in (
             ("triplet_features_choices", self.triplet_features, objectives.TRIPLET_FEATURES),
@@ -141,41 +149,41 @@ class SearchSpace:
             for v in values:
                 if v not in known:
                     raise ConfigError(f"unknown {name[:-8]} {v!r} in {name}; known: {', '.join(known)}")
-        if not self.tuned(defense, lambda2):
-            uses = sorted({n for d in (self.defenses or (defense,)) for n in used_by(d, lambda2)},
+        if not self.tuned(objective, lambda2):
+            uses = sorted({n for o in (self.objectives or (objective,)) for n in used_by(o, lambda2)},
                           key=ALL_HYPERPARAMETERS.index)
             raise ConfigError(
-                f"nothing to tune: objective={defense!r} uses {', '.join(uses)}, "
+                f"nothing to tune: objective={objective!r} uses {', '.join(uses)}, "
                 "and every one of their ranges is empty"
             )
         return self
 
-    def tuned(self, defense, lambda2=None):
-        """Names of the hyperparameters searched for `defense` (a range or choices given).
+    def tuned(self, objective, lambda2=None):
+        """Names of the hyperparameters searched for `objective` (a range or choices given).
 
-        With `defenses`, the objective is one of them (`defense` first) and the
+        With `objectives`, the objective is one of them (`objective` first) and the
         others are those any of them uses.
         """
         given = {
-            "defense": bool(self.defenses),
+            "objective": bool(self.objectives),
             "lambda1": self.lambda1_range is not None,
             "lambda2": self.lambda2_range is not None,
             "margin": self.margin_range is not None,
-            "norm": bool(self.norms),
+            "triplet_distance": bool(self.triplet_distances),
             "beta": self.beta_range is not None,
             "triplet_features": bool(self.triplet_features),
             "triplet_negative": bool(self.triplet_negatives),
         }
-        used = {"defense"}
-        for d in self.defenses or (defense,):
-            used.update(used_by(d, lambda2) if d in TUNED_BY_DEFENSE else ())
+        used = {"objective"}
+        for o in self.objectives or (objective,):
+            used.update(used_by(o, lambda2) if o in TUNED_BY_OBJECTIVE else ())
         return tuple(n for n in ALL_HYPERPARAMETERS if n in used and given[n])
 
     def record(self):
         """The space as JSON-ready dict; axes added since a search was recorded are
         left out while unused, so that older searches still resume."""
         out = dataclasses.asdict(self)
-        for name in ("defenses", "beta_range", "triplet_features", "triplet_negatives"):
+        for name in ("objectives", "beta_range", "triplet_features", "triplet_negatives"):
             if not out[name]:
                 out.pop(name)
         return out
@@ -269,7 +277,8 @@ __all__ = [
     "ObjectiveAttack",
     "SearchSpace",
     "TRIPLET_HYPERPARAMETERS",
-    "TUNED_BY_DEFENSE",
+    "TUNED_BY_OBJECTIVE",
     "objective",
+    "trial_values",
     "used_by",
 ]

@@ -17,14 +17,16 @@ LABELS = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, 
 
 
 def rows(record):
-    """`(defense, clean, FGSM, PGD, AutoAttack, robust)` per run; the committed JSONs, written
-    by the retired compare_defenses.py, hold them under `results` by defence."""
+    """`(objective, clean, FGSM, PGD, AutoAttack, robust)` per run; the committed JSONs, written
+    by the retired compare_defenses.py, hold them under `results` by objective (a run of this
+    study written before the rename names its objective `defense`)."""
     if "results" in record:
         out = [(d, *(r[f"{k}_accuracy"] for k in ("clean", "fgsm", "pgd", "autoattack", "robust")))
                for d, r in record["results"].items()]
     else:
-        out = [(r["defense"], r["clean_accuracy"], *(r["accuracy"][k] for k in ("fgsm", "pgd", "autoattack")),
-                r["robust_accuracy"]) for r in run_records(record)]
+        out = [(r.get("objective", r.get("defense")), r["clean_accuracy"],
+                *(r["accuracy"][k] for k in ("fgsm", "pgd", "autoattack")), r["robust_accuracy"])
+               for r in run_records(record)]
     return sorted(out, key=lambda row: list(LABELS).index(row[0]))  # The JSON's keys are sorted.
 
 
@@ -37,7 +39,7 @@ def markdown(record):
 
 STUDY = Study(
     name="defenses",
-    variants=tuple(Variant(d, (f"--objective={d}",), label, {"defense": d}) for d, label in LABELS.items()),
+    variants=tuple(Variant(d, (f"--objective={d}",), label, {"objective": d}) for d, label in LABELS.items()),
     recipe=("--mixed_precision=off", "--eval_attacks=fgsm,pgd,autoattack"),
     markdown=markdown,
 )

@@ -19,7 +19,7 @@ from studylib import Evaluation, Pilot, Study, Tuning, Variant, by_variant, ci, 
 # [0.05, 10] (logit gaps run to tens; cosine distances are < 2); β uniform [0.5, 8].
 L1, L2, ALPHA, BETA = "--lambda1_range=0.5,2", "--lambda2_range=0.01,2", "--margin_range=0.05,10", "--beta_range=0.5,8"
 NO_L1, NO_L2, NO_ALPHA, NO_BETA = "--lambda1_range=", "--lambda2_range=", "--margin_range=", "--beta_range="
-NO_NORMS = "--triplet_distance_choices="  # Keep --triplet_distance (the tune command searches linf and l2 by default).
+NO_DISTANCES = "--triplet_distance_choices="  # Keep --triplet_distance (the tune command searches linf and l2 by default).
 PAPER = ("--triplet_features=logits", "--triplet_distance=linf", "--triplet_negative=random")
 TLA = ("--triplet_features=embedding", "--triplet_distance=cosine", "--triplet_negative=hardest")
 DESIGN_SPACE = ("--triplet_features_choices=logits,embedding", "--triplet_distance_choices=linf,l2,cosine",
@@ -31,14 +31,14 @@ def _v(name, label, flags, tune, **kw):
 
 
 VARIANTS = (
-    _v("at", "AT", ["--objective=at"], [L1, NO_L2, NO_ALPHA, NO_BETA, NO_NORMS]),
-    _v("at2l", "AT²L (paper)", ["--objective=at2l", *PAPER], [L1, L2, ALPHA, NO_BETA, NO_NORMS]),
+    _v("at", "AT", ["--objective=at"], [L1, NO_L2, NO_ALPHA, NO_BETA, NO_DISTANCES]),
+    _v("at2l", "AT²L (paper)", ["--objective=at2l", *PAPER], [L1, L2, ALPHA, NO_BETA, NO_DISTANCES]),
     _v("at_triplet", "AT + best triplet", ["--objective=at", "--lambda2=0.5"], [L1, L2, ALPHA, NO_BETA, *DESIGN_SPACE]),
-    _v("tla_at", "AT + TLA-style triplet", ["--objective=at", "--lambda2=0.5", *TLA], [NO_L1, L2, ALPHA, NO_BETA, NO_NORMS]),
-    _v("trades", "TRADES", ["--objective=trades"], [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]),
+    _v("tla_at", "AT + TLA-style triplet", ["--objective=at", "--lambda2=0.5", *TLA], [NO_L1, L2, ALPHA, NO_BETA, NO_DISTANCES]),
+    _v("trades", "TRADES", ["--objective=trades"], [NO_L1, NO_L2, NO_ALPHA, BETA, NO_DISTANCES]),
     _v("trades_best", "TRADES + best triplet", ["--objective=trades", "--lambda2=0.5"],
-       [NO_L1, L2, ALPHA, BETA, NO_NORMS], design_from="at_triplet"),
-    _v("mart", "MART", ["--objective=mart"], [NO_L1, NO_L2, NO_ALPHA, BETA, NO_NORMS]),
+       [NO_L1, L2, ALPHA, BETA, NO_DISTANCES], design_from="at_triplet"),
+    _v("mart", "MART", ["--objective=mart"], [NO_L1, NO_L2, NO_ALPHA, BETA, NO_DISTANCES]),
 )
 LABELS = {v.name: v.label for v in VARIANTS}
 REFERENCE = "at"

@@ -282,7 +282,7 @@ def robust_model(mnist_arrays):
         keras.layers.Flatten(),
         keras.layers.Dense(10),
     ])
-    model = AT2LModel(clf, defense="at", attack="pgd", attack_params={"eps": EPS, "steps": 3})
+    model = AT2LModel(clf, objective="at", attack="pgd", attack_params={"eps": EPS, "steps": 3})
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     model.fit(images[:6000], labels[:6000], batch_size=64, epochs=2, verbose=0)
     return lambda z: clf(z, training=False)

@@ -15,14 +15,14 @@ def _batch(n=8, offset=0):
     return (x[offset : offset + n].astype("float32") / 255.0, y[offset : offset + n])
 
 
-def _model(defense, lambda2=None, lambda1=1.0, seed=0, weights=None, num_classes=10):
+def _model(objective, lambda2=None, lambda1=1.0, seed=0, weights=None, num_classes=10):
     keras.utils.set_random_seed(seed)
     clf = models.get_model("mnist_small", num_classes=num_classes)
     if weights is not None:
         clf.set_weights(weights)
     model = AT2LModel(
         clf,
-        defense=defense,
+        objective=objective,
         attack="fgsm",
         attack_params={"eps": 0.3},
         lambda1=lambda1,
@@ -76,7 +76,7 @@ def test_at2l_adds_the_triplet_hinge_through_add_loss():
 
 
 @pytest.mark.parametrize(
-    "defense, names",
+    "objective, names",
     [
         ("none", {"loss", "ce_clean", "acc"}),
         ("at", {"loss", "ce_clean", "ce_adv", "acc", "adv_acc"}),
@@ -84,9 +84,9 @@ def test_at2l_adds_the_triplet_hinge_through_add_loss():
         ("tr", {"loss", "ce_clean", "ce_adv", "triplet", "acc", "adv_acc"}),
     ],
 )
-def test_fit_and_evaluate_report_the_metrics_of_each_defense(defense, names):
+def test_fit_and_evaluate_report_the_metrics_of_each_objective(objective, names):
     x, y = _batch(64)
-    model = _model(defense)
+    model = _model(objective)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     history = model.fit(ds, epochs=1, verbose=0, validation_data=ds)
     assert set(history.history) == names | {f"val_{n}" for n in names}
@@ -107,8 +107,8 @@ def test_training_reduces_the_loss_of_the_adversarial_examples():
 
 def test_bad_arguments_are_rejected():
     clf = models.get_model("mnist_small")
-    with pytest.raises(ValueError, match="defense='adv'"):
-        AT2LModel(clf, defense="adv")
+    with pytest.raises(ValueError, match="objective='adv'"):
+        AT2LModel(clf, objective="adv")
     with pytest.raises(ValueError, match="attack='cw'"):
         AT2LModel(clf, attack="cw")
     with pytest.raises(ValueError, match="lambda1=-1"):
@@ -121,20 +121,20 @@ def test_get_config_round_trips():
     keras.utils.set_random_seed(0)
     model = AT2LModel(
         models.get_model("mnist_small"),
-        defense="tr",
+        objective="tr",
         attack="pgd",
         attack_params={"eps": 0.2, "steps": 3, "step_size": 0.05},
         lambda1=0.3,
         lambda2=0.25,
         margin=1.5,
-        norm="l2",
+        triplet_distance="l2",
         seed=11,
     )
     clone = AT2LModel.from_config(model.get_config())
-    fields = ("defense", "attack", "attack_params", "lambda1", "lambda2", "margin", "seed")
+    fields = ("objective_name", "attack", "attack_params", "lambda1", "lambda2", "margin", "seed")
     got = {f: getattr(clone, f) for f in fields}
     assert got == {
-        "defense": "tr",
+        "objective_name": "tr",
         "attack": "pgd",
         "attack_params": {"eps": 0.2, "steps": 3, "step_size": 0.05},
         "lambda1": 0.3,
@@ -142,7 +142,7 @@ def test_get_config_round_trips():
         "margin": 1.5,
         "seed": 11,
     }
-    assert (clone.triplet.norm, clone.triplet.seed, clone.triplet.num_classes) == ("l2", 11, 10)
+    assert (clone.triplet.distance, clone.triplet.seed, clone.triplet.num_classes) == ("l2", 11, 10)
     assert clone._attack_fn.bound_params == {"eps": 0.2, "steps": 3, "step_size": 0.05}
     x, _ = _batch(2)
     assert clone(x).shape == (2, 10)
@@ -195,7 +195,7 @@ def test_every_training_attack_runs_inside_the_compiled_step(attack):
         classifier = defenses.defended_model(layer, net, (28, 28, 1))
     model = AT2LModel(
         classifier,
-        defense="at2l",
+        objective="at2l",
         attack=attack,
         attack_params={k: v for k, v in params.items() if k in attacks.get_entry(attack).params},
     )
@@ -226,7 +226,7 @@ def test_ls_pga_in_the_step_attacks_the_network_behind_the_encoding():
     net = models.get_model("mnist_small", input_shape=(28, 28, 8))
     model = AT2LModel(
         defenses.defended_model(layer, net, (28, 28, 1)),
-        defense="at", attack="ls_pga", attack_params={"eps": 0.3, "steps": 3},
+        objective="at", attack="ls_pga", attack_params={"eps": 0.3, "steps": 3},
     )
     x_adv = model.generate_adversarial(tf.constant(x), tf.constant(y)).numpy()
     expected = attacks.ls_pga(
@@ -276,13 +276,13 @@ def _linf(a, b):
     return np.max(np.abs(a - b), axis=-1)
 
 
-@pytest.mark.parametrize("defense", ["at2l", "tr"])
-def test_ten_class_negatives_are_the_class_the_adversarial_is_pushed_to(defense):
+@pytest.mark.parametrize("objective", ["at2l", "tr"])
+def test_ten_class_negatives_are_the_class_the_adversarial_is_pushed_to(objective):
     # One example per class: each pushed-to class has exactly one candidate,
     # so the negative of example i is the example of class argmax_{c≠y_i}
     # f(x_adv_i)_c, its logits taken from the clean pass.
     x, y = _one_example_per_class()
-    model = _model(defense, lambda2=1.0, seed=4)
+    model = _model(objective, lambda2=1.0, seed=4)
     _, out = model._compute_losses((tf.constant(x), tf.constant(y)), training=False)
     clean, adv = out["logits"].numpy(), out["adv_logits"].numpy()
     by_adv, by_clean = _pushed_to(adv, y), _pushed_to(clean, y)
@@ -332,7 +332,7 @@ def test_attacks_in_the_step_see_the_classifier_in_inference_mode(attack, params
     # batch nor update its moving statistics, while x_adv is crafted.
     x, y = _batch(16)
     clf = _dropout_and_batch_norm_classifier()
-    model = AT2LModel(clf, defense="at", attack=attack, attack_params=params)
+    model = AT2LModel(clf, objective="at", attack=attack, attack_params=params)
     bn = clf.layers[1]
     moving = [v.numpy().copy() for v in (bn.moving_mean, bn.moving_variance)]
     x, y = tf.constant(x), tf.constant(y)
@@ -355,8 +355,8 @@ class _CallCounter(keras.layers.Layer):
         return x
 
 
-@pytest.mark.parametrize("defense, per_step", [("none", 1), ("at", 3 + 2), ("at2l", 3 + 2), ("tr", 3 + 2)])
-def test_forward_passes_per_step_no_extra_one_for_the_negatives(defense, per_step):
+@pytest.mark.parametrize("objective, per_step", [("none", 1), ("at", 3 + 2), ("at2l", 3 + 2), ("tr", 3 + 2)])
+def test_forward_passes_per_step_no_extra_one_for_the_negatives(objective, per_step):
     # PGD-3 costs 3 forward passes, then one clean and one adversarial pass;
     # AT²L takes its negatives' logits from the clean pass, so it costs what
     # AT costs. The Python body of the step runs only when traced: not
@@ -366,7 +366,7 @@ def test_forward_passes_per_step_no_extra_one_for_the_negatives(defense, per_ste
     counter = _CallCounter()
     clf = models.get_model("mnist_small")
     wrapped = keras.Sequential([keras.Input((28, 28, 1)), counter, clf])
-    model = AT2LModel(wrapped, defense=defense, attack="pgd", attack_params={"eps": 0.3, "steps": 3})
+    model = AT2LModel(wrapped, objective=objective, attack="pgd", attack_params={"eps": 0.3, "steps": 3})
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     traces = []
     body = model._compute_losses
@@ -387,14 +387,14 @@ def test_forward_passes_per_step_no_extra_one_for_the_negatives(defense, per_ste
 # --- Training ingredients: AWP, weight averaging, the step's ε (issue 31) ---
 
 
-def _ingredient_model(defense="at", weights=None, lr=0.1, **kwargs):
+def _ingredient_model(objective="at", weights=None, lr=0.1, **kwargs):
     """FGSM (deterministic; TRADES: its KL attack, 2 steps) on mnist_small, plain SGD."""
     keras.utils.set_random_seed(0)
     clf = models.get_model("mnist_small")
     if weights is not None:
         clf.set_weights(weights)
-    attack, params = ("pgd", {"eps": 0.3, "steps": 2}) if defense == "trades" else ("fgsm", {"eps": 0.3})
-    model = AT2LModel(clf, defense=defense, attack=attack, attack_params=params, seed=0, **kwargs)
+    attack, params = ("pgd", {"eps": 0.3, "steps": 2}) if objective == "trades" else ("fgsm", {"eps": 0.3})
+    model = AT2LModel(clf, objective=objective, attack=attack, attack_params=params, seed=0, **kwargs)
     model.compile(optimizer=keras.optimizers.SGD(lr))
     return model
 
@@ -404,10 +404,10 @@ def _one_batch_ds(n=32):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(n)
 
 
-@pytest.mark.parametrize("defense, lambda2", [("at", None), ("at2l", None), ("trades", None), ("mart", 0.5)])
-def test_awp_perturbation_is_restored_exactly_after_each_step(defense, lambda2):
+@pytest.mark.parametrize("objective, lambda2", [("at", None), ("at2l", None), ("trades", None), ("mart", 0.5)])
+def test_awp_perturbation_is_restored_exactly_after_each_step(objective, lambda2):
     # With a zero learning rate only AWP could move the weights: w + v − v must be w, bit for bit.
-    model = _ingredient_model(defense, lr=0.0, lambda2=lambda2, awp_gamma=0.05)
+    model = _ingredient_model(objective, lr=0.0, lambda2=lambda2, awp_gamma=0.05)
     before = model.classifier.get_weights()
     model.fit(_one_batch_ds(), epochs=3, verbose=0)
     assert int(model.optimizer.iterations) == 3
@@ -455,19 +455,19 @@ def test_awp_step_is_the_gradient_at_the_perturbed_weights_applied_to_the_restor
     assert moved > 1e-4  # AWP changed the update: it is not a no-op.
 
 
-@pytest.mark.parametrize("defense, rtol", [("at", 1e-6), ("at2l", 1e-2)])
-def test_awp_before_its_start_step_leaves_the_step_unchanged(defense, rtol):
+@pytest.mark.parametrize("objective, rtol", [("at", 1e-6), ("at2l", 1e-2)])
+def test_awp_before_its_start_step_leaves_the_step_unchanged(objective, rtol):
     # v = 0 until optimizer step `awp_start_step`: the same update as without AWP.
     # With the triplet term the extra pass draws its random negatives once more, so
     # the update's negatives differ: equal within 1% (a second triplet term added
     # by the extra pass would be ~10% of the loss here).
-    plain = _ingredient_model(defense)
+    plain = _ingredient_model(objective)
     w0 = plain.classifier.get_weights()
-    late = _ingredient_model(defense, weights=w0, awp_gamma=0.05, awp_start_step=100)
+    late = _ingredient_model(objective, weights=w0, awp_gamma=0.05, awp_start_step=100)
     h1 = plain.fit(_one_batch_ds(), epochs=2, verbose=0).history
     h2 = late.fit(_one_batch_ds(), epochs=2, verbose=0).history
     np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=rtol)
-    if defense == "at":
+    if objective == "at":
         for a, b in zip(plain.classifier.get_weights(), late.classifier.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -507,7 +507,7 @@ def test_set_training_eps_changes_the_step_attack_and_not_the_validation_one():
 
 def test_step_size_scales_with_the_training_eps():
     keras.utils.set_random_seed(0)
-    model = AT2LModel(models.get_model("mnist_small"), defense="at", attack="pgd",
+    model = AT2LModel(models.get_model("mnist_small"), objective="at", attack="pgd",
                       attack_params={"eps": 0.3, "steps": 4, "step_size": 0.1})
     model.set_training_eps(0.15)
     assert model._train_attack_fn.bound_params == {"eps": 0.15, "steps": 4, "step_size": 0.05}
@@ -547,7 +547,7 @@ def test_awp_and_weight_average_run_under_mixed_bfloat16():
     keras.utils.set_random_seed(0)
     with precision.policy_scope("mixed_bfloat16"):
         clf = models.get_model("mnist_small")
-    model = AT2LModel(clf, defense="trades", attack="pgd", attack_params={"eps": 0.3, "steps": 2},
+    model = AT2LModel(clf, objective="trades", attack="pgd", attack_params={"eps": 0.3, "steps": 2},
                       awp_gamma=0.01, ema=0.9)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     before = clf.get_weights()

@@ -88,7 +88,7 @@ def test_with_fgsm_and_the_current_model_the_step_equals_algorithm_1():
     """A = {fgsm}, M = {current}, regenerated every step = AT2LModel crafting FGSM."""
     clf = _tiny()
     x, y = _data(32)
-    kwargs = dict(defense="at2l", attack="fgsm", attack_params={"eps": 0.1}, lambda2=0.7, margin=0.3, seed=4)
+    kwargs = dict(objective="at2l", attack="fgsm", attack_params={"eps": 0.1}, lambda2=0.7, margin=0.3, seed=4)
     in_step = AT2LModel(clf, **kwargs)
     given = AT2LModel(clf, **kwargs)
     x_adv = attacks.make_attack("fgsm", eps=0.1)(lambda z: clf(z, training=False), x, y)
@@ -105,7 +105,7 @@ def test_with_fgsm_and_the_current_model_the_step_equals_algorithm_1():
 def test_negatives_of_given_adversarials_have_another_label():
     clf = _tiny()
     x, y = _data(32)
-    model = AT2LModel(clf, defense="at2l", attack="fgsm", attack_params={"eps": 0.1}, seed=1)
+    model = AT2LModel(clf, objective="at2l", attack="fgsm", attack_params={"eps": 0.1}, seed=1)
     x_adv = np.clip(x + 0.05, 0, 1)
     adv_logits = clf(x_adv)
     from at2l_tf import losses
@@ -122,7 +122,7 @@ def test_fit_ensemble_trains_the_current_model_and_never_a_static_one(tmp_path):
     before = [w.copy() for w in static.get_weights()]
     clf = _tiny(seed=2)
     start = [w.copy() for w in clf.get_weights()]
-    model = AT2LModel(clf, defense="at2l", attack="fgsm", attack_params={"eps": 0.1}, seed=0)
+    model = AT2LModel(clf, objective="at2l", attack="fgsm", attack_params={"eps": 0.1}, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     x, y = _data(64)
     fns = ensemble.make_attack_fns(("fgsm", "cw"), eps=0.1, steps=2, cw_steps=2)
@@ -202,7 +202,7 @@ def test_tiny_ensemble_run_with_pretraining_end_to_end(tmp_path):
     cfg = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(max_train_examples=256, batch_size=64, validation_size=128),
         attack=config_lib.AttackConfig(name="fgsm", steps=2),
-        train=config_lib.TrainConfig(defense="at2l", epochs=2, pretrain_epochs=1),
+        train=config_lib.TrainConfig(objective="at2l", epochs=2, pretrain_epochs=1),
         ensemble=config_lib.EnsembleConfig(attacks=("fgsm", "ill"), static_models=(static_path,),
                                            regenerate_every=1),
         eval=config_lib.EvalConfig(num_examples=32, attacks=("fgsm",)),

@@ -24,9 +24,9 @@ def _tiny(seed=0):
     return keras.Model(inputs, logits, name="tiny")
 
 
-def _model(defense, **kwargs):
+def _model(objective, **kwargs):
     kwargs.setdefault("attack_params", {"eps": 0.1, "steps": 2})
-    return AT2LModel(_tiny(), defense=defense, **kwargs)
+    return AT2LModel(_tiny(), objective=objective, **kwargs)
 
 
 def _softmax(z):
@@ -85,10 +85,10 @@ def test_default_betas_and_lambda2_follow_the_recipe():
     assert _model("at", lambda2=0.3).uses_triplet and _model("mart", lambda2=0.3).lambda2 == 0.3
 
 
-@pytest.mark.parametrize("defense", ["at", "trades", "mart"])
-def test_lambda2_adds_the_same_triplet_term_to_any_objective(defense):
-    plain = _model(defense, beta=None if defense == "at" else 2.0)
-    with_triplet = _model(defense, beta=None if defense == "at" else 2.0, lambda2=0.7, margin=3.0)
+@pytest.mark.parametrize("objective", ["at", "trades", "mart"])
+def test_lambda2_adds_the_same_triplet_term_to_any_objective(objective):
+    plain = _model(objective, beta=None if objective == "at" else 2.0)
+    with_triplet = _model(objective, beta=None if objective == "at" else 2.0, lambda2=0.7, margin=3.0)
     base, _ = _total(plain)
     total, out = _total(with_triplet)
     logits, adv = plain.classifier(X).numpy(), plain.classifier(X_ADV).numpy()
@@ -116,11 +116,11 @@ def test_trades_picks_its_kl_attack_and_the_others_the_configured_one():
     assert 0.05 < np.abs(x_adv - X).max() <= 0.2 + 1e-6
 
 
-@pytest.mark.parametrize("defense, beta, triplet", [
+@pytest.mark.parametrize("objective, beta, triplet", [
     ("trades", 1.5, False), ("mart", 4.0, False), ("trades", 2.0, True), ("mart", None, True),
 ])
-def test_fit_reports_the_metrics_of_each_objective(defense, beta, triplet):
-    model = _model(defense, beta=beta, lambda2=0.5 if triplet else None)
+def test_fit_reports_the_metrics_of_each_objective(objective, beta, triplet):
+    model = _model(objective, beta=beta, lambda2=0.5 if triplet else None)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     ds = tf.data.Dataset.from_tensor_slices((X, Y)).batch(4)
     history = model.fit(ds, epochs=1, verbose=0).history
@@ -163,8 +163,8 @@ def test_the_model_puts_the_triplet_on_the_embedding_when_asked():
     x = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], "float32")
     x_adv = x + 0.5
     y = np.array([0, 1, 0, 1])
-    model = AT2LModel(clf, defense="at2l", attack="fgsm", attack_params={"eps": 0.1},
-                      triplet_features="embedding", triplet_negative="hardest", norm="l2", margin=10.0)
+    model = AT2LModel(clf, objective="at2l", attack="fgsm", attack_params={"eps": 0.1},
+                      triplet_features="embedding", triplet_negative="hardest", triplet_distance="l2", margin=10.0)
     _, out = model._compute_losses((tf.constant(x), tf.constant(y), tf.constant(x_adv)), training=False)
     e, e_adv = x @ W, x_adv @ W
     dist = np.sqrt(((e_adv[:, None] - e[None]) ** 2).sum(-1))
@@ -184,10 +184,10 @@ def test_a_model_without_a_penultimate_layer_is_refused():
     with pytest.raises(ValueError, match="model 'linear' has no penultimate layer"):
         embedding.with_embedding(linear)
     with pytest.raises(ValueError, match="no penultimate layer"):
-        AT2LModel(linear, defense="at2l", attack_params={"eps": 0.1}, triplet_features="embedding")
+        AT2LModel(linear, objective="at2l", attack_params={"eps": 0.1}, triplet_features="embedding")
     # Fine without the embedding, or without the triplet term.
-    AT2LModel(linear, defense="at2l", attack_params={"eps": 0.1})
-    AT2LModel(linear, defense="at", attack_params={"eps": 0.1}, triplet_features="embedding")
+    AT2LModel(linear, objective="at2l", attack_params={"eps": 0.1})
+    AT2LModel(linear, objective="at", attack_params={"eps": 0.1}, triplet_features="embedding")
 
 
 class _CallCounter(keras.layers.Layer):
@@ -199,16 +199,16 @@ class _CallCounter(keras.layers.Layer):
         return x
 
 
-@pytest.mark.parametrize("defense, features, per_step", [
+@pytest.mark.parametrize("objective, features, per_step", [
     ("at2l", "embedding", 3 + 2),  # No extra pass for the embedding.
     ("trades", "logits", 1 + 3 + 2),  # The KL attack's clean reference logits, once per batch.
 ])
-def test_forward_passes_per_step(defense, features, per_step):
+def test_forward_passes_per_step(objective, features, per_step):
     keras.utils.set_random_seed(0)
     counter = _CallCounter()
     inputs = keras.Input((6,))
     clf = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5, activation="relu")(counter(inputs))))
-    model = AT2LModel(clf, defense=defense, attack="pgd", attack_params={"eps": 0.1, "steps": 3},
+    model = AT2LModel(clf, objective=objective, attack="pgd", attack_params={"eps": 0.1, "steps": 3},
                       lambda2=0.5, triplet_features=features)
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     model.fit(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4), epochs=1, verbose=0)
@@ -216,26 +216,28 @@ def test_forward_passes_per_step(defense, features, per_step):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(defense="trades", beta=2.0, lambda2=0.25, triplet_features="embedding", triplet_negative="hardest",
-         norm="cosine", margin=0.05),
-    dict(defense="mart", beta=None, attack="ifgsm"),
-    dict(defense="at", lambda2=0.4, triplet_negative="hardest", norm="l1"),
-    dict(defense="none"),
-    dict(defense="tr", triplet_features="embedding"),
+    dict(objective="trades", beta=2.0, lambda2=0.25, triplet_features="embedding", triplet_negative="hardest",
+         triplet_distance="cosine", margin=0.05),
+    dict(objective="mart", beta=None, attack="ifgsm"),
+    dict(objective="at", lambda2=0.4, triplet_negative="hardest", triplet_distance="l1"),
+    dict(objective="none"),
+    dict(objective="tr", triplet_features="embedding"),
 ])
 def test_get_config_round_trips_with_each_objective(kwargs):
     kwargs = {"attack_params": {"eps": 0.2, "steps": 3}, "seed": 7, **kwargs}
     model = AT2LModel(_tiny(), **kwargs)
     clone = AT2LModel.from_config(model.get_config())
-    fields = ("defense", "attack", "attack_params", "lambda1", "lambda2", "margin", "beta", "seed",
+    fields = ("objective_name", "attack", "attack_params", "lambda1", "lambda2", "margin", "beta", "seed",
               "uses_triplet", "crafts_adversarial")
     assert {f: getattr(clone, f) for f in fields} == {f: getattr(model, f) for f in fields}
     t, c = model.triplet, clone.triplet
-    assert (c.norm, c.features, c.negative, c.lambda2) == (t.norm, t.features, t.negative, t.lambda2)
+    assert (c.distance, c.features, c.negative, c.lambda2) == (t.distance, t.features, t.negative, t.lambda2)
     assert clone.objective.get_config() == model.objective.get_config()
     for key, value in kwargs.items():
-        if key in ("triplet_features", "triplet_negative", "norm"):
+        if key in ("triplet_features", "triplet_negative", "triplet_distance"):
             assert getattr(clone.triplet, key.split("_")[-1]) == value
+        elif key == "objective":
+            assert clone.objective_name == value
         elif key == "attack_params":
             assert clone.attack_params == value
         elif value is not None and key != "attack":
@@ -244,22 +246,22 @@ def test_get_config_round_trips_with_each_objective(kwargs):
 
 
 def test_describe_names_the_objective_and_the_triplet():
-    d = objectives.describe("mart", lambda1=1.0, lambda2=0.3, beta=None, margin=0.2, norm="cosine",
+    d = objectives.describe("mart", lambda1=1.0, lambda2=0.3, beta=None, margin=0.2, distance="cosine",
                             features="embedding", negative="hardest")
     assert d == {
-        "defense": "mart",
-        "objective": {"name": "mart", "attack_loss": "ce", "beta": 6.0},
+        "objective": "mart",
+        "loss": {"name": "mart", "attack_loss": "ce", "beta": 6.0},
         "triplet": {"features": "embedding", "distance": "cosine", "negative": "hardest",
                     "lambda2": 0.3, "margin": 0.2},
     }
-    assert objectives.describe("at", lambda1=0.5, lambda2=None, beta=None, margin=0.5, norm="linf",
+    assert objectives.describe("at", lambda1=0.5, lambda2=None, beta=None, margin=0.5, distance="linf",
                                features="logits", negative="random")["triplet"] is None
-    assert objectives.describe("at2l", lambda1=0.5, lambda2=None, beta=None, margin=0.5, norm="linf",
+    assert objectives.describe("at2l", lambda1=0.5, lambda2=None, beta=None, margin=0.5, distance="linf",
                                features="logits", negative="random")["triplet"]["lambda2"] == 0.5
 
 
 def test_bad_objective_arguments_are_rejected():
-    with pytest.raises(ValueError, match="defense='free'"):
+    with pytest.raises(ValueError, match="objective='free'"):
         _model("free")
     with pytest.raises(ValueError, match="beta must be >= 0, received beta=-1"):
         _model("trades", beta=-1)
@@ -267,5 +269,13 @@ def test_bad_objective_arguments_are_rejected():
         _model("at2l", triplet_features="pen")
     with pytest.raises(ValueError, match="negative='semi'"):
         _model("at2l", triplet_negative="semi")
-    with pytest.raises(ValueError, match="norm='l3'"):
-        _model("at2l", norm="l3")
+    with pytest.raises(ValueError, match="distance='l3'"):
+        _model("at2l", triplet_distance="l3")
+
+
+def test_a_config_of_before_the_rename_still_builds_the_model():
+    model = AT2LModel(_tiny(), objective="at", lambda2=0.4, triplet_distance="l1", attack_params={"eps": 0.2})
+    config = model.get_config()
+    old = {{"objective": "defense", "triplet_distance": "norm"}.get(k, k): v for k, v in config.items()}
+    clone = AT2LModel.from_config(old)
+    assert (clone.objective_name, clone.triplet.distance, clone.lambda2) == ("at", "l1", 0.4)

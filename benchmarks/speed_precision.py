@@ -50,7 +50,7 @@ def bench_model(name, x, y, cfg):
         return lambda: run(x, y).numpy()
 
     def step(clf, pol):
-        model = AT2LModel(clf, defense="at", attack="pgd", attack_params={"eps": cfg["eps"], "steps": cfg["pgd_steps"]},
+        model = AT2LModel(clf, objective="at", attack="pgd", attack_params={"eps": cfg["eps"], "steps": cfg["pgd_steps"]},
                           seed=cfg["seed"])
         model.compile(optimizer=precision.wrap_optimizer(keras.optimizers.Adam(1e-3), pol))
         return benchlib.train_step(model, x, y)

@@ -129,7 +129,7 @@ def time_recipe(path, cfg):
     out = {
         "flagfile": path, "command": recipe_command(path), "dataset": config.data.dataset,
         "model": config.model_name, "image_shape": list(spec.image_shape), "batch_size": batch,
-        "precision": precision.policy, "objective": config.train.defense, "attack": config.training_attack,
+        "precision": precision.policy, "objective": config.train.objective, "attack": config.training_attack,
         "attack_steps": k, "preprocessing": config.preprocessing.name, "train_examples": n_train,
         "steps_per_epoch": steps_per_epoch, "epochs": config.train.epochs,
         "pretrain_epochs": config.train.pretrain_epochs,
@@ -141,7 +141,7 @@ def time_recipe(path, cfg):
     gpu_step = batch * factor * f / gpu_flops
     gpu_seconds = config.train.epochs * steps_per_epoch * gpu_step
     if config.train.pretrain_epochs or ens:
-        clean = AT2LModel(model.classifier, defense="none", seed=seed)
+        clean = AT2LModel(model.classifier, objective="none", seed=seed)
         clean.compile(optimizer=keras.optimizers.Adam(1e-3))
         clean_s, _ = _step_times(clean, tf.data.Dataset.from_tensors((x, y)).repeat(), steps, warmup)
         out["clean_s_per_step"] = round(clean_s, 4)

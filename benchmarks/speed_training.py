@@ -30,7 +30,7 @@ TARGETS = {"at2l_over_at": ("<=", 1.05)}
 SETTINGS = {"models": benchlib.MNIST_MODELS, "batch_size": None, "repeats": (9, 3), "warmup": (2, 1),
             "calls": (3, 1), "eps": (0.3, 0.3), "seed": None, "xla": (True, False),
             "train_pgd_steps": (5, 3), "quick_epoch_steps": None, "recipe_precision": None}
-DEFENSES = ("none", "at", "at2l")
+OBJECTIVES = ("none", "at", "at2l")
 RECIPE_VARIANTS = {"plain": {}, "ema": {"ema": 0.995}, "awp": {"awp_gamma": 5e-3},
                    "ema_awp": {"ema": 0.995, "awp_gamma": 5e-3}}
 # The rows of its report (the figures' paths in a model's record).
@@ -64,13 +64,13 @@ def measure(cfg):
     return out
 
 
-def _model(model_name, cfg, defense, policy="float32", jit_compile="auto", **kwargs):
+def _model(model_name, cfg, objective, policy="float32", jit_compile="auto", **kwargs):
     """`model_name`, untrained (seed `--seed`: the same weights for every variant), in an
     `AT2LModel` with the PGD-`--train_pgd_steps` training attack, compiled with Adam(1e-3)."""
     keras.utils.set_random_seed(cfg["seed"])
     with precision.policy_scope(policy):
         clf = models.get_model(model_name)
-    model = AT2LModel(clf, defense=defense, attack="pgd", seed=cfg["seed"],
+    model = AT2LModel(clf, objective=objective, attack="pgd", seed=cfg["seed"],
                       attack_params={"eps": cfg["eps"], "steps": cfg["train_pgd_steps"]}, **kwargs)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     return model
@@ -101,7 +101,7 @@ def _triplet_term_s(cfg, num_classes, repeats=50):
 def bench_train(model_name, cfg, record):
     """The step times of none / AT / AT²L (`at2l_over_at`) and one epoch of each (`train_epoch_s`)."""
     ((x, y),) = benchlib.mnist_batches("train", 1, cfg["batch_size"])
-    models_ = {d: _model(model_name, cfg, d, jit_compile=False) for d in DEFENSES}
+    models_ = {d: _model(model_name, cfg, d, jit_compile=False) for d in OBJECTIVES}
     steps = {d: benchlib.train_step(m, x, y) for d, m in models_.items()}  # `fit` reuses their functions.
     if "at2l_over_at" in cfg["figures"]:
         _time_train_steps(model_name, cfg, record, models_, steps, x, y)
@@ -116,7 +116,7 @@ def _time_train_steps(model_name, cfg, record, models_, steps, x, y):
     # machine's load do not show up as differences between them.
     if cfg["xla"]:
         steps.update({f"{d}_xla": benchlib.train_step(_model(model_name, cfg, d, jit_compile=True), x, y)
-                      for d in DEFENSES})
+                      for d in OBJECTIVES})
     with benchlib.section(f"{model_name}: train steps", record["sections"], "train_steps"):
         wall, cpu, _ = benchlib.interleaved(steps, repeats=cfg["repeats"], warmup=cfg["warmup"], calls=cfg["calls"])
     med, med_cpu = benchlib.medians(wall), benchlib.medians(cpu)
@@ -124,9 +124,9 @@ def _time_train_steps(model_name, cfg, record, models_, steps, x, y):
     def figures(suffix):
         at, at2l = f"at{suffix}", f"at2l{suffix}"
         return {
-            "train_step_s": {d: round(med[d + suffix], 4) for d in DEFENSES},
-            "train_step_cpu_s": {d: round(med_cpu[d + suffix], 4) for d in DEFENSES},
-            "train_step_rounds_s": {d: [round(v, 4) for v in wall[d + suffix]] for d in DEFENSES},
+            "train_step_s": {d: round(med[d + suffix], 4) for d in OBJECTIVES},
+            "train_step_cpu_s": {d: round(med_cpu[d + suffix], 4) for d in OBJECTIVES},
+            "train_step_rounds_s": {d: [round(v, 4) for v in wall[d + suffix]] for d in OBJECTIVES},
             "at2l_over_at": round(med[at2l] / med[at], 3),
             "at2l_over_at_paired": round(statistics.median(b / a for a, b in zip(wall[at], wall[at2l])), 3),
             "at2l_over_at_cpu": round(med_cpu[at2l] / med_cpu[at], 3),
@@ -139,7 +139,7 @@ def _time_train_steps(model_name, cfg, record, models_, steps, x, y):
     record["at2l_over_at_expected"] = round((med["at"] + triplet_s) / med["at"], 4)
     if cfg["xla"]:
         record["xla"].update(figures("_xla"))
-        record["xla"]["train_step_speedup"] = {d: round(med[d] / med[f"{d}_xla"], 3) for d in DEFENSES}
+        record["xla"]["train_step_speedup"] = {d: round(med[d] / med[f"{d}_xla"], 3) for d in OBJECTIVES}
 
 
 def _time_train_epochs(model_name, cfg, record, models_):
@@ -157,7 +157,7 @@ def _time_train_epochs(model_name, cfg, record, models_):
     ds = data.make_pipeline(data.load("mnist", "train"), batch_size=cfg["batch_size"], shuffle=True,
                             seed=cfg["seed"], drop_remainder=True)
     with benchlib.section(f"{model_name}: train epochs ({timed} steps each)", record["sections"], "train_epoch"):
-        for d in DEFENSES:
+        for d in OBJECTIVES:
             clock = benchlib.step_clock()
             start, start_cpu = time.perf_counter(), time.process_time()
             models_[d].fit(ds, epochs=1, steps_per_epoch=timed, verbose=0, shuffle=False, callbacks=[clock])

@@ -30,7 +30,7 @@ ATTACK_FIGURES = ("pgd_efficiency", "pgd_vs_art", "fgsm_vs_art", "pgd_vs_cleverh
 FIGURES = TRAINING_FIGURES + ATTACK_FIGURES
 ART_RATIOS = ("pgd_vs_art", "fgsm_vs_art", "apgd_vs_art")
 FOOLBOX_RATIOS = ("pgd_vs_foolbox",)
-DEFENSES = ("none", "at", "at2l")
+OBJECTIVES = ("none", "at", "at2l")
 HAS_ART = importlib.util.find_spec("art") is not None
 HAS_FOOLBOX = importlib.util.find_spec("foolbox") is not None
 
@@ -120,7 +120,7 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
     assert _positive(record["at2l_over_at"]) and _positive(record["at2l_over_at_cpu"])
     epoch = record["train_epoch_s"]
     assert epoch["extrapolated"] is True and epoch["steps_per_epoch"] == 55000 // 128
-    for d in DEFENSES:
+    for d in OBJECTIVES:
         assert _positive(epoch[d]) and _positive(record["train_step_s"][d])
     run = record["train_run"]  # The train command in a child process.
     assert "-m at2l_tf.train" in run["command"] and "--max_train_examples=512" in run["command"]

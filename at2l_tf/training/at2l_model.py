@@ -59,6 +59,8 @@ features are cast to float32 before every loss, and attacks see float32
 logits, whatever the classifier's dtype policy.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 
@@ -77,7 +79,8 @@ class AT2LModel(keras.Model):
         classifier: a `keras.Model` mapping images to logits.
         objective: the recipe, one of `training.objectives.CHOICES`: `none`,
             `at` (Eq. 1), `at2l` (Eq. 2), `tr` (clean CE + triplet term),
-            `trades` or `mart`.
+            `trades` or `mart`. (`defense=`, its old name, still works with a
+            DeprecationWarning; `norm=`, the old `triplet_distance=`, is refused.)
         attack: training attack name, one of `at2l_tf.attacks.TRAINING_ATTACKS`
             (`trades` replaces `pgd` by its KL attack, `trades_kl`).
         attack_params: keyword parameters of the attack (`eps`, `steps`,
@@ -133,6 +136,11 @@ class AT2LModel(keras.Model):
         awp_start_step=0,
         **kwargs,
     ):
+        if "defense" in kwargs:  # The recipe's old name, as the command's deprecated --defense.
+            objective = kwargs.pop("defense")
+            warnings.warn("AT2LModel(defense=...) is deprecated: use objective=", DeprecationWarning, stacklevel=2)
+        if "norm" in kwargs:
+            raise TypeError(f"AT2LModel(norm=...) was removed: use triplet_distance=, received norm={kwargs['norm']!r}")
         super().__init__(**kwargs)
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), received ema={ema}")

@@ -117,6 +117,15 @@ def test_bad_arguments_are_rejected():
         AT2LModel(clf, lambda2=-0.5)
 
 
+def test_the_old_keyword_names_warn_or_say_what_replaced_them():
+    clf = models.get_model("mnist_small")
+    with pytest.warns(DeprecationWarning, match="use objective="):
+        model = AT2LModel(clf, defense="trades", beta=6.0)
+    assert model.objective_name == "trades"
+    with pytest.raises(TypeError, match="use triplet_distance=, received norm='l2'"):
+        AT2LModel(clf, norm="l2")
+
+
 def test_get_config_round_trips():
     keras.utils.set_random_seed(0)
     model = AT2LModel(

@@ -119,12 +119,11 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     study = load(FLAGS.study)
-    markdown = study.markdown or studylib.markdown
     if FLAGS.markdown_from or FLAGS.plot_from:
         with open(FLAGS.markdown_from or FLAGS.plot_from) as f:  # Old names read as today's.
             record = studylib.run_identity.renamed(json.load(f))
         if FLAGS.markdown_from:
-            print(markdown(record))
+            print(study.table(record))
         elif not study.plot:
             raise ConfigError(f"study {study.name!r} draws no plot")
         else:
@@ -147,7 +146,7 @@ def main(argv):
                 note(f"wrote {study.plot(state, FLAGS.plot_png or _png(FLAGS.output_json))}")
             except ConfigError as e:
                 note(f"no plot: {e}")
-        print(markdown(state))
+        print(study.table(state))
     note(f"wrote {FLAGS.output_json} ({'complete' if state['complete'] else 'to be continued'})")
 
 

@@ -152,8 +152,8 @@ class Pilot:
 @dataclasses.dataclass(frozen=True)
 class Study:
     """A study: see the module docstring. `markdown(record)` prints its README table
-    (from a committed JSON too); `report(record, replicates)` replaces the generic
-    `report`; `plot(record, png)` draws its figures after the report (beside `png`)."""
+    (from a committed JSON too; default `table`); `report(record, replicates)` replaces the
+    generic `report`; `plot(record, png)` draws its figures after the report (beside `png`)."""
 
     name: str
     variants: tuple
@@ -166,6 +166,15 @@ class Study:
     markdown: Optional[Callable] = None
     report: Optional[Callable] = None
     plot: Optional[Callable] = None
+
+    def table(self, record):
+        """The study's table of `record`: its own `markdown`, else the attack suite's
+        `attack_table` when its evaluation is one, else the generic `markdown`."""
+        if self.markdown:
+            return self.markdown(record)
+        if self.evaluation.attacks:
+            return attack_table(record, self.evaluation.attacks)
+        return markdown(record)
 
     def variant(self, name):
         return next(v for v in self.variants if v.name == name)

@@ -6,10 +6,8 @@ triplet regularization, under the paper's attacks and the adaptive ones (EOT) th
 Rows, columns and results: benchmarks/README.md, "Tables 1 and 2".
 """
 
-import functools
-
 from studies.thermometer import PGD, RECIPE
-from studylib import Attack, Evaluation, Study, Variant, attack_table
+from studylib import Attack, Evaluation, Study, Variant
 
 ROWS = (
     ("ori", "Ori", "--preprocessing=none", "--objective=none"),
@@ -30,5 +28,4 @@ STUDY = Study(
     variants=tuple(Variant(name, flags, label) for name, label, *flags in ROWS),
     recipe=RECIPE,
     evaluation=Evaluation(attacks=ATTACKS, examples=1000, batch_size=250, eot_draws=20),
-    markdown=functools.partial(attack_table, attacks=ATTACKS),
 )

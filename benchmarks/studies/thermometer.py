@@ -6,9 +6,7 @@ under the paper's attacks and the adaptive ones (BPDA) that break it.
 Rows, columns and results: benchmarks/README.md, "Tables 1 and 2".
 """
 
-import functools
-
-from studylib import Attack, Evaluation, Study, Variant, attack_table
+from studylib import Attack, Evaluation, Study, Variant
 
 # Every row: mnist_small, the first 30,000 training images, 2 epochs, float32 (as the committed run).
 RECIPE = ("--max_train_examples=30000", "--epochs=2", "--eps=0.3", "--eval_examples=0", "--mixed_precision=off")
@@ -39,5 +37,4 @@ STUDY = Study(
     variants=tuple(Variant(name, flags, label) for name, label, *flags in ROWS),
     recipe=RECIPE,
     evaluation=Evaluation(attacks=ATTACKS, examples=1000, batch_size=250, eot_draws=20),
-    markdown=functools.partial(attack_table, attacks=ATTACKS),
 )

@@ -33,14 +33,18 @@ def test_every_variant_trains_the_recipe_with_its_one_ingredient():
     base = config["trades"]
     assert (base.train.objective, base.model_name, base.train.ema, base.train.awp_gamma) == ("trades", "mnist_small", 0.0, 0.0)
     assert base.train.eps_warmup == 0
+
+    def value(c, k):
+        return {"model_name": c.model_name, "attack_steps": c.attack.steps}[k] if k in ("model_name", "attack_steps") \
+            else getattr(c.train, k)
+
     changed = {
-        name: {k for k in ("ema", "eps_warmup", "awp_gamma", "model_name")
-               if (getattr(c.train, k) if k != "model_name" else c.model_name)
-               != (getattr(base.train, k) if k != "model_name" else base.model_name)}
+        name: {k for k in ("ema", "eps_warmup", "awp_gamma", "attack_steps", "model_name") if value(c, k) != value(base, k)}
         for name, c in config.items()
     }
     assert changed == {"trades": set(), "ema": {"ema"}, "eps_warmup": {"eps_warmup"}, "awp": {"awp_gamma"},
-                       "wide_silu": {"model_name"}, "all": {"ema", "eps_warmup", "awp_gamma", "model_name"}}
+                       "wide_silu": {"model_name"}, "all": {"ema", "eps_warmup", "awp_gamma", "model_name"},
+                       "steps20": {"attack_steps"}}
     assert (config["ema"].train.ema, config["awp"].train.awp_gamma, config["eps_warmup"].train.eps_warmup) == (
         0.995, 0.005, 1)
     assert config["wide_silu"].model_name == "mnist_wide_silu"
@@ -48,7 +52,7 @@ def test_every_variant_trains_the_recipe_with_its_one_ingredient():
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("--variants=nope", "unknown variant 'nope'; known: trades, ema, eps_warmup, awp, wide_silu, all"),
+    ("--variants=nope", "unknown variant 'nope'; known: trades, ema, eps_warmup, awp, wide_silu, all, steps20"),
     ("--variants=ema", "the variants must include the reference 'trades' of 'ema'"),
     ("--seeds=a", "seeds must be non-negative integers, received 'a'"),
     ("--epochs=0", "epochs must be >= 1, received epochs=0"),

@@ -294,21 +294,35 @@ def run(config, *, progress_bar=None):
         The results dict written to `<workdir>/results.json`.
     """
     config.validate()
+    prec = _resolve_precision(config)
+    os.makedirs(config.workdir, exist_ok=True)
+    _check_same_run(config, prec.policy)
+    images = _train_images(config)
+    _check_budget(config)
+    if progress_bar is None:
+        progress_bar = sys.stdout.isatty()
+    gan = _build_gan(config, prec)
+    epoch_var, manager, history = _resume(config, gan)
+    _train(config, gan, images, epoch_var, manager, history, progress_bar)
+    return _finish(config, gan, len(images), history, prec)
+
+
+def _resolve_precision(config):
+    """The `precision.Precision` of `config.mixed_precision`, said on the run's first line."""
     from at2l_tf import precision as precision_lib
 
     prec = precision_lib.resolve(config.mixed_precision)
     log(prec.describe())
     if prec.warning:
         log(f"warning: {prec.warning}")
-    os.makedirs(config.workdir, exist_ok=True)
-    _check_same_run(config, prec.policy)
-    images = _train_images(config)
+    return prec
 
-    import keras
+
+def _check_budget(config):
+    """Refuses a workdir whose latest checkpoint holds more epochs than the budget, `config.epochs`."""
     import tensorflow as tf
 
-    checkpoint_dir = os.path.join(config.workdir, "checkpoints")
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
     if latest is not None:
         done = int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
         if done > config.epochs:
@@ -317,11 +331,15 @@ def run(config, *, progress_bar=None):
                 f"epochs={config.epochs}"
             )
 
+
+def _build_gan(config, prec):
+    """The compiled `WGANGP`: its networks in `prec`'s policy, the wrapper in float32."""
+    import keras
+
+    from at2l_tf import precision as precision_lib
     from at2l_tf.models import gan as gan_models
     from at2l_tf.training.wgan import WGANGP
 
-    if progress_bar is None:
-        progress_bar = sys.stdout.isatty()
     keras.utils.set_random_seed(config.seed)
     with precision_lib.policy_scope(prec):  # The networks only; the wrapper stays float32.
         generator, critic = gan_models.mnist_generator(config.latent_dim), gan_models.mnist_critic()
@@ -332,9 +350,17 @@ def run(config, *, progress_bar=None):
             learning_rate=config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2), prec)
 
     gan.compile(adam(), adam())
+    return gan
+
+
+def _resume(config, gan):
+    """`(epoch counter, checkpoint manager, history)`, restored from the latest checkpoint if any."""
+    import tensorflow as tf
+
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = gan.checkpoint(epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.workdir, "checkpoints"),
+                                         max_to_keep=2)
     history_path = os.path.join(config.workdir, HISTORY_FILE)
     history = []
     if manager.latest_checkpoint:
@@ -344,6 +370,11 @@ def run(config, *, progress_bar=None):
                 history = json.load(f)
         history = history[: int(epoch_var.numpy())]
         log(f"resumed from {manager.latest_checkpoint} after epoch {int(epoch_var.numpy())}")
+    return epoch_var, manager, history
+
+
+def _train(config, gan, images, epoch_var, manager, history, progress_bar):
+    """Epochs `epoch_var + 1`..`config.epochs`, each checkpointed, with its history row and samples."""
     done = int(epoch_var.numpy())
     steps_per_epoch = len(images) // (config.n_critic * config.batch_size)
     log(
@@ -362,7 +393,7 @@ def run(config, *, progress_bar=None):
         history.append(row)
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
-        fileio.atomic_write_json(history_path, history)
+        fileio.atomic_write_json(os.path.join(config.workdir, HISTORY_FILE), history)
         sample_grid_png(gan.generator, os.path.join(config.workdir, "samples",
                                                     f"epoch-{epoch + 1:03d}.png"), seed=config.seed)
         log(
@@ -371,6 +402,11 @@ def run(config, *, progress_bar=None):
             f"wasserstein={row['wasserstein']:.4f} ({seconds:.0f} s, "
             f"{seconds / max(steps_per_epoch, 1):.2f} s/generator step)"
         )
+
+
+def _finish(config, gan, train_images, history, prec):
+    """The float32 generator, the samples, the reconstruction check and `results.json`."""
+    from at2l_tf import precision as precision_lib
 
     generator_file = config.generator_file
     _save_generator(precision_lib.to_float32(gan.generator), generator_file)  # Shipped in float32.
@@ -382,7 +418,7 @@ def run(config, *, progress_bar=None):
         "generator_path": generator_file,
         "samples_png": samples,
         "epochs": config.epochs,
-        "train_images": len(images),
+        "train_images": train_images,
         "generator_steps": int(gan.generator_optimizer.iterations.numpy()),
         "critic_steps": int(gan.optimizer.iterations.numpy()),
         "train_seconds": round(sum(row["seconds"] for row in history), 1),
@@ -390,16 +426,7 @@ def run(config, *, progress_bar=None):
         "precision": precision_lib.summary_line(prec),
     }
     if config.eval_examples > 0:
-        log(f"projecting the first {config.eval_examples} test images (L={config.eval_steps}, "
-             f"R={config.eval_restarts})")
-        results["reconstruction"] = reconstruction_check(
-            generator_file, num_examples=config.eval_examples, steps=config.eval_steps,
-            restarts=config.eval_restarts, seed=config.seed, batch_size=config.eval_batch_size,
-        )
-        rec = results["reconstruction"]
-        log(f"reconstruction error: MSE {rec['mean_squared_error']:.4f}, L2 {rec['mean_l2']:.3f} "
-             f"(random starts: {rec['start_mean_squared_error']:.4f}, "
-             f"{rec['start_mean_l2']:.3f}); {rec['seconds_per_image']:.3f} s/image")
+        results["reconstruction"] = _reconstruction(config, generator_file)
     if not config.generator_out.endswith(".keras"):
         sample_grid_png(gan.generator, os.path.join(config.generator_out, "samples.png"),
                         seed=config.seed)
@@ -407,6 +434,20 @@ def run(config, *, progress_bar=None):
     fileio.atomic_write_json(os.path.join(config.workdir, "results.json"), results)
     log(f"wrote {os.path.join(config.workdir, 'results.json')}")
     return results
+
+
+def _reconstruction(config, generator_file):
+    """`reconstruction_check` of the shipped generator on `config.eval_examples` test images, logged."""
+    log(f"projecting the first {config.eval_examples} test images (L={config.eval_steps}, "
+         f"R={config.eval_restarts})")
+    rec = reconstruction_check(
+        generator_file, num_examples=config.eval_examples, steps=config.eval_steps,
+        restarts=config.eval_restarts, seed=config.seed, batch_size=config.eval_batch_size,
+    )
+    log(f"reconstruction error: MSE {rec['mean_squared_error']:.4f}, L2 {rec['mean_l2']:.3f} "
+         f"(random starts: {rec['start_mean_squared_error']:.4f}, "
+         f"{rec['start_mean_l2']:.3f}); {rec['seconds_per_image']:.3f} s/image")
+    return rec
 
 
 def run_from_flags(fv=flags.FLAGS, **kwargs):

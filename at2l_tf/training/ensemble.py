@@ -174,24 +174,9 @@ def epoch_dataset(x, y, x_adv, *, batch_size, seed):
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_ensemble(
-    model,
-    x,
-    y,
-    *,
-    attack_fns,
-    static_models=(),
-    epochs,
-    regenerate_every=1,
-    batch_size=128,
-    seed=0,
-    validation_data=None,
-    callbacks=None,
-    verbose=1,
-    initial_epoch=0,
-    start_epoch=None,
-    log=None,
-):
+def fit_ensemble(model, x, y, *, attack_fns, static_models=(), epochs, regenerate_every=1,
+                 batch_size=128, seed=0, validation_data=None, callbacks=None, verbose=1,
+                 initial_epoch=0, start_epoch=None, log=None):
     """Runs Algorithm 2's outer and inner loops on an `AT2LModel`.
 
     Args:
@@ -223,62 +208,63 @@ def fit_ensemble(
     log = log or (lambda msg: None)
     y = np.asarray(y).astype(np.int64)
     x = np.asarray(x, dtype=np.float32)
-    timing = {}
-
-    def current_fn(z):
-        return model.classifier(z, training=False)
-
-    compiled = {}  # One graph per (attack, source model), reused at every regeneration.
-
-    def craft_all(sources):
-        sets = {}
-        for m_name, model_fn in sources:
-            for a_name, fn in attack_fns.items():
-                key = f"{a_name}@{m_name}"
-                if key not in compiled:
-                    compiled[key] = compile_attack(fn, model_fn)
-                t0 = time.time()
-                sets[key] = craft_set(compiled[key], x, y, label=key, log=log)
-                seconds = time.time() - t0
-                timing.setdefault(key, []).append(round(seconds, 2))
-                log(f"crafted {key} on {len(x)} examples in {seconds:.1f} s")
-        return sets
-
-    static_sets = craft_all(static_models)
-
+    crafter = _Crafter(x, y, attack_fns, log)
+    static_sets = crafter.craft(static_models)
+    current = [(CURRENT, lambda z: model.classifier(z, training=False))]
     start_epoch = initial_epoch if start_epoch is None else start_epoch
     history, current_sets = {}, {}
     for epoch in range(start_epoch, initial_epoch + epochs):
         if epoch == start_epoch or (epoch - initial_epoch) % regenerate_every == 0:
             log(f"epoch {epoch + 1}: regenerating the adversarial sets against the current model")
-            current_sets = craft_all([(CURRENT, current_fn)])
-        sets = {**current_sets, **static_sets}
-        keys = sorted(sets)
-        rng = np.random.default_rng([seed, epoch])
-        choice = sample_versions(len(x), len(keys), rng)
-        x_adv = np.empty_like(x)
-        for v, key in enumerate(keys):
-            picked = choice == v
-            x_adv[picked] = sets[key][picked]
-        ds = epoch_dataset(x, y, x_adv, batch_size=batch_size, seed=seed * 100003 + epoch)
-        h = model.fit(
-            ds,
-            initial_epoch=epoch,
-            epochs=epoch + 1,
-            validation_data=validation_data,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
+            current_sets = crafter.craft(current)
+        h = _fit_epoch(model, x, y, {**current_sets, **static_sets}, epoch, seed=seed, batch_size=batch_size,
+                       validation_data=validation_data, callbacks=callbacks, verbose=verbose)
         for k, vs in h.history.items():
             history.setdefault(k, []).extend(float(v) for v in vs)
         if model.stop_training:  # A callback stopped training (e.g. Ctrl-C): no more epochs.
             break
-    return {
-        "history": history,
-        "regeneration_seconds": timing,
-        "versions": sorted(list(static_sets) + [f"{a}@{CURRENT}" for a in attack_fns]),
-    }
+    versions = sorted(list(static_sets) + [f"{a}@{CURRENT}" for a in attack_fns])
+    return {"history": history, "regeneration_seconds": crafter.timing, "versions": versions}
+
+
+class _Crafter:
+    """Line 3 of Algorithm 2, X^{a,m} = a(m, X) for every attack a of A, against given models m.
+
+    One graph per (attack, source model), reused at every regeneration; `timing`
+    holds the seconds of every crafting, `{"a@m": [s, ...]}`.
+    """
+
+    def __init__(self, x, y, attack_fns, log):
+        self.x, self.y, self.attack_fns, self.log = x, y, attack_fns, log
+        self.compiled, self.timing = {}, {}
+
+    def craft(self, sources):
+        """`{"a@m": X^{a,m}}` for the models `sources`, `[(m, model_fn)]`."""
+        sets = {}
+        for m_name, model_fn in sources:
+            for a_name, fn in self.attack_fns.items():
+                key = f"{a_name}@{m_name}"
+                if key not in self.compiled:
+                    self.compiled[key] = compile_attack(fn, model_fn)
+                t0 = time.time()
+                sets[key] = craft_set(self.compiled[key], self.x, self.y, label=key, log=self.log)
+                seconds = time.time() - t0
+                self.timing.setdefault(key, []).append(round(seconds, 2))
+                self.log(f"crafted {key} on {len(self.x)} examples in {seconds:.1f} s")
+        return sets
+
+
+def _fit_epoch(model, x, y, sets, epoch, *, seed, batch_size, **fit_kwargs):
+    """Lines 5-8 of Algorithm 2 for one epoch: each x_i with one of its versions in `sets`, uniformly."""
+    keys = sorted(sets)
+    rng = np.random.default_rng([seed, epoch])
+    choice = sample_versions(len(x), len(keys), rng)
+    x_adv = np.empty_like(x)
+    for v, key in enumerate(keys):
+        picked = choice == v
+        x_adv[picked] = sets[key][picked]
+    ds = epoch_dataset(x, y, x_adv, batch_size=batch_size, seed=seed * 100003 + epoch)
+    return model.fit(ds, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, **fit_kwargs)
 
 
 def dataset_arrays(ds):

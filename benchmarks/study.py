@@ -29,6 +29,7 @@ import os
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
+from at2l_tf import identity as run_identity
 import studylib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from studylib import note  # isort: skip
 from at2l_tf import train as train_command  # noqa: E402  (defines every train flag)
@@ -121,7 +122,7 @@ def main(argv):
     study = load(FLAGS.study)
     if FLAGS.markdown_from or FLAGS.plot_from:
         with open(FLAGS.markdown_from or FLAGS.plot_from) as f:  # Old names read as today's.
-            record = studylib.run_identity.renamed(json.load(f))
+            record = run_identity.renamed(json.load(f))
         if FLAGS.markdown_from:
             print(study.table(record))
         elif not study.plot:

@@ -193,7 +193,7 @@ def run_records(record):
     runs = record.get("runs") or []
     if isinstance(runs, list):
         return list(runs)
-    rank = {v["name"]: i for i, v in enumerate(record.get("settings", {}).get("variants", [])) if isinstance(v, dict)}
+    rank = {v["name"]: i for i, v in enumerate(record.get("settings", {}).get("variants", []))}
     return sorted(runs.values(), key=lambda r: (rank.get(r.get("variant"), len(rank)), int(r["seed"])))
 
 
@@ -213,8 +213,6 @@ class State:
             "machine": provenance.machine(), "git_commit": provenance.git_commit()})
 
     def save(self):
-        if not self.path:
-            return
         self.data["sittings"][-1]["seconds"] = round(time.time() - self.started, 1)
         cores = os.cpu_count() or 1
         self.data["cpu_hours"] = round(sum(s.get("seconds", 0) for s in self.data["sittings"]) * cores / 3600, 2)
@@ -440,13 +438,12 @@ class Driver:
         return config, done
 
 
-# Deprecated train flags and the flags they alias: either name sets the same thing.
-_ALIASES = {"defense": "objective"}
-
-
 def _flag_name(flag):
+    """The train flag `flag` sets (a deprecated alias, `train.DEPRECATED`, sets the flag it aliases)."""
+    from at2l_tf.train import DEPRECATED
+
     name = flag.lstrip("-").split("=", 1)[0]
-    return _ALIASES.get(name, name)
+    return DEPRECATED.get(name, name)
 
 
 def _subprocess(cmd, what):
@@ -557,7 +554,7 @@ def accuracies(report):
             "accuracy": {k: v["accuracy"] for k, v in report["attacks"].items()}}
 
 
-def autoattack(model_path, version, n, eps=0.3):
+def autoattack(model_path, version, n, eps):
     """AutoAttack `version` on the first `n` MNIST test images, in float32, per example."""
     import numpy as np
 
@@ -632,7 +629,7 @@ def correct(runs, version):
     return {s: paired_lib.decode(r[version]["robust_correct"]) for s, r in runs.items()}
 
 
-def paired(a, b, version=None, replicates=2000):
+def paired(a, b, version, replicates):
     """B − A over the seeds both ran: per-seed differences of robust accuracy and, with
     per-example correctness under `version`, the paired bootstrap interval."""
     from at2l_tf.evaluation import paired as paired_lib

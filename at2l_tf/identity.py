@@ -42,7 +42,7 @@ RENAMED = {
     "train": RENAMED_SETTINGS,  # a recorded ExperimentConfig (results.json, metadata, search.json, backups)
     "hyperparameters": RENAMED_SETTINGS,  # a search's trial (summary.json)
     "tuned": RENAMED_SETTINGS,  # a trial's searched values (summary.json), the searched names (search.json)
-    "best": RENAMED_SETTINGS,  # a study's best trial (benchmarks/studylib.py)
+    "best": RENAMED_SETTINGS,  # a study's best trial (benchmarks/study_runs.py)
     "search_space": {"defenses": "objectives", "norms": "triplet_distances"},  # search.json, summary.json
     # results.json: the recipe was "defense" and its loss "objective".
     "training": {"defense": "objective", "objective": "loss"},

@@ -41,6 +41,7 @@ from at2l_tf import evaluate as ev  # noqa: E402
 from at2l_tf.errors import ConfigError  # noqa: E402
 from at2l_tf.evaluation.store import ResultStore, unit_key  # noqa: E402
 from at2l_tf.log import log  # noqa: E402
+from at2l_tf.precision import NATIVE_BF16_FLAGS  # noqa: E402
 
 NAME = "attack_precision_equivalence"
 PRECISIONS = ("float32", "bfloat16")
@@ -332,7 +333,7 @@ def main(argv):
         "model": reports["float32"].get("model_path") or settings["model_dir"],
         "settings": settings,
         "eps": reports["float32"]["eps"],
-        "native_bfloat16": bool(cpu_flags & {"avx512_bf16", "amx_bf16"}),
+        "native_bfloat16": bool(cpu_flags & set(NATIVE_BF16_FLAGS)),
         "loaded": load_avg > (os.cpu_count() or 1),
         "load_average_1min": round(load_avg, 2),
         "attack_params": {k: {kk: vv for kk, vv in v.items() if kk in (

@@ -44,9 +44,8 @@ FAMILIES = {f.NAME: f for f in (speed_training, speed_attacks, speed_precision, 
                                  speed_profile, speed_recipe_cost)}
 DEFAULT_FAMILIES = ("training", "attacks")
 # The `benchmark` of a JSON written by a script this driver replaced -> its families.
-LEGACY = {"speed": ("training", "attacks"), "speed_training": ("training",), "speed_attacks": ("attacks",),
-          "speed_precision": ("precision",), "speed_attack_precision": ("attack_precision",),
-          "profile_attacks": ("profile",), "pipeline_speed": ("recipe_cost",)}
+LEGACY = {"speed": ("training", "attacks"), "speed_precision": ("precision",), "profile_attacks": ("profile",),
+          "pipeline_speed": ("recipe_cost",)}
 
 
 def _defaults(name):

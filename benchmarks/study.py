@@ -1,4 +1,4 @@
-r"""Runs a study: variants × seeds → train → evaluate → JSON → markdown (`studylib`).
+r"""Runs a study: variants × seeds → train → evaluate → JSON → markdown (`studylib`, `study_runs`).
 
     python benchmarks/study.py --study=triplet --output_json=benchmarks/results/triplet_study_mnist.json
     python benchmarks/study.py --study=triplet ... --max_hours=2     # stop cleanly after 2 hours
@@ -29,7 +29,8 @@ import os
 from absl import flags
 
 from at2l_tf import cli  # First: at2l_tf sets TensorFlow's environment defaults.
-import studylib  # benchmarks/: this script's directory is on sys.path.  # isort: skip
+from at2l_tf import identity as run_identity
+import study_runs  # benchmarks/: this script's directory is on sys.path.  # isort: skip
 from studylib import note  # isort: skip
 from at2l_tf import train as train_command  # noqa: E402  (defines every train flag)
 from at2l_tf.errors import ConfigError  # noqa: E402
@@ -69,7 +70,7 @@ def load(name):
 def given_train_flags():
     """The train-command flags given on this command line, as `--name=value`."""
     out = []
-    for name in studylib.train_flag_names():
+    for name in study_runs.train_flag_names():
         if FLAGS[name].present:
             if name in ("seed", "workdir", "export_dir"):
                 raise ConfigError(f"--{name} is set by the study (use --seeds, --study_dir)")
@@ -121,7 +122,7 @@ def main(argv):
     study = load(FLAGS.study)
     if FLAGS.markdown_from or FLAGS.plot_from:
         with open(FLAGS.markdown_from or FLAGS.plot_from) as f:  # Old names read as today's.
-            record = studylib.run_identity.renamed(json.load(f))
+            record = run_identity.renamed(json.load(f))
         if FLAGS.markdown_from:
             print(study.table(record))
         elif not study.plot:
@@ -132,11 +133,11 @@ def main(argv):
     if not FLAGS.output_json:
         raise ConfigError("--output_json is required (the study's state)")
     study, names, seeds = configured(study)
-    driver = studylib.Driver(  # Checks every variant's configuration before anything is written.
+    driver = study_runs.Driver(  # Checks every variant's configuration before anything is written.
         study, variants=names, seeds=seeds, train_flags=given_train_flags(),
         study_dir=FLAGS.study_dir or os.path.join("runs", study.name),
-        budget=studylib.Budget(FLAGS.max_hours), replicates=FLAGS.bootstrap_replicates)
-    driver.state = studylib.State(FLAGS.output_json, study.name)
+        budget=study_runs.Budget(FLAGS.max_hours), replicates=FLAGS.bootstrap_replicates)
+    driver.state = study_runs.State(FLAGS.output_json, study.name)
     driver.state.data["settings"] = driver.settings()
     driver.run(FLAGS.phases)
     state = driver.state.data

@@ -24,12 +24,12 @@ def test_every_variant_trains_the_recipe_with_its_one_ingredient():
     real by tests/test_study_driver.py; training here would repeat it)."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import studylib
+        import study_runs
         from studies import recipe_ablation
     finally:
         sys.path.pop(0)
     study = recipe_ablation.STUDY
-    config = {v.name: studylib.parse_config([*study.recipe, *v.flags, "--seed=0"]) for v in study.variants}
+    config = {v.name: study_runs.parse_config([*study.recipe, *v.flags, "--seed=0"]) for v in study.variants}
     base = config["trades"]
     assert (base.train.objective, base.model_name, base.train.ema, base.train.awp_gamma) == ("trades", "mnist_small", 0.0, 0.0)
     assert base.train.eps_warmup == 0

@@ -114,13 +114,13 @@ def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp
     configuration is checked with the untuned flags instead of failing on the missing search."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import studylib
+        import study_runs
         from studies import triplet
     finally:
         sys.path.pop(0)
     study = triplet.STUDY
     assert any(v.design_from for v in study.variants)
-    driver = studylib.Driver(study, variants=[v.name for v in study.variants], seeds=[0], study_dir=str(tmp_path))
+    driver = study_runs.Driver(study, variants=[v.name for v in study.variants], seeds=[0], study_dir=str(tmp_path))
     assert [v.name for v in driver.variants] == [v.name for v in study.variants]
     assert not any(tmp_path.iterdir())  # The checks write nothing.
 

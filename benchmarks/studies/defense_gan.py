@@ -12,7 +12,9 @@ import os
 import time
 
 from mdtable import markdown_table
-from studylib import Evaluation, Study, Variant, evaluate_mnist, run_records
+from study_judge import evaluate_mnist
+from study_report import run_records
+from studylib import Evaluation, Study, Variant
 
 STRUCTURES = ("mnist_a", "mnist_b", "mnist_c", "mnist_d")
 BPDA_STRUCTURES = ("mnist_b",)

@@ -11,7 +11,8 @@ results: benchmarks/README.md, "Defences compared".
 """
 
 from mdtable import markdown_table
-from studylib import Study, Variant, run_records
+from study_report import run_records
+from studylib import Study, Variant
 
 LABELS = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, α = 0.5)"}
 

@@ -20,7 +20,9 @@ import warnings
 import numpy as np
 
 from mdtable import markdown_table
-from studylib import ROOT, Evaluation, Study, Variant, accuracies, note, run_records
+from study_judge import accuracies
+from study_report import run_records
+from studylib import ROOT, Evaluation, Study, Variant, note
 
 EPS, CW_STEPS, CW_RADIUS = 0.3, 100, 2.0
 STATIC, HOLDOUT = "source_mnist_b", "source_mnist_c"

@@ -11,7 +11,8 @@ the `triplet` study answers whether a term helps. Set-up and results: benchmarks
 """
 
 from mdtable import markdown_table
-from studylib import Study, Variant, run_records
+from study_report import run_records
+from studylib import Study, Variant
 
 OBJECTIVES = {"at": ("--objective=at",), "trades": ("--objective=trades",), "mart": ("--objective=mart",)}
 TRIPLETS = {

@@ -8,7 +8,8 @@ check; per precision mean ± std over seeds, per seed bfloat16 − float32 and t
 speed-up. Results and the rule they decided: benchmarks/README.md, "Mixed precision".
 """
 
-from studylib import Study, Variant, by_variant, mean_std, pct, run_records
+from study_report import by_variant, mean_std, pct, run_records
+from studylib import Study, Variant
 
 CHOICES = ("off", "bfloat16")
 METRICS = ("clean_accuracy", "autoattack_accuracy", "robust_accuracy")

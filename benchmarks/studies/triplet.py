@@ -13,7 +13,8 @@ benchmarks/README.md, "Does a triplet term help a strong adversarial training?".
 
 import statistics
 
-from studylib import Evaluation, Pilot, Study, Tuning, Variant, by_variant, ci, correct, pct, run_records
+from study_report import by_variant, ci, correct, pct, run_records
+from studylib import Evaluation, Pilot, Study, Tuning, Variant
 
 # Weights searched: λ1 uniform [0.5, 2]; λ2 log-uniform [0.01, 2]; α log-uniform
 # [0.05, 10] (logit gaps run to tens; cosine distances are < 2); β uniform [0.5, 8].

@@ -120,6 +120,16 @@ class GANConfig:
             return self.generator_out
         return os.path.join(self.generator_out, GENERATOR_FILE)
 
+    @property
+    def checkpoint_dir(self):
+        """`<workdir>/checkpoints`: the resumable training state."""
+        return os.path.join(self.workdir, "checkpoints")
+
+    @property
+    def history_path(self):
+        """`<workdir>/history.json`: one row per finished epoch."""
+        return os.path.join(self.workdir, HISTORY_FILE)
+
 
 def _check_writable(name, path, directory):
     """Raises `ConfigError` unless `path` can be created or written."""
@@ -322,7 +332,7 @@ def _check_budget(config):
     """Refuses a workdir whose latest checkpoint holds more epochs than the budget, `config.epochs`."""
     import tensorflow as tf
 
-    latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(config.checkpoint_dir)
     if latest is not None:
         done = int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
         if done > config.epochs:
@@ -359,14 +369,12 @@ def _resume(config, gan):
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = gan.checkpoint(epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.workdir, "checkpoints"),
-                                         max_to_keep=2)
-    history_path = os.path.join(config.workdir, HISTORY_FILE)
+    manager = tf.train.CheckpointManager(checkpoint, config.checkpoint_dir, max_to_keep=2)
     history = []
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if os.path.exists(history_path):
-            with open(history_path) as f:
+        if os.path.exists(config.history_path):
+            with open(config.history_path) as f:
                 history = json.load(f)
         history = history[: int(epoch_var.numpy())]
         log(f"resumed from {manager.latest_checkpoint} after epoch {int(epoch_var.numpy())}")
@@ -393,7 +401,7 @@ def _train(config, gan, images, epoch_var, manager, history, progress_bar):
         history.append(row)
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
-        fileio.atomic_write_json(os.path.join(config.workdir, HISTORY_FILE), history)
+        fileio.atomic_write_json(config.history_path, history)
         sample_grid_png(gan.generator, os.path.join(config.workdir, "samples",
                                                     f"epoch-{epoch + 1:03d}.png"), seed=config.seed)
         log(

@@ -27,7 +27,8 @@ Outputs, all under `config.workdir` unless noted:
 * `model.keras`: the trained classifier (images -> logits);
 * `results.json`: the configuration, what it trains with (`"training"`: the
   objective, its loss with λ1 / β, and the triplet term's features, distance,
-  negative, λ2, α, or null), the training history, the resumes and the final
+  negative, λ2, α, or null), the training history, the resumes, the training
+  time (`train_seconds`, all sittings of a resumed run) and the final
   test-split table (clean, FGSM, PGD accuracy with eps, steps and sample size);
 * `<export_dir>/<version>/`: the SavedModel for TF Serving (if `export_dir`), with
   the final check's robustness record in `assets/robustness.json`.
@@ -382,7 +383,8 @@ def run(config, *, verbose=None):
             # The run returns the averaged weights: model.keras, the check, the export.
             model.weight_average.finalize()
             record["weights"] = f"exponential moving average, decay {config.train.ema:g} per step"
-        record["train_seconds"] = round(time.time() - started, 1)
+        # Earlier sittings' time (from the backup) plus this one's.
+        record["train_seconds"] = round(record.pop("seconds_before") + time.time() - started, 1)
         record["weights_sha256"] = distribute.weights_digest(model.classifier)
         record["precision"] = precision_lib.summary_line(precision)
         log(f"{worker.name}: weights sha256 {record['weights_sha256'][:16]}")
@@ -400,7 +402,8 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     """Phase 5: pre-training and training from the backup's position, with backups.
 
     Returns:
-        `{"history", "pretrain_history" (if any), "resumed" (if any), "ensemble" (if any)}`.
+        `{"history", "seconds_before" (earlier sittings' training time), "pretrain_history"
+        (if any), "resumed" (if any), "ensemble" (if any)}`.
     """
     out_dir = scratch or config.workdir  # Other workers' summaries go to a scratch directory.
     callbacks = [
@@ -426,12 +429,15 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
         "history": meta.get("history", {}),
         "pretrain_history": meta.get("pretrain_history", {}),
         "resumes": list(meta.get("resumes", [])),
+        "seconds_before": float(meta.get("train_seconds", 0.0)),  # Earlier sittings' training time.
+        "clock": time.monotonic(),
     }
     if config.ensemble.attacks and pre <= epoch < total and step:
         step = 0  # Algorithm 2 resumes at the start of the interrupted epoch (see training.backup).
     if backup.meta:
         run_state["resumes"].append({"epoch": epoch, "step": step, "steps_per_epoch": train_data.steps,
-                                     "backup_written": meta.get("written")})
+                                     "backup_written": meta.get("written"),
+                                     "train_seconds_before": run_state["seconds_before"]})
         log(f"resuming from {backup.path}: {epoch} epoch(s) and {step} step(s) done of {total} epoch(s)")
     stop = backup_lib.StopFlag()
 
@@ -472,7 +478,7 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
             _fit_epochs(model, train_data, epoch, step, total, [*adversarial_callbacks, *estimate], verbose,
                         backup_callback("train", epoch, step), stop, backup,
                         eps_of_epoch=lambda e: training_eps(config, e - pre))
-    record = {"history": run_state["history"], **extra}
+    record = {"history": run_state["history"], "seconds_before": run_state["seconds_before"], **extra}
     if pre:
         record["pretrain_history"] = run_state["pretrain_history"]
     if run_state["resumes"]:

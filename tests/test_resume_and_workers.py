@@ -74,6 +74,9 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
     assert len(resumed["history"]["loss"]) == 2  # The configured number of epochs.
     (point,) = resumed["resumed"]
     assert point["steps_per_epoch"] == 16 and (point["epoch"], point["step"]) >= (0, 3)
+    # The killed sitting's time up to its last backup counts in the run's training time.
+    assert point["train_seconds_before"] > 0
+    assert resumed["train_seconds"] > point["train_seconds_before"]
     assert not state.exists()  # The backup is removed with the results written.
 
     code, _, err = _finish(whole)

@@ -208,8 +208,12 @@ class Backup:
                 )
             average.set_values([self._arrays[f"a{i}"] for i in range(m)])
 
-    def save(self, model, *, epoch, step, phase, history, pretrain_history, resumes):
-        """Writes the state of `model` at (`epoch`, `step`) atomically."""
+    def save(self, model, *, epoch, step, phase, history, pretrain_history, resumes, train_seconds=0.0):
+        """Writes the state of `model` at (`epoch`, `step`) atomically.
+
+        `train_seconds`: the run's time so far, this sitting's and the earlier
+        ones', so a run trained in sittings reports its whole training time.
+        """
         weights = model.classifier.get_weights()
         arrays = {f"w{i}": w for i, w in enumerate(weights)}
         optimizer_vars = model.optimizer.variables if model.optimizer.built else []
@@ -227,6 +231,7 @@ class Backup:
             "history": history,
             "pretrain_history": pretrain_history,
             "resumes": resumes,
+            "train_seconds": round(float(train_seconds), 1),
             "identity": self.identity,
             "precision": self.precision,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -251,7 +256,9 @@ class BackupCallback(keras.callbacks.Callback):
     `run["pretrain_history"]`) before its backup. After a Ctrl-C
     (`StopFlag.set`) it writes a backup after the current step and stops
     `fit`; with `mid_epoch=False` (ensemble training) it stops without one, and
-    the backup of the last finished epoch stands.
+    the backup of the last finished epoch stands. Each backup records the
+    run's training time so far: `run["seconds_before"]` (earlier sittings)
+    plus the time since `run["clock"]` (`time.monotonic()` at this sitting's start).
     """
 
     def __init__(self, backup, run, *, epoch, first_step, phase, save_every_steps, stop_flag, mid_epoch=True):
@@ -268,6 +275,7 @@ class BackupCallback(keras.callbacks.Callback):
         self.backup.save(
             self.model, epoch=epoch, step=step, phase=self.phase, history=self.run["history"],
             pretrain_history=self.run["pretrain_history"], resumes=self.run["resumes"],
+            train_seconds=self.run["seconds_before"] + time.monotonic() - self.run["clock"],
         )
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -356,7 +356,7 @@ def run(config, *, verbose=None):
     backup = backup_lib.open_workdir(
         config.workdir, worker, backup_lib.identity(config.to_dict(), defaults), defaults
     )
-    backup.check_precision(precision.policy)
+    backup.check_precision(precision.policy, precision_lib.detect_hardware().cpu_model)
     keras.utils.set_random_seed(config.train.seed)
     static_models = ()
     if config.ensemble.attacks:  # Before anything is trained: a bad model fails here.
@@ -437,7 +437,10 @@ def fit(model, config, train_data, backup, strategy, worker, static_models, verb
     if backup.meta:
         run_state["resumes"].append({"epoch": epoch, "step": step, "steps_per_epoch": train_data.steps,
                                      "backup_written": meta.get("written"),
-                                     "train_seconds_before": run_state["seconds_before"]})
+                                     "train_seconds_before": run_state["seconds_before"],
+                                     # A run may span CPUs: the previous sitting's and this one's.
+                                     "backup_cpu_model": meta.get("cpu_model"),
+                                     "cpu_model": backup.cpu_model})
         log(f"resuming from {backup.path}: {epoch} epoch(s) and {step} step(s) done of {total} epoch(s)")
     stop = backup_lib.StopFlag()
 

@@ -77,6 +77,9 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
     # The killed sitting's time up to its last backup counts in the run's training time.
     assert point["train_seconds_before"] > 0
     assert resumed["train_seconds"] > point["train_seconds_before"]
+    # Both sittings' CPUs are on record (a run may span machines).
+    cpu = resumed["precision"]["cpu_model"]
+    assert point["backup_cpu_model"] == point["cpu_model"] == cpu != "unknown CPU"
     assert not state.exists()  # The backup is removed with the results written.
 
     code, _, err = _finish(whole)

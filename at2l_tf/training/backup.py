@@ -127,7 +127,8 @@ class Backup:
     Attributes:
         epoch, step: the position of the loaded or last written backup.
         meta: its JSON-able part (`epoch`, `step`, `phase`, `history`,
-            `pretrain_history`, `resumes`, `identity`).
+            `pretrain_history`, `resumes`, `identity`, `precision`, `cpu_model`,
+            `train_seconds`).
     """
 
     def __init__(self, directory):
@@ -137,6 +138,7 @@ class Backup:
         self.meta = None
         self._arrays = None
         self.precision = "float32"  # The Keras policy the run trains under (written with the state).
+        self.cpu_model = None  # This sitting's CPU (written with the state).
 
     def load_meta(self):
         """Reads the backup, if any; returns its metadata (or None)."""
@@ -157,9 +159,11 @@ class Backup:
             return 0, 0
         return self.meta["epoch"], self.meta["step"]
 
-    def check_precision(self, policy):
-        """Records `policy` (a Keras policy name) for the backups to come, and refuses
-        a loaded backup written under another one (`ConfigError`, one line).
+    def check_precision(self, policy, cpu_model=None):
+        """Records `policy` (a Keras policy name) and `cpu_model` (this sitting's CPU)
+        for the backups to come, and refuses a loaded backup written under another
+        policy (`ConfigError`, one line). Another CPU is allowed: each resume records
+        the CPU of the sitting before it and its own.
 
         Weights trained in bfloat16 and resumed in float32 (or the reverse) would
         make a run of two precisions that no flag describes.
@@ -172,6 +176,7 @@ class Backup:
                     f"under {policy}; rerun with the --mixed_precision of that run, or delete it"
                 )
         self.precision = policy
+        self.cpu_model = cpu_model
 
     def restore(self, model, phase, strategy):
         """Loads the backup into the `AT2LModel` `model` of `phase` (`pretrain` or `train`).
@@ -234,6 +239,7 @@ class Backup:
             "train_seconds": round(float(train_seconds), 1),
             "identity": self.identity,
             "precision": self.precision,
+            "cpu_model": self.cpu_model,  # The CPU of the sitting that wrote it.
             "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         arrays["meta"] = np.array(json.dumps(self.meta))

@@ -344,7 +344,8 @@ def run(config, *, verbose=None):
             f"crafted in memory), received {worker.num_workers} workers in TF_CONFIG"
         )
     strategy = distribute.make_strategy(config.train.strategy)
-    precision = resolve_precision(config)  # Decided once: the run's first line says it.
+    hardware = precision_lib.detect_hardware()  # Read once: the policy, the backups, the record.
+    precision = resolve_precision(config, hardware)  # Decided once: the run's first line says it.
     log(precision.describe())
     if precision.warning:
         log(f"warning: {precision.warning}")
@@ -356,7 +357,7 @@ def run(config, *, verbose=None):
     backup = backup_lib.open_workdir(
         config.workdir, worker, backup_lib.identity(config.to_dict(), defaults), defaults
     )
-    backup.check_precision(precision.policy, precision_lib.detect_hardware().cpu_model)
+    backup.check_precision(precision.policy, hardware.cpu_model)
     keras.utils.set_random_seed(config.train.seed)
     static_models = ()
     if config.ensemble.attacks:  # Before anything is trained: a bad model fails here.
@@ -386,7 +387,7 @@ def run(config, *, verbose=None):
         # Earlier sittings' time (from the backup) plus this one's.
         record["train_seconds"] = round(record.pop("seconds_before") + time.time() - started, 1)
         record["weights_sha256"] = distribute.weights_digest(model.classifier)
-        record["precision"] = precision_lib.summary_line(precision)
+        record["precision"] = precision_lib.summary_line(precision, hardware)
         log(f"{worker.name}: weights sha256 {record['weights_sha256'][:16]}")
         # 6. Finish.
         if not worker.is_chief:

@@ -117,13 +117,16 @@ print(json.dumps([cells, bench.mcnemar_exact_p(0, 5), bench.mcnemar_exact_p(3, 3
                   bench.mcnemar_exact_p(0, 0), bench.bootstrap_interval(counts, 1000, 4000),
                   bench.bootstrap_interval({**counts, "only_float32_broke": 0,
                                             "only_bfloat16_broke": 0, "neither_broke": 910},
-                                           1000, 100)]))
+                                           1000, 100),
+                  [bench.is_rule_measurement(n, a) for n, a in (
+                      (10000, ["autoattack"]), (10000, ["pgd", "autoattack"]), (9999, ["autoattack"]),
+                      (10000, ["pgd", "apgd_ce"]))]]))
 """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cells, p05, p33, p00, interval, none = json.loads(proc.stdout.strip().splitlines()[-1])
+    cells, p05, p33, p00, interval, none, rule = json.loads(proc.stdout.strip().splitlines()[-1])
     # A = float32 robust, B = bfloat16 robust: index 1 only float32 broke, 2 only bfloat16 broke.
     assert cells == {"both_broke": 1, "only_float32_broke": 1, "only_bfloat16_broke": 1,
                      "neither_broke": 2, "only_float32_broke_indices": [1],
@@ -132,3 +135,6 @@ print(json.dumps([cells, bench.mcnemar_exact_p(0, 5), bench.mcnemar_exact_p(3, 3
     lo, hi = interval  # Observed +0.4 points; the discordant counts' spread is about ±0.55.
     assert -0.3 < lo < 0.4 < hi < 1.2
     assert none == [0.0, 0.0]  # No discordant example: the bootstrap cannot spread.
+    # The rule's measurement: AutoAttack on 10,000 images, alone or beside PGD-40 (the
+    # reference's own evaluation, shared with the float32 half).
+    assert rule == [True, True, False, False]

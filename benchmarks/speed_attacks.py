@@ -179,15 +179,33 @@ def bench_attacks(model_name, cfg, record, peers):
     """The `ATTACK_FIGURES` among the figures, side by side; a figure whose peer library is
     missing (`peers[name]` None) is recorded as None."""
     clf, model_fn = _attack_model(model_name, cfg)
-    k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
-    step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
-    batches = benchlib.mnist_batches("test", cfg["attack_batches"], bs)
+    batches = benchlib.mnist_batches("test", cfg["attack_batches"], cfg["batch_size"])
     x_all, y_all = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     wanted = [f for f in ATTACK_FIGURES if f in cfg["figures"]]
     timed = [f for f in wanted if f not in PEERS or peers[PEERS[f]] is not None]
     record.update({f: None for f in wanted if f not in timed})  # Its peer is not installed.
     if not timed:
         return
+    needed = {c for f in timed for c in ATTACK_FIGURES[f]}
+    if cfg["xla"]:
+        needed |= {"ours_pgd_xla", "input_grad_x_k_xla"}
+    builders = _contenders(clf, model_fn, cfg, batches, peers)
+    contenders = {name: build() for name, build in builders.items() if name in needed}
+    with benchlib.section(f"{model_name}: attacks", record["sections"], "attacks"):
+        wall, cpu, outputs = benchlib.interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
+    sec, ips = _record_times(record, wall, cpu, len(y_all), len(batches))
+    _record_ratios(record, timed, cfg, sec, ips, benchlib.medians(cpu), len(batches))
+    # Every contender made valid adversarials of the same budget (last timed call).
+    _record_validity(record, model_name, {name: _linf_check(x_all, out, y_all, clf, cfg["eps"])
+                                          for name, out in outputs.items() if not name.startswith(NOT_ATTACKS)})
+
+
+def _contenders(clf, model_fn, cfg, batches, peers):
+    """{name: builder} of every contender `bench_attacks` can time, in the order of its rounds
+    (rotated each round); a builder returns the call that attacks all `batches` once."""
+    k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
+    step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
+    x_all, y_all = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
     def compiled(attack_fn, jit_compile=False):  # As `evaluation` compiles: one graph per batch shape.
         return tf.function(lambda x, y: attack_fn(model_fn, x, y), reduce_retracing=True, jit_compile=jit_compile)
@@ -237,7 +255,7 @@ def bench_attacks(model_name, cfg, record, peers):
         return lambda: np.concatenate([run(x, y) for x, y in batches])
 
     pgd_fn = attacks.make_attack("pgd", eps=eps, steps=k, step_size=step)
-    builders = {  # In this order in the rounds (rotated each round).
+    return {
         "ours_fgsm": lambda: ours(compiled(attacks.make_attack("fgsm", eps=eps))),
         "ours_pgd": lambda: ours(compiled(pgd_fn)),
         "input_grad_x_k": lambda: k_grads(input_grad()),
@@ -250,15 +268,13 @@ def bench_attacks(model_name, cfg, record, peers):
         "ours_pgd_xla": lambda: ours(compiled(pgd_fn, jit_compile=True)),
         "input_grad_x_k_xla": lambda: k_grads(input_grad(jit_compile=True)),
     }
-    needed = {c for f in timed for c in ATTACK_FIGURES[f]}
-    if cfg["xla"]:
-        needed |= {"ours_pgd_xla", "input_grad_x_k_xla"}
-    contenders = {name: build() for name, build in builders.items() if name in needed}
-    with benchlib.section(f"{model_name}: attacks", record["sections"], "attacks"):
-        wall, cpu, outputs = benchlib.interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
-    n = len(batches)
-    sec, ips = _record_times(record, wall, cpu, len(y_all), n)
-    med_cpu = benchlib.medians(cpu)
+
+
+def _record_ratios(record, timed, cfg, sec, ips, med_cpu, n):
+    """Adds the `timed` figures to `record` from the contenders' median seconds per round
+    (`sec`, `med_cpu`) and images/s over `n` batches: PGD's efficiency and breakdown, ours
+    against each peer, and XLA's."""
+    k = cfg["pgd_steps"]
     if "pgd_efficiency" in timed:
         record["pgd_efficiency"] = round(sec["ours_pgd"] / sec["input_grad_x_k"], 3)
         record["pgd_efficiency_cpu"] = round(med_cpu["ours_pgd"] / med_cpu["input_grad_x_k"], 3)
@@ -281,9 +297,6 @@ def bench_attacks(model_name, cfg, record, peers):
         record["xla"].update(pgd_efficiency=round(sec["ours_pgd_xla"] / sec["input_grad_x_k_xla"], 3),
                              pgd_speedup=round(sec["ours_pgd"] / sec["ours_pgd_xla"], 3),
                              input_grad_speedup=round(sec["input_grad_x_k"] / sec["input_grad_x_k_xla"], 3))
-    # Every contender made valid adversarials of the same budget (last timed call).
-    _record_validity(record, model_name, {name: _linf_check(x_all, out, y_all, clf, eps)
-                                          for name, out in outputs.items() if not name.startswith(NOT_ATTACKS)})
 
 
 def bench_apgd(model_name, cfg, record, art):

@@ -234,3 +234,10 @@ def test_triplet_study_section_is_the_committed_study():
     assert state["complete"] is True
     assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "triplet_study_mnist_forest.png"))
     assert "](results/triplet_study_mnist_forest.png)" in "\n".join(section)
+
+
+def test_checkpoint_curve_is_the_committed_run():
+    lines = _printed_table("checkpoint_robustness.py", "checkpoint_robustness_reference_v3.json")
+    section = _section(_bench(), "### Does a long schedule pay? Reference v3's checkpoints, epoch by epoch")
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 12 and all(line in section for line in table)

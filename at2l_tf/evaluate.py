@@ -206,13 +206,31 @@ def define_flags(flag_values=flags.FLAGS):
     ]
     for define, name, default, help_ in table:
         define(name, default, help_, flag_values=flag_values)
+    define_attack_param_flags(flag_values)
+    return flag_values
+
+
+def define_attack_param_flags(flag_values=flags.FLAGS, note=""):
+    """Defines every `--<attack>_<param>` flag (`attack_flags`) on `flag_values`,
+    default `None` (the attack's own, shown in the help), `note` ending each help
+    text; scripts that run evaluations (`benchmarks/`) pass them on with
+    `attack_params_from_flags`."""
     for flag, entry, param in attack_flags():
         default = entry.default(param.name)
         shown = f" (default {default})" if default is not None else ""
         _DEFINE[param.type](
-            flag, None, f"{entry.name}: {param.help}{shown}.", flag_values=flag_values
+            flag, None, f"{entry.name}: {param.help}{shown}.{note}", flag_values=flag_values
         )
-    return flag_values
+
+
+def attack_params_from_flags(f):
+    """`{attack: {param: value}}` of the set `--<attack>_<param>` flags of `f`."""
+    params = {}
+    for flag, entry, param in attack_flags():
+        value = f[flag].value
+        if value is not None:
+            params.setdefault(entry.name, {})[param.name] = value
+    return params
 
 
 def config_from_flags(f):
@@ -224,11 +242,7 @@ def config_from_flags(f):
     Raises:
         ConfigError: an `--eps_sweep` value that is not a number.
     """
-    params = {}
-    for flag, entry, param in attack_flags():
-        value = f[flag].value
-        if value is not None:
-            params.setdefault(entry.name, {})[param.name] = value
+    params = attack_params_from_flags(f)
     return EvaluationConfig(
         model=ModelSection(model_dir=f.model_dir, source_model_dirs=tuple(f.source_model_dir)),
         images=ImagesSection(

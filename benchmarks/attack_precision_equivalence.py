@@ -68,22 +68,11 @@ flags.DEFINE_string("markdown_from", None, "Print the table of this JSON and exi
 flags.DEFINE_integer("bootstrap", 10000, "Bootstrap resamples of the 95% interval.")
 flags.DEFINE_integer("verbose", 2, "Progress of each evaluation: 0 none, 1 bar on a terminal, "
                      "2 one line per batch and attack stage.")
-for _flag, _entry, _param in ev.attack_flags():  # --autoattack_version, --apgd_ce_steps, ...
-    ev._DEFINE[_param.type](_flag, None, f"{_entry.name}: {_param.help} (passed to both runs).")
+ev.define_attack_param_flags(FLAGS, " Passed to both runs.")  # --autoattack_version, --apgd_ce_steps, ...
 
 
 def _log(msg):
     log(msg, prefix=NAME)
-
-
-def attack_params():
-    """`{attack: {param: value}}` of the set `--<attack>_<param>` flags."""
-    params = {}
-    for flag, entry, param in ev.attack_flags():
-        value = FLAGS[flag].value
-        if value is not None:
-            params.setdefault(entry.name, {})[param.name] = value
-    return params
 
 
 def config_for(precision, settings):
@@ -321,7 +310,7 @@ def main(argv):
         "attacks": list(FLAGS.attacks),
         "eps": FLAGS.eps,
         "seed": FLAGS.seed,
-        "params": attack_params(),
+        "params": ev.attack_params_from_flags(FLAGS),
         "workdir_root": FLAGS.workdir_root,
         "bootstrap": FLAGS.bootstrap,
         "verbose": FLAGS.verbose,

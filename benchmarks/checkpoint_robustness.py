@@ -56,22 +56,11 @@ flags.DEFINE_string("output_json", None, "Where to write the curve (atomically).
 flags.DEFINE_string("markdown_from", None, "Print the table of this JSON and exit.")
 flags.DEFINE_integer("verbose", 1, "Progress of each evaluation: 0 none, 1 bar on a terminal, "
                      "2 one line per batch and attack stage.")
-for _flag, _entry, _param in ev.attack_flags():  # --autoattack_version, --apgd_ce_steps, ...
-    ev._DEFINE[_param.type](_flag, None, f"{_entry.name}: {_param.help} (passed to every evaluation).")
+ev.define_attack_param_flags(FLAGS, " Passed to every evaluation.")  # --autoattack_version, --apgd_ce_steps, ...
 
 
 def _log(msg):
     log(msg, prefix=NAME)
-
-
-def attack_params():
-    """`{attack: {param: value}}` of the set `--<attack>_<param>` flags."""
-    params = {}
-    for flag, entry, param in ev.attack_flags():
-        value = FLAGS[flag].value
-        if value is not None:
-            params.setdefault(entry.name, {})[param.name] = value
-    return params
 
 
 def parse_epochs(values, available):
@@ -186,7 +175,7 @@ def main(argv):
     epochs = parse_epochs(FLAGS.epochs, set(found))
     settings = {"run_dir": FLAGS.run_dir, "epochs": epochs, "num_examples": FLAGS.num_examples,
                 "batch_size": FLAGS.batch_size, "attacks": list(FLAGS.attacks), "eps": FLAGS.eps,
-                "seed": FLAGS.seed, "params": attack_params(), "verbose": FLAGS.verbose}
+                "seed": FLAGS.seed, "params": ev.attack_params_from_flags(FLAGS), "verbose": FLAGS.verbose}
     if not settings["attacks"]:
         raise ConfigError("--attacks needs at least one attack")
     with open(os.path.join(FLAGS.run_dir, "results.json")) as fh:

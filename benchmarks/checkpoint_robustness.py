@@ -183,10 +183,11 @@ def main(argv):
     history = run.get("history") or {}
     data = run["config"]["data"]  # The run's test images (a .keras file records no dataset).
     settings.update(dataset=data["dataset"], data_dir=data.get("data_dir"), image_dir=data.get("image_dir"))
+    ema = run["config"]["train"].get("ema") or 0.0  # The run's weight averaging, if any.
     rows, eps = [], None
     for i, epoch in enumerate(epochs):
         _log(f"epoch {epoch} ({i + 1} of {len(epochs)})")
-        model_path = checkpoint_model(FLAGS.run_dir, epoch, found[epoch], run["config"]["train"].get("ema") or 0.0)
+        model_path = checkpoint_model(FLAGS.run_dir, epoch, found[epoch], ema)
         config = config_for(model_path, settings)
         config.validate()
         report = ev.evaluate(config)

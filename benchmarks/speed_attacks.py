@@ -189,7 +189,7 @@ def bench_attacks(model_name, cfg, record, peers):
     needed = {c for f in timed for c in ATTACK_FIGURES[f]}
     if cfg["xla"]:
         needed |= {"ours_pgd_xla", "input_grad_x_k_xla"}
-    builders = _contenders(clf, model_fn, cfg, batches, peers)
+    builders = _contenders(clf, model_fn, cfg, batches, (x_all, y_all), peers)
     contenders = {name: build() for name, build in builders.items() if name in needed}
     with benchlib.section(f"{model_name}: attacks", record["sections"], "attacks"):
         wall, cpu, outputs = benchlib.interleaved(contenders, repeats=cfg["repeats"], warmup=cfg["warmup"])
@@ -200,12 +200,13 @@ def bench_attacks(model_name, cfg, record, peers):
                                           for name, out in outputs.items() if not name.startswith(NOT_ATTACKS)})
 
 
-def _contenders(clf, model_fn, cfg, batches, peers):
+def _contenders(clf, model_fn, cfg, batches, all_images, peers):
     """{name: builder} of every contender `bench_attacks` can time, in the order of its rounds
-    (rotated each round); a builder returns the call that attacks all `batches` once."""
+    (rotated each round); a builder returns the call that attacks all `batches` once
+    (`all_images`: the batches' `(x, y)` in one array each, for ART's own batching)."""
     k, eps, bs = cfg["pgd_steps"], cfg["eps"], cfg["batch_size"]
     step = 2.5 * eps / k  # at2l_tf's default PGD step, given to every contender explicitly.
-    x_all, y_all = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    x_all, y_all = all_images
 
     def compiled(attack_fn, jit_compile=False):  # As `evaluation` compiles: one graph per batch shape.
         return tf.function(lambda x, y: attack_fn(model_fn, x, y), reduce_retracing=True, jit_compile=jit_compile)

@@ -3,7 +3,8 @@
 A two-epoch run of the train command's library (`experiment.run`, 256 images, with weight
 averaging, so the checkpoints hold the average beside the weights) leaves two checkpoints;
 the benchmark judges both with FGSM on 16 test images. Asserted: the last checkpoint's
-model is the run's own `model.keras` (same weights), the first is not; the JSON's rows carry the run's validation figures of their epoch; `--markdown_from` reprints
+model is the run's own `model.keras` (same weights), the first is not; the JSON's rows carry
+the run's validation figures of their epoch; `--markdown_from` reprints
 the table; a checkpoint the run does not have is a one-line error with nothing written.
 No figure of the models is asserted.
 """

@@ -15,8 +15,14 @@ tf.config.set_logical_device_configuration(
 )
 
 
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -31,3 +37,23 @@ def parse():
 
     yield _parse
     flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="session")
+def repo_python():
+    """`repo_python(*argv, timeout=600)`: `python *argv` as a user runs the repository's scripts.
+
+    From the repository root (`benchmarks/speed.py ...` and `-c` code that puts `benchmarks` on
+    `sys.path` both resolve), with this checkout's package first on PYTHONPATH (an installed
+    at2l_tf may be another version) and TensorFlow's C++ logs quiet. A fresh process also keeps
+    the absl flags a script defines on import out of this one's. Returns the finished
+    `subprocess.CompletedProcess`, output as text.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+
+    def _run(*argv, timeout=600):
+        return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                              env=env, timeout=timeout)
+
+    return _run

@@ -6,22 +6,20 @@ and a second run reusing both finished workdirs (no unit written again). No figu
 model and no speed ratio is asserted.
 """
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
 SCRIPT = os.path.join("benchmarks", "attack_precision_equivalence.py")
 N = 32
 
 
-def _run(*args):
-    # This checkout's package first (an installed at2l_tf may be another version).
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=600)
+@pytest.fixture
+def run(repo_python):
+    """The benchmark with these arguments, as a user runs it (conftest's `repo_python`)."""
+    return functools.partial(repo_python, SCRIPT)
 
 
 def _units(root):
@@ -31,12 +29,12 @@ def _units(root):
     }
 
 
-def test_smoke_run_json_markdown_and_resume(tmp_path):
+def test_smoke_run_json_markdown_and_resume(tmp_path, run):
     root, out = tmp_path / "runs", tmp_path / "equiv.json"
     args = ["--model_dir=savedmodels/mnist_reference", f"--num_examples={N}", "--batch_size=16",
             "--attacks=autoattack", "--autoattack_version=fast", "--autoattack_steps=3",
             "--bootstrap=2000", f"--workdir_root={root}", f"--output_json={out}"]
-    proc = _run(*args)
+    proc = run(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "autoattack/apgd_ce" in proc.stderr  # The evaluations' progress lines.
     record = json.loads(out.read_text())
@@ -75,7 +73,7 @@ def test_smoke_run_json_markdown_and_resume(tmp_path):
         assert os.path.isdir(root / f"{p}.work") and os.path.isfile(record["reports"][p])
 
     # --markdown_from reprints the table the run printed.
-    table = _run(f"--markdown_from={out}")
+    table = run(f"--markdown_from={out}")
     assert table.returncode == 0, table.stderr[-2000:]
     assert table.stdout.strip() and table.stdout.strip() in proc.stdout
     assert "| robust accuracy (worst case) |" in table.stdout
@@ -84,7 +82,7 @@ def test_smoke_run_json_markdown_and_resume(tmp_path):
     # Run again: both finished workdirs are reused, no unit is written again.
     before = _units(root)
     assert len(before) == 2 * 2 * 2  # 2 precisions x 2 batches x (clean + autoattack).
-    again = _run(*args)
+    again = run(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _units(root) == before
     assert again.stderr.count("continuing the evaluation in") == 2
@@ -93,8 +91,8 @@ def test_smoke_run_json_markdown_and_resume(tmp_path):
     assert rerun["timing"] == c["timing"]
 
 
-def test_missing_workdir_root_exits_1_with_one_line(tmp_path):
-    proc = _run("--num_examples=8", f"--output_json={tmp_path / 'x.json'}")
+def test_missing_workdir_root_exits_1_with_one_line(tmp_path, run):
+    proc = run("--num_examples=8", f"--output_json={tmp_path / 'x.json'}")
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines()
              if line.startswith("attack_precision_equivalence:")]
@@ -103,7 +101,7 @@ def test_missing_workdir_root_exits_1_with_one_line(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_paired_statistics():
+def test_paired_statistics(repo_python):
     # In a fresh process: the script defines absl flags on import (--model_dir, --batch_size,
     # ...) that other test modules' commands define too.
     code = """
@@ -122,9 +120,7 @@ print(json.dumps([cells, bench.mcnemar_exact_p(0, 5), bench.mcnemar_exact_p(3, 3
                       (10000, ["autoattack"]), (10000, ["pgd", "autoattack"]), (9999, ["autoattack"]),
                       (10000, ["pgd", "apgd_ce"]))]]))
 """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = repo_python("-c", code, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cells, p05, p33, p00, interval, none, rule = json.loads(proc.stdout.strip().splitlines()[-1])
     # A = float32 robust, B = bfloat16 robust: index 1 only float32 broke, 2 only bfloat16 broke.

@@ -9,25 +9,22 @@ the table; a checkpoint the run does not have is a one-line error with nothing w
 No figure of the models is asserted.
 """
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
+import pytest
 
 from at2l_tf import config as config_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join("benchmarks", "checkpoint_robustness.py")
 
 
-def _run(*args):
-    # This checkout's package first (an installed at2l_tf may be another version).
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=600)
+@pytest.fixture
+def run(repo_python):
+    """The benchmark with these arguments, as a user runs it (conftest's `repo_python`)."""
+    return functools.partial(repo_python, SCRIPT)
 
 
 def _train(run_dir):
@@ -42,12 +39,12 @@ def _train(run_dir):
     ), verbose=0)
 
 
-def test_each_checkpoint_is_judged_and_the_last_is_the_runs_model(tmp_path):
+def test_each_checkpoint_is_judged_and_the_last_is_the_runs_model(tmp_path, run):
     import keras
 
     run_dir, out = tmp_path / "run", tmp_path / "curve.json"
     _train(run_dir)
-    proc = _run(f"--run_dir={run_dir}", "--epochs=2,1", "--num_examples=16", "--batch_size=16",
+    proc = run(f"--run_dir={run_dir}", "--epochs=2,1", "--num_examples=16", "--batch_size=16",
                 "--attacks=fgsm", f"--output_json={out}", "--verbose=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -63,11 +60,11 @@ def test_each_checkpoint_is_judged_and_the_last_is_the_runs_model(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(models[2], final))  # The average, as exported.
     assert not all(np.array_equal(a, b) for a, b in zip(models[1], final))
 
-    table = _run(f"--markdown_from={out}")
+    table = run(f"--markdown_from={out}")
     assert table.returncode == 0, table.stderr[-2000:]
     assert table.stdout.strip() and table.stdout.strip() in proc.stdout
 
-    bad = _run(f"--run_dir={run_dir}", "--epochs=3", f"--output_json={tmp_path / 'bad.json'}")
+    bad = run(f"--run_dir={run_dir}", "--epochs=3", f"--output_json={tmp_path / 'bad.json'}")
     errors = [line for line in bad.stderr.splitlines() if line.startswith("checkpoint_robustness:")]
     assert bad.returncode == 1 and errors == [
         "checkpoint_robustness: error: no checkpoint for epoch 3 (the run has epochs 1..2)"], bad.stderr[-2000:]

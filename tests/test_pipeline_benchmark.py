@@ -3,30 +3,29 @@
 No speed ratio is asserted: timings depend on the machine and its load.
 """
 
+import functools
 import json
 import math
 import os
-import subprocess
-import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
-    # This checkout's package first (an installed at2l_tf may be another version).
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, os.path.join("benchmarks", "speed.py"), "--family=recipe_cost", *args],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+@pytest.fixture
+def speed(repo_python):
+    """`speed.py --family=recipe_cost` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, os.path.join("benchmarks", "speed.py"), "--family=recipe_cost")
 
 
 def _positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_quick_run_writes_the_documented_json(tmp_path):
+def test_quick_run_writes_the_documented_json(tmp_path, speed):
     out = tmp_path / "pipeline.json"
-    proc = _run("--quick", f"--output_json={out}")
+    proc = speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "== flags/cats_vs_dogs_at2l.flags" in proc.stdout and "s/step" in proc.stdout
     result = json.loads(out.read_text())
@@ -56,9 +55,9 @@ def test_quick_run_writes_the_documented_json(tmp_path):
     assert pipe["gpu_images_per_s"] == recipe["gpu_images_per_s"]
 
 
-def test_a_missing_recipe_is_a_one_line_error(tmp_path):
+def test_a_missing_recipe_is_a_one_line_error(tmp_path, speed):
     out = tmp_path / "pipeline.json"
-    proc = _run("--quick", "--recipe=flags/no_such.flags", f"--output_json={out}")
+    proc = speed("--quick", "--recipe=flags/no_such.flags", f"--output_json={out}")
     assert proc.returncode == 1
     errors = [l for l in proc.stderr.splitlines() if l.startswith("speed: error:")]
     assert errors == ["speed: error: recipe flagfile does not exist: flags/no_such.flags"]
@@ -68,11 +67,11 @@ def test_a_missing_recipe_is_a_one_line_error(tmp_path):
 RECIPE_COSTS = os.path.join(REPO, "benchmarks", "results", "recipe_cost_cpu.json")
 
 
-def test_the_recipes_open_with_the_cost_measured_in_the_stored_results():
+def test_the_recipes_open_with_the_cost_measured_in_the_stored_results(speed):
     """Each CIFAR-10 and Cats vs Dogs flagfile, after its command line, carries the cost lines
     that `--markdown_from` prints from the committed results (so its numbers come from there),
     the last one the command that measures them again."""
-    proc = _run(f"--markdown_from={RECIPE_COSTS}")
+    proc = speed(f"--markdown_from={RECIPE_COSTS}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     blocks, current = {}, []
     for line in proc.stdout.splitlines():

@@ -6,11 +6,10 @@ no weight gradient, eager CleverHans runs its steps' own ops eagerly, and the
 FLOP count of the floor matches a hand count.
 """
 
+import functools
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -24,22 +23,15 @@ _FORWARD = 2 * (26 * 26 * 32 * 9 * 1 + 11 * 11 * 64 * 9 * 32 + 1600 * 128 + 128 
 MNIST_SMALL_GRADIENT_GFLOP = round(2 * _FORWARD * 128 / 1e9, 3)
 
 
-def _run(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    return subprocess.run(
-        [sys.executable, SCRIPT, "--family=profile", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+@pytest.fixture
+def speed(repo_python):
+    """`speed.py --family=profile` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, SCRIPT, "--family=profile")
 
 
-def test_quick_profile_writes_the_documented_json(tmp_path):
+def test_quick_profile_writes_the_documented_json(tmp_path, speed):
     out = tmp_path / "profile.json"
-    proc = _run("--quick", f"--output_json={out}")
+    proc = speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mnist_small" in proc.stdout and "cleverhans_eager" in proc.stdout
 
@@ -113,19 +105,19 @@ def test_quick_profile_writes_the_documented_json(tmp_path):
         ("--eps=1.5", "eps must be in (0, 1], received eps=1.5"),
     ],
 )
-def test_bad_flags_exit_with_one_line(tmp_path, flag, message):
+def test_bad_flags_exit_with_one_line(tmp_path, flag, message, speed):
     out = tmp_path / "profile.json"
-    proc = _run(flag, f"--output_json={out}", timeout=120)
+    proc = speed(flag, f"--output_json={out}", timeout=120)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("speed:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert not out.exists()
 
 
-def test_markdown_from_reads_the_committed_profile():
+def test_markdown_from_reads_the_committed_profile(speed):
     # A JSON of profile_attacks.py, which the `profile` family replaced: its rows by dotted path.
     path = os.path.join(REPO, "benchmarks", "results", "profile_attacks_cpu.json")
-    proc = _run(f"--markdown_from={path}", timeout=300)
+    proc = speed(f"--markdown_from={path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stored = json.load(open(path))["models"]
     for row in ("implementations.ours.wall_ms", "floor.needed_share_of_peak_for_target_over_art"):

@@ -126,9 +126,9 @@ def test_reference_autoattack_stage_table_is_the_committed_run():
     ("compare_defenses_mnist_pgd5.json", "### Defences compared: none, AT (Eq. 1), AT²L (Eq. 2)"),
     ("compare_defenses_mnist_fgsm_rs.json", "### With a single-step training attack"),
 ])
-def test_defences_compared_tables_are_the_committed_runs(name, heading):
+def test_defences_compared_tables_are_the_committed_runs(name, heading, printed_table):
     section = _section(_bench(), heading)
-    lines = _printed_table("study.py", name, study="defenses")
+    lines = printed_table("study.py", name, study="defenses")
     assert lines[0].startswith("| defence |") and "\n".join(lines) in "\n".join(section)
     labels = {"none": "none", "at": "AT (Eq. 1)", "at2l": "AT²L (Eq. 2, λ2 = 0.5, α = 0.5)"}
     results = json.loads(_read("benchmarks", "results", name))["results"]
@@ -169,63 +169,62 @@ def test_library_comparison_is_the_committed_attack_speed_run():
         assert values == [round(v, 2) for v in measured], name
 
 
-def _printed_table(script, *result, study=None):
-    """The README table `benchmarks/<script> --markdown_from=benchmarks/results/<result>` prints
-    (with `study`: `benchmarks/study.py --study=<study> --markdown_from=...`)."""
-    import subprocess
-    import sys
+@pytest.fixture
+def printed_table(repo_python):
+    """`printed_table(script, *result, study=None)`: the README table `benchmarks/<script>
+    --markdown_from=benchmarks/results/<result>` prints (with `study`: `benchmarks/study.py
+    --study=<study> --markdown_from=...`), as a list of lines."""
 
-    path = os.path.join(ROOT, "benchmarks", "results", *result)
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", script), *([f"--study={study}"] if study else []),
-         f"--markdown_from={path}"],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    return run.stdout.strip().splitlines()
+    def _printed(script, *result, study=None):
+        run = repo_python(os.path.join("benchmarks", script), *([f"--study={study}"] if study else []),
+                          f"--markdown_from={os.path.join(ROOT, 'benchmarks', 'results', *result)}")
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout.strip().splitlines()
+
+    return _printed
 
 
-def test_tables_1_and_2_are_the_committed_runs():
+def test_tables_1_and_2_are_the_committed_runs(printed_table):
     # The thermometer and randomization tables are printed from the committed
     # JSONs by the benchmark itself, line for line.
     bench = _bench().splitlines()
     for study, name in (("thermometer", "table1_thermometer_mnist.json"), ("randomization", "table2_randomization_mnist.json")):
-        lines = _printed_table("study.py", name, study=study)
+        lines = printed_table("study.py", name, study=study)
         assert len(lines) >= 5 and all(line in bench for line in lines), name
 
 
-def test_ensemble_figures_table_is_the_committed_run():
-    lines = _printed_table("study.py", "figures", "ensemble_figures_mnist.json", study="ensemble")
+def test_ensemble_figures_table_is_the_committed_run(printed_table):
+    lines = printed_table("study.py", "figures", "ensemble_figures_mnist.json", study="ensemble")
     assert len(lines) == 9 and all(line in _bench().splitlines() for line in lines)
     for name in ("fig1_whitebox", "fig2_transfer", "fig3_tr"):
         assert os.path.exists(os.path.join(ROOT, "benchmarks", "results", "figures", name + ".png"))
         assert f"](results/figures/{name}.png)" in _bench()
 
 
-def test_table3_is_the_committed_run():
-    lines = _printed_table("study.py", "table3_defense_gan_mnist.json", study="defense_gan")
+def test_table3_is_the_committed_run(printed_table):
+    lines = printed_table("study.py", "table3_defense_gan_mnist.json", study="defense_gan")
     assert len(lines) == 14 and all(line in _bench().splitlines() for line in lines)
 
 
-def test_mixed_precision_tables_are_the_committed_runs():
+def test_mixed_precision_tables_are_the_committed_runs(printed_table):
     bench = _bench().splitlines()
-    speed = _printed_table("speed.py", "speed_precision_cpu.json")
-    study = _printed_table("study.py", "precision_study_mnist.json", study="precision")
+    speed = printed_table("speed.py", "speed_precision_cpu.json")
+    study = printed_table("study.py", "precision_study_mnist.json", study="precision")
     assert len(speed) == 6 and len(study) == 5
     assert all(line in bench for line in speed + study)
 
 
-def test_objectives_comparison_table_is_the_committed_run():
-    lines = _printed_table("study.py", "compare_objectives_mnist.json", study="objectives")
+def test_objectives_comparison_table_is_the_committed_run(printed_table):
+    lines = printed_table("study.py", "compare_objectives_mnist.json", study="objectives")
     assert len(lines) == 11 and all(line in _bench().splitlines() for line in lines)
-    lines = _printed_table("study.py", "compare_objectives_mnist_mart_pretrain.json", study="objectives")
+    lines = printed_table("study.py", "compare_objectives_mnist_mart_pretrain.json", study="objectives")
     assert len(lines) == 3 and all(line.strip() in _bench() for line in lines)
 
 
-def test_triplet_study_section_is_the_committed_study():
+def test_triplet_study_section_is_the_committed_study(printed_table):
     # Issue 23: the section opens with the study's answer, and its table is the study's,
     # both printed from the committed JSON by the study itself; the forest plot is beside it.
-    lines = _printed_table("study.py", "triplet_study_mnist.json", study="triplet")
+    lines = printed_table("study.py", "triplet_study_mnist.json", study="triplet")
     section = _section(_bench(), "### Does a triplet term help a strong adversarial training?")
     prose = [line for line in section if line and not line.startswith("*Command*")]
     assert prose[0] == lines[0]
@@ -237,8 +236,8 @@ def test_triplet_study_section_is_the_committed_study():
     assert "](results/triplet_study_mnist_forest.png)" in "\n".join(section)
 
 
-def test_checkpoint_curve_is_the_committed_run():
-    lines = _printed_table("checkpoint_robustness.py", "checkpoint_robustness_reference_v3.json")
+def test_checkpoint_curve_is_the_committed_run(printed_table):
+    lines = printed_table("checkpoint_robustness.py", "checkpoint_robustness_reference_v3.json")
     section = _section(_bench(), "### Does a long schedule pay? Reference v3's checkpoints, epoch by epoch")
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 12 and all(line in section for line in table)

@@ -2,20 +2,20 @@
 variant is the recipe with its one ingredient, as the train command parses it; and its bad input
 (one line, exit 1, nothing written)."""
 
+import functools
 import os
-import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The checkout's package, whatever `pip install -e` points at.
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
 
 
-def _ablation(*args):
-    return subprocess.run([sys.executable, os.path.join("benchmarks", "study.py"), "--study=recipe_ablation", *args],
-                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900)
+@pytest.fixture
+def ablation(repo_python):
+    """`study.py --study=recipe_ablation` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, os.path.join("benchmarks", "study.py"), "--study=recipe_ablation",
+                             timeout=900)
 
 
 def test_every_variant_trains_the_recipe_with_its_one_ingredient():
@@ -57,9 +57,9 @@ def test_every_variant_trains_the_recipe_with_its_one_ingredient():
     ("--seeds=a", "seeds must be non-negative integers, received 'a'"),
     ("--epochs=0", "epochs must be >= 1, received epochs=0"),
 ])
-def test_bad_input_is_one_line_and_exit_1(tmp_path, arg, message):
+def test_bad_input_is_one_line_and_exit_1(tmp_path, arg, message, ablation):
     out = tmp_path / "ablation.json"
-    proc = _ablation(arg, f"--output_json={out}")
+    proc = ablation(arg, f"--output_json={out}")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("study: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

@@ -6,30 +6,27 @@ the bfloat16 runs do, every share of the peak is a share, and the peak follows t
 CPU's flags.
 """
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join("benchmarks", "speed.py")
 # mnist_small per image: conv 3x3 1->32 (26x26 out), conv 3x3 32->64 (11x11 out),
 # dense 1600->128, dense 128->10; 2 FLOP per multiply-add.
 MNIST_SMALL_FORWARD = 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 1600 * 128 + 128 * 10)
 
 
-def _run(*args):
-    # PYTHONPATH: this checkout's package, whichever one the environment installed.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, SCRIPT, "--family=attack_precision", *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, timeout=600)
+@pytest.fixture
+def speed(repo_python):
+    """`speed.py --family=attack_precision` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, SCRIPT, "--family=attack_precision")
 
 
-def test_quick_run_writes_the_documented_json(tmp_path):
+def test_quick_run_writes_the_documented_json(tmp_path, speed):
     out = tmp_path / "p.json"
-    proc = _run("--quick", f"--output_json={out}")
+    proc = speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["families"] == ["attack_precision"] and result["quick"] is True
@@ -53,7 +50,7 @@ def test_quick_run_writes_the_documented_json(tmp_path):
     assert "apgd_ce" in proc.stdout and "share_of_peak" in proc.stdout
 
 
-def test_peak_follows_the_cpu_flags():
+def test_peak_follows_the_cpu_flags(repo_python):
     # In a fresh process: the family defines absl flags on import (--model_dir, --cores, ...)
     # that other test modules' commands may define too.
     code = """
@@ -66,9 +63,7 @@ print(json.dumps([
     bench.peak({"avx2", "fma"}, cores=4, clock_ghz=3.0, bf16=48),
 ]))
 """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = repo_python("-c", code, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     zen5, amx, avx2 = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (zen5["float32_gflops"], zen5["bfloat16_gflops"]) == (320.0, 640.0)
@@ -76,9 +71,9 @@ print(json.dumps([
     assert (avx2["float32_gflops"], avx2["bfloat16_gflops"]) == (384.0, 576.0)
 
 
-def test_bad_input_exits_1_with_one_line(tmp_path):
+def test_bad_input_exits_1_with_one_line(tmp_path, speed):
     out = tmp_path / "p.json"
-    proc = _run("--quick", "--batch_size=0", f"--output_json={out}")
+    proc = speed("--quick", "--batch_size=0", f"--output_json={out}")
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("speed:")]
     assert lines == ["speed: error: batch_size must be >= 1, received batch_size=0"], proc.stderr[-2000:]

@@ -14,12 +14,14 @@ Foolbox (CI installs only `.[test]`), their ratios must be `null` with the
 documented `skipped` note.
 """
 
+import functools
 import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ART_NOTE = "adversarial-robustness-toolbox not installed (pip install -e '.[bench]')"
@@ -48,12 +50,10 @@ def _skipped(name):
     return None
 
 
-def _speed(*args):
-    # PYTHONPATH: this checkout's package, whichever one the environment installed.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, os.path.join("benchmarks", "speed.py"), *args], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=900)
+@pytest.fixture
+def speed(repo_python):
+    """`benchmarks/speed.py` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, os.path.join("benchmarks", "speed.py"), timeout=900)
 
 
 def _check_valid(record, contenders):
@@ -79,9 +79,9 @@ def test_interleaved_times_every_call_in_rotated_rounds():
     assert all(len(wall[n]) == len(cpu[n]) == 3 and min(wall[n]) >= 0 for n in "abc")
 
 
-def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
+def test_quick_speed_benchmark_writes_the_documented_json(tmp_path, speed):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", f"--output_json={out}")
+    proc = speed("--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in FIGURES[:1] + ATTACK_FIGURES:  # The reports name every target.
         assert name in proc.stdout
@@ -152,13 +152,13 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path):
     notes = [n for n, has in ((ART_NOTE, HAS_ART), (FOOLBOX_NOTE, HAS_FOOLBOX)) if not has]
     assert attacks.get("skipped") == ("; ".join(notes) or None)
     # The reports printed after the run are the ones --markdown_from prints from its JSON.
-    again = _speed(f"--markdown_from={out}")
+    again = speed(f"--markdown_from={out}")
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
 
 
-def test_figures_alone_pick_their_family_and_only_them(tmp_path):
+def test_figures_alone_pick_their_family_and_only_them(tmp_path, speed):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}")
+    proc = speed("--quick", "--figures=pgd_vs_foolbox", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["families"] == ["attacks"] and "training" not in result
@@ -181,22 +181,22 @@ def _errors(proc):
     return [line for line in proc.stderr.splitlines() if line.startswith("speed: error:")]
 
 
-def test_an_unknown_figure_or_family_is_a_one_line_error(tmp_path):
+def test_an_unknown_figure_or_family_is_a_one_line_error(tmp_path, speed):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=apgd_vs_art,no_such_figure", f"--output_json={out}")
+    proc = speed("--quick", "--figures=apgd_vs_art,no_such_figure", f"--output_json={out}")
     assert _errors(proc) == ["speed: error: unknown figure 'no_such_figure'; known figures: " + ", ".join(FIGURES)]
-    proc = _speed("--quick", "--family=training", "--figures=apgd_vs_art", f"--output_json={out}")
+    proc = speed("--quick", "--family=training", "--figures=apgd_vs_art", f"--output_json={out}")
     assert _errors(proc) == [
         "speed: error: unknown figure 'apgd_vs_art'; known figures: " + ", ".join(TRAINING_FIGURES)]
-    proc = _speed("--quick", "--family=training,speeed", f"--output_json={out}")
+    proc = speed("--quick", "--family=training,speeed", f"--output_json={out}")
     assert _errors(proc) == ["speed: error: unknown family 'speeed'; known families: training, attacks, precision, "
                              "attack_precision, profile, recipe_cost"]
     assert not out.exists()
 
 
-def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path):
+def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path, speed):
     out = tmp_path / "speed.json"
-    proc = _speed("--quick", "--figures=recipe_step_s", f"--output_json={out}")
+    proc = speed("--quick", "--figures=recipe_step_s", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())["training"]
     assert result["settings"]["figures"] == ["recipe_step_s"]
@@ -214,12 +214,12 @@ def test_recipe_steps_time_trades_with_each_training_ingredient(tmp_path):
         assert other not in record, other
 
 
-def test_markdown_from_reads_the_committed_jsons_of_the_replaced_scripts():
+def test_markdown_from_reads_the_committed_jsons_of_the_replaced_scripts(speed):
     """`speed_cpu.json` (the old speed.py: training and attacks in one record): each target
     in its family's table, with its values and marks; `speed_attacks_cpu.json` (attack
     figures only): the attacks' table alone."""
     results = os.path.join(REPO, "benchmarks", "results")
-    proc = _speed(f"--markdown_from={results}/speed_cpu.json")
+    proc = speed(f"--markdown_from={results}/speed_cpu.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     stored = json.load(open(os.path.join(results, "speed_cpu.json")))
     lines = proc.stdout.splitlines()
@@ -232,15 +232,15 @@ def test_markdown_from_reads_the_committed_jsons_of_the_replaced_scripts():
         values = [entry["values"][m] for m in sorted(stored["models"])]
         marks = ["ok" if (v <= float(threshold) if op == "<=" else v >= float(threshold)) else "MISS" for v in values]
         assert row.split()[1:] == [op + threshold, *(c for v, m in zip(values, marks) for c in (f"{v:.4g}", m))], row
-    proc = _speed(f"--markdown_from={results}/speed_attacks_cpu.json")
+    proc = speed(f"--markdown_from={results}/speed_attacks_cpu.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("attacks;") and "training;" not in proc.stdout
     assert [line.split()[0] for line in proc.stdout.splitlines() if ">=" in line] == ["apgd_vs_art", "pgd_vs_foolbox"]
 
 
-def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tmp_path):
+def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tmp_path, speed):
     out = tmp_path / "speed.json"
-    proc = _speed("--family=precision", "--quick", f"--output_json={out}")
+    proc = speed("--family=precision", "--quick", f"--output_json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["families"] == ["precision"]
@@ -254,5 +254,5 @@ def test_quick_precision_family_times_both_copies_and_prints_the_readme_table(tm
         assert f["paired_speedup_min_max"][0] <= f["paired_speedup_min_max"][1]
     assert proc.stdout.splitlines()[2:4] == [
         "| model | PGD-3 input gradients fp32 / bf16 | AT train step fp32 / bf16 |", "| --- | --- | --- |"]
-    again = _speed(f"--markdown_from={out}")
+    again = speed(f"--markdown_from={out}")
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]

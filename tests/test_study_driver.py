@@ -3,9 +3,9 @@
 of finished runs, `--max_hours` and a flag the study varies; and a retained study (precision)
 through the train command's own final check, its table printed from the JSON it wrote."""
 
+import functools
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -26,28 +26,30 @@ STUDY = Study(
 '''
 
 
-def _study(*args):
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), *args],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+@pytest.fixture(scope="module")
+def study(repo_python):
+    """`benchmarks/study.py` with these arguments, run as a user runs it (`repo_python`)."""
+    return functools.partial(repo_python, os.path.join("benchmarks", "study.py"), timeout=None)
+
+
+def _ok(run):
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, study):
     """The tiny paired study, run once: its config, scratch directory, JSON and printed table."""
     tmp = tmp_path_factory.mktemp("study")
     config = tmp / "tiny.py"
     config.write_text(STUDY)
     out = tmp / "tiny.json"
-    run = _study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={out}",
-                 "--bootstrap_replicates=50", *TINY)
+    run = _ok(study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={out}",
+                     "--bootstrap_replicates=50", *TINY))
     return config, tmp, out, run
 
 
-def test_a_study_trains_evaluates_pairs_and_prints_its_table(tiny):
+def test_a_study_trains_evaluates_pairs_and_prints_its_table(tiny, study):
     config, tmp, out, run = tiny
     state = json.loads(out.read_text())
     assert state["complete"] is True and sorted(state["runs"]) == ["at/s0", "at2l/s0"]
@@ -64,40 +66,37 @@ def test_a_study_trains_evaluates_pairs_and_prints_its_table(tiny):
     assert "cpu_model" in state["machine"] and "git_commit" in state and "commit" not in state
     assert state["date"] and len(state["sittings"]) == 1
     # The table printed at the end is the one --markdown_from prints from the JSON.
-    table = _study(f"--study={config}", f"--markdown_from={out}").stdout
+    table = _ok(study(f"--study={config}", f"--markdown_from={out}")).stdout
     assert table == run.stdout and table.startswith("| variant | seeds | clean | **robust** |")
     assert "| at2l − at | " in table
 
 
-def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny):
+def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny, study):
     config, tmp, out, _ = tiny
     again = tmp / "again.json"
-    run = _study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={again}",
-                 "--bootstrap_replicates=50", *TINY)
+    run = _ok(study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={again}",
+                     "--bootstrap_replicates=50", *TINY))
     assert run.stderr.count("reusing the finished run") == 2 and "at2l_tf.train" not in run.stderr
     first, second = (json.loads(p.read_text())["runs"] for p in (out, again))
     assert [r["fast"]["clean_correct"] for r in first.values()] == [r["fast"]["clean_correct"] for r in second.values()]
     stopped = tmp / "stopped.json"
-    run = _study(f"--study={config}", f"--study_dir={tmp / 'other'}", f"--output_json={stopped}",
-                 "--max_hours=0", *TINY)
+    run = _ok(study(f"--study={config}", f"--study_dir={tmp / 'other'}", f"--output_json={stopped}",
+                     "--max_hours=0", *TINY))
     state = json.loads(stopped.read_text())
     assert "stopping before run at/s0" in run.stderr and state["runs"] == {} and state["complete"] is False
 
 
-def test_a_flag_the_study_varies_is_refused(tmp_path):
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=defenses",
-         f"--output_json={tmp_path / 'x.json'}", "--defense=trades"],  # The deprecated alias of --objective.
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+def test_a_flag_the_study_varies_is_refused(tmp_path, study):
+    run = study("--study=defenses", f"--output_json={tmp_path / 'x.json'}",
+                "--defense=trades")  # The deprecated alias of --objective.
     assert run.returncode == 1 and "study: error: --objective is what the study varies" in run.stderr
     assert not (tmp_path / "x.json").exists()
 
 
-def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(tmp_path):
+def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(tmp_path, study):
     out = tmp_path / "precision.json"
-    run = _study("--study=precision", "--seeds=0", f"--study_dir={tmp_path / 'runs'}", f"--output_json={out}",
-                 "--eval_examples=100", "--eval_pgd_steps=5", *TINY)
+    run = _ok(study("--study=precision", "--seeds=0", f"--study_dir={tmp_path / 'runs'}", f"--output_json={out}",
+                     "--eval_examples=100", "--eval_pgd_steps=5", *TINY))
     state = json.loads(out.read_text())
     assert state["complete"] is True and sorted(state["runs"]) == ["bfloat16/s0", "off/s0"]
     assert [state["runs"][k]["policy"] for k in ("off/s0", "bfloat16/s0")] == ["float32", "mixed_bfloat16"]
@@ -105,7 +104,7 @@ def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(t
     lines = run.stdout.splitlines()
     assert lines[0].startswith("| precision | seeds |") and lines[2].startswith("| float32 (`--mixed_precision=off`) | 0 |")
     assert lines[4].startswith("| bfloat16 − off, per seed | |") and len(lines) == 5
-    assert _study("--study=precision", f"--markdown_from={out}").stdout == run.stdout
+    assert _ok(study("--study=precision", f"--markdown_from={out}")).stdout == run.stdout
 
 
 def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp_path):
@@ -125,12 +124,13 @@ def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp
     assert not any(tmp_path.iterdir())  # The checks write nothing.
 
 
-def test_an_attack_suite_study_runs_naive_and_adaptive_columns(tmp_path):
+def test_an_attack_suite_study_runs_naive_and_adaptive_columns(tmp_path, study):
     """Table 1's configuration at a tiny budget: the thermometer row gets LS-PGA and BPDA through its
     encoding, the row without a layer neither; the table printed is the one --markdown_from prints."""
     out = tmp_path / "table1.json"
-    run = _study("--study=thermometer", "--variants=ori,then0", f"--study_dir={tmp_path / 'runs'}",
-                 f"--output_json={out}", "--test_examples=8", "--max_train_examples=300", "--epochs=1", "--eps=0.25")
+    run = _ok(study("--study=thermometer", "--variants=ori,then0", f"--study_dir={tmp_path / 'runs'}",
+                     f"--output_json={out}", "--test_examples=8", "--max_train_examples=300", "--epochs=1",
+                     "--eps=0.25"))
     state = json.loads(out.read_text())
     ori, then0 = (state["runs"][k]["report"]["attacks"] for k in ("ori/s0", "then0/s0"))
     assert {a["eps"] for a in [*ori.values(), *then0.values()] if "eps" in a} == {0.25}  # --eps: train and judge.
@@ -140,22 +140,20 @@ def test_an_attack_suite_study_runs_naive_and_adaptive_columns(tmp_path):
     lines = run.stdout.splitlines()
     assert lines[0].startswith("| row | clean | FGSM | PGD-40 | LS-PGA-7 |") and len(lines) == 4
     assert lines[2].startswith("| Ori |") and lines[2].split(" | ")[4] == "–"
-    assert _study("--study=thermometer", f"--markdown_from={out}").stdout == run.stdout
+    assert _ok(study("--study=thermometer", f"--markdown_from={out}")).stdout == run.stdout
 
 
-def test_a_study_with_its_own_judge_runs_what_its_runs_need_first(tmp_path):
+def test_a_study_with_its_own_judge_runs_what_its_runs_need_first(tmp_path, study):
     """The figures' configuration at a tiny budget: the source models first (the ensemble's static
     model is named by a flag, the transfer source by `needs`), then a curve per epoch, the table and
     the figures; a variant without the runs it needs is refused before anything runs."""
-    refused = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "study.py"), "--study=ensemble", "--variants=source_mnist_c,at2l_gra",
-         f"--output_json={tmp_path / 'x.json'}"],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    refused = study("--study=ensemble", "--variants=source_mnist_c,at2l_gra",
+                    f"--output_json={tmp_path / 'x.json'}")
     assert refused.returncode == 1 and "must include 'source_mnist_b', whose run 'at2l_gra' uses" in refused.stderr
     out = tmp_path / "figures" / "ensemble.json"
-    run = _study("--study=ensemble", "--variants=source_mnist_b,source_mnist_c,at2l_gra", f"--output_json={out}",
-                 f"--study_dir={tmp_path / 'runs'}", "--test_examples=8", "--eval_examples=8",
-                 "--max_train_examples=300", "--ensemble_cw_steps=2")
+    run = _ok(study("--study=ensemble", "--variants=source_mnist_b,source_mnist_c,at2l_gra", f"--output_json={out}",
+                     f"--study_dir={tmp_path / 'runs'}", "--test_examples=8", "--eval_examples=8",
+                     "--max_train_examples=300", "--ensemble_cw_steps=2"))
     state = json.loads(out.read_text())
     gra = state["runs"]["at2l_gra/s0"]
     assert [p["epoch"] for p in gra["curve"]] == list(range(1, 7)) and gra["strongest"]["num_examples"] == 8

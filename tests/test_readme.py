@@ -241,3 +241,15 @@ def test_checkpoint_curve_is_the_committed_run(printed_table):
     section = _section(_bench(), "### Does a long schedule pay? Reference v3's checkpoints, epoch by epoch")
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 12 and all(line in section for line in table)
+
+
+ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json")
+
+
+def test_attack_precision_tables_are_the_committed_runs(printed_table):
+    # Each equivalence run's header, table, per-example line and verdict on the rule, as
+    # `attack_precision_equivalence.py --markdown_from` prints them from the committed JSON.
+    section = _section(_bench(), "### Attacks searched in bfloat16, every verdict in float32")
+    for name in ATTACK_PRECISION_RUNS:
+        lines = [line for line in printed_table("attack_precision_equivalence.py", name) if line]
+        assert len(lines) >= 9 and all(line in section for line in lines), name

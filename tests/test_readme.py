@@ -243,7 +243,8 @@ def test_checkpoint_curve_is_the_committed_run(printed_table):
     assert len(table) == 2 + 12 and all(line in section for line in table)
 
 
-ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json")
+ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference.json", "attack_precision_equivalence_at2l.json",
+                         "attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json")
 
 
 def test_attack_precision_tables_are_the_committed_runs(printed_table):
@@ -253,3 +254,16 @@ def test_attack_precision_tables_are_the_committed_runs(printed_table):
     for name in ATTACK_PRECISION_RUNS:
         lines = [line for line in printed_table("attack_precision_equivalence.py", name) if line]
         assert len(lines) >= 9 and all(line in section for line in lines), name
+
+
+def test_attack_precision_speed_table_is_the_committed_run():
+    # GFLOP/s and share of the peak per stage and precision, as speed.py --family=attack_precision wrote them.
+    section = _section(_bench(), "### Attacks searched in bfloat16, every verdict in float32")
+    record = json.loads(_read("benchmarks", "results", "speed_attack_precision_cpu.json"))["attack_precision"]
+    assert record["loaded"] is False
+    for name in ("apgd_ce", "apgd_t", "square"):
+        stage = record["attacks"][name]
+        f32, bf16 = stage["float32"], stage["bfloat16"]
+        row = (f"| {name} | {f32['gflops']:.1f} ({f32['share_of_peak']:.0%}) | {bf16['gflops']:.1f} "
+               f"({bf16['share_of_peak']:.0%}) | {stage['bfloat16_speedup']:.2f}× |")
+        assert row in section, row

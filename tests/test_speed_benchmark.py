@@ -134,8 +134,8 @@ def test_quick_speed_benchmark_writes_the_documented_json(tmp_path, speed):
         else:
             assert _positive(record[name]), (name, record[name])
     assert _positive(record["pgd_efficiency_cpu"])
-    for name, speed in record["images_per_s"].items():
-        assert _positive(speed), name
+    for name, rate in record["images_per_s"].items():
+        assert _positive(rate), name
     for name, check in record["validity"].items():
         assert check["in_eps_ball"] and check["in_box"], (name, check)
     _check_valid(record, ["ours_pgd", "cleverhans_eager_pgd"])

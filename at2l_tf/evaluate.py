@@ -74,8 +74,9 @@ was 0.13 points weaker on the main job's model: benchmarks/README.md). The
 JSON says `attack_precision`, and each attack's `search`: `rejected`, the
 candidates that fooled the copy but not the float32 model (not counted; per
 AutoAttack stage too), and `fooled_search_only`, the returned examples that
-fool only the copy (counted robust). A SavedModel is copied from the architecture its metadata names
-(exports of `train`); for other exports, evaluate the `.keras` file.
+fool only the copy (counted robust). A SavedModel is copied from the
+architecture its metadata names (exports of `train`); for other exports,
+evaluate the `.keras` file.
 
 **Resume.** Each batch's results, per attack (per example: right or wrong,
 perturbation norms; the time and seed), are written as they come to a work

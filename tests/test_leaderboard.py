@@ -1,8 +1,9 @@
 """benchmarks/README.md's "Against AutoAttack's MNIST table": our rows are the committed runs.
 
 Each row of ours names a version of the reference (shipped, or not: version 3); its clean
-and AutoAttack figures must be the evaluation JSON's (all 10,000 test images, AutoAttack `standard`, eps 0.3), its
-training time and CPU the training JSON's, its parameter count the registry's model.
+and AutoAttack figures must be the evaluation JSON's (all 10,000 test images, AutoAttack
+`standard`, eps 0.3), its training time and CPU the training JSON's, its parameter count
+the registry's model.
 The published rows must stay sorted by AutoAttack, and ours are placed among them by
 value (the text claims a rank only through the table).
 """

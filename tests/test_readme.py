@@ -243,6 +243,7 @@ def test_checkpoint_curve_is_the_committed_run(printed_table):
     assert len(table) == 2 + 12 and all(line in section for line in table)
 
 
+ATTACK_PRECISION_HEADING = "### Attacks searched in bfloat16, every verdict in float32"
 ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference.json", "attack_precision_equivalence_at2l.json",
                          "attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json")
 
@@ -250,7 +251,7 @@ ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference.json", "attack_
 def test_attack_precision_tables_are_the_committed_runs(printed_table):
     # Each equivalence run's header, table, per-example line and verdict on the rule, as
     # `attack_precision_equivalence.py --markdown_from` prints them from the committed JSON.
-    section = _section(_bench(), "### Attacks searched in bfloat16, every verdict in float32")
+    section = _section(_bench(), ATTACK_PRECISION_HEADING)
     for name in ATTACK_PRECISION_RUNS:
         lines = [line for line in printed_table("attack_precision_equivalence.py", name) if line]
         assert len(lines) >= 9 and all(line in section for line in lines), name
@@ -258,7 +259,7 @@ def test_attack_precision_tables_are_the_committed_runs(printed_table):
 
 def test_attack_precision_speed_table_is_the_committed_run():
     # GFLOP/s and share of the peak per stage and precision, as speed.py --family=attack_precision wrote them.
-    section = _section(_bench(), "### Attacks searched in bfloat16, every verdict in float32")
+    section = _section(_bench(), ATTACK_PRECISION_HEADING)
     record = json.loads(_read("benchmarks", "results", "speed_attack_precision_cpu.json"))["attack_precision"]
     assert record["loaded"] is False
     for name in ("apgd_ce", "apgd_t", "square"):

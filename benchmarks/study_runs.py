@@ -43,9 +43,12 @@ class State:
         if path and os.path.exists(path):
             with open(path) as f:  # Names of before the rename read as today's (`identity.renamed`).
                 self.data.update(run_identity.renamed(json.load(f)))
+        here = provenance.machine()
+        if self.data["runs"]:
+            _same_cpu(path, self.data.get("sittings", []), here)
         self.data.setdefault("sittings", []).append({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": provenance.machine(), "git_commit": provenance.git_commit()})
+            "machine": here, "git_commit": provenance.git_commit()})
 
     def save(self):
         self.data["sittings"][-1]["seconds"] = round(time.time() - self.started, 1)
@@ -53,6 +56,21 @@ class State:
         self.data["cpu_hours"] = round(sum(s.get("seconds", 0) for s in self.data["sittings"]) * cores / 3600, 2)
         self.data.update(provenance.provenance("study.py", self.started))
         atomic_write_json(self.path, self.data)
+
+
+def _cpu(machine):
+    return f"{machine.get('cpu_model')} ({machine.get('cpu_family_model')})"
+
+
+def _same_cpu(path, sittings, here):
+    """Refuses to add runs to a study whose earlier sittings ran on another CPU: its pairs
+    compare runs of one machine (oneDNN's kernels, and bfloat16's numerics, differ by CPU,
+    and one seed of one recipe has moved by 7 points between two)."""
+    others = sorted({_cpu(s["machine"]) for s in sittings if _cpu(s["machine"]) != _cpu(here)})
+    if others:
+        raise ConfigError(f"{path} holds runs made on {', '.join(others)}; this machine is {_cpu(here)}, "
+                          "and a study compares runs of one CPU: resume it there, or give this CPU "
+                          "its own --output_json (and --study_dir)")
 
 
 class Budget:

@@ -86,6 +86,20 @@ def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny, st
     assert "stopping before run at/s0" in run.stderr and state["runs"] == {} and state["complete"] is False
 
 
+def test_a_study_from_another_cpu_is_not_resumed_here(tiny, study):
+    config, tmp, out, _ = tiny
+    record = json.loads(out.read_text())
+    for sitting in record["sittings"]:  # As if the runs had been made on another CPU.
+        sitting["machine"] = {**sitting["machine"], "cpu_model": "Other CPU", "cpu_family_model": "1/2"}
+    other = tmp / "other_cpu.json"
+    other.write_text(json.dumps(record))
+    before = other.read_text()
+    run = study(f"--study={config}", f"--study_dir={tmp / 'runs'}", f"--output_json={other}",
+                "--bootstrap_replicates=50", *TINY)
+    assert run.returncode == 1 and f"study: error: {other} holds runs made on Other CPU (1/2); this machine is " in run.stderr
+    assert "own --output_json" in run.stderr and other.read_text() == before
+
+
 def test_a_flag_the_study_varies_is_refused(tmp_path, study):
     run = study("--study=defenses", f"--output_json={tmp_path / 'x.json'}",
                 "--defense=trades")  # The deprecated alias of --objective.

@@ -286,8 +286,9 @@ def markdown(record):
         "",
         f"Rule: {d['rule']}. This run: robust accuracy with the bfloat16 search − with float32 "
         f"= {c['difference_points']:+.2f} points (positive: bfloat16 weaker) → "
-        f"{'PASSES' if d['passes'] else 'FAILS'} (upper 95% end "
-        f"{'within' if d['upper_95_within'] else 'beyond'} {d['threshold_points']})"
+        f"{'PASSES' if d['passes'] else 'FAILS'} (the difference is "
+        f"{'within' if d['passes'] else 'beyond'} {d['threshold_points']}; its upper 95% end, "
+        f"{c['difference_interval_95'][1]:+.2f}, {'within' if d['upper_95_within'] else 'beyond'})"
         + ("" if d["rule_measurement"] else "; not a rule measurement (the rule needs 10,000 "
            "images under AutoAttack)") + ".",
     ]

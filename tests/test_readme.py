@@ -209,9 +209,10 @@ def test_table3_is_the_committed_run(printed_table):
 def test_mixed_precision_tables_are_the_committed_runs(printed_table):
     bench = _bench().splitlines()
     speed = printed_table("speed.py", "speed_precision_cpu.json")
+    amx = printed_table("speed.py", "speed_precision_amx.json")  # The AMX Xeon's.
     study = printed_table("study.py", "precision_study_mnist.json", study="precision")
-    assert len(speed) == 6 and len(study) == 5
-    assert all(line in bench for line in speed + study)
+    assert len(speed) == len(amx) == 6 and len(study) == 5
+    assert all(line in bench for line in speed + amx + study)
 
 
 def test_objectives_comparison_table_is_the_committed_run(printed_table):
@@ -245,7 +246,8 @@ def test_checkpoint_curve_is_the_committed_run(printed_table):
 
 ATTACK_PRECISION_HEADING = "### Attacks searched in bfloat16, every verdict in float32"
 ATTACK_PRECISION_RUNS = ("attack_precision_equivalence_reference.json", "attack_precision_equivalence_at2l.json",
-                         "attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json")
+                         "attack_precision_equivalence_reference_1k.json", "attack_precision_equivalence_at2l_1k.json",
+                         "attack_precision_equivalence_at2l_amx.json", "attack_precision_equivalence_reference_1k_amx.json")
 
 
 def test_attack_precision_tables_are_the_committed_runs(printed_table):
@@ -257,14 +259,16 @@ def test_attack_precision_tables_are_the_committed_runs(printed_table):
         assert len(lines) >= 9 and all(line in section for line in lines), name
 
 
-def test_attack_precision_speed_table_is_the_committed_run():
-    # GFLOP/s and share of the peak per stage and precision, as speed.py --family=attack_precision wrote them.
+@pytest.mark.parametrize("name", ["speed_attack_precision_cpu.json", "speed_attack_precision_amx.json"])
+def test_attack_precision_speed_tables_are_the_committed_runs(name):
+    # GFLOP/s and share of the peak per stage and precision, as speed.py --family=attack_precision
+    # wrote them: the AMD EPYC's run and the AMX Xeon's.
     section = _section(_bench(), ATTACK_PRECISION_HEADING)
-    record = json.loads(_read("benchmarks", "results", "speed_attack_precision_cpu.json"))["attack_precision"]
+    record = json.loads(_read("benchmarks", "results", name))["attack_precision"]
     assert record["loaded"] is False
-    for name in ("apgd_ce", "apgd_t", "square"):
-        stage = record["attacks"][name]
+    for stage_name in ("apgd_ce", "apgd_t", "square"):
+        stage = record["attacks"][stage_name]
         f32, bf16 = stage["float32"], stage["bfloat16"]
-        row = (f"| {name} | {f32['gflops']:.1f} ({f32['share_of_peak']:.0%}) | {bf16['gflops']:.1f} "
+        row = (f"| {stage_name} | {f32['gflops']:.1f} ({f32['share_of_peak']:.0%}) | {bf16['gflops']:.1f} "
                f"({bf16['share_of_peak']:.0%}) | {stage['bfloat16_speedup']:.2f}× |")
         assert row in section, row

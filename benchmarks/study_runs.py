@@ -66,7 +66,7 @@ def _same_cpu(path, sittings, here):
     """Refuses to add runs to a study whose earlier sittings ran on another CPU: its pairs
     compare runs of one machine (oneDNN's kernels, and bfloat16's numerics, differ by CPU,
     and one seed of one recipe has moved by 7 points between two)."""
-    others = sorted({_cpu(s["machine"]) for s in sittings if _cpu(s["machine"]) != _cpu(here)})
+    others = sorted({_cpu(s["machine"]) for s in sittings} - {_cpu(here)})
     if others:
         raise ConfigError(f"{path} holds runs made on {', '.join(others)}; this machine is {_cpu(here)}, "
                           "and a study compares runs of one CPU: resume it there, or give this CPU "

@@ -237,6 +237,25 @@ def test_triplet_study_section_is_the_committed_study(printed_table):
     assert "](results/triplet_study_mnist_forest.png)" in "\n".join(section)
 
 
+RECIPE_ABLATION_HEADING = "### Which ingredients for reference v3: a recipe ablation"
+RECIPE_ABLATIONS = ("recipe_ablation_mnist.json",)  # One JSON per CPU: a study pairs one CPU's runs.
+
+
+@pytest.mark.parametrize("name", RECIPE_ABLATIONS)
+def test_recipe_ablation_tables_are_the_committed_runs(printed_table, name):
+    # Each CPU's tables are printed from its JSON by the study itself, line for line, and
+    # the line that opens them names that JSON, its CPU, its CPU-hours and whether it is finished.
+    section = _section(_bench(), RECIPE_ABLATION_HEADING)
+    lines = [line for line in printed_table("study.py", name, study="recipe_ablation") if line]
+    assert len(lines) == 2 + 7 + 2 + 6 and all(line in section for line in lines), name
+    state = json.loads(_read("benchmarks", "results", name))
+    opening = [line for line in section if line.startswith("*Command*") and f"[`{name}`]" in line]
+    assert len(opening) == 1, name
+    assert f"--output_json=benchmarks/results/{name}" in opening[0]
+    assert state["machine"]["cpu_model"] in opening[0] and f"{state['cpu_hours']:.1f} CPU-hours" in opening[0]
+    assert ("*not finished*" in opening[0]) is (not state["complete"])
+
+
 def test_checkpoint_curve_is_the_committed_run(printed_table):
     lines = printed_table("checkpoint_robustness.py", "checkpoint_robustness_reference_v3.json")
     section = _section(_bench(), "### Does a long schedule pay? Reference v3's checkpoints, epoch by epoch")

@@ -88,6 +88,15 @@ class Budget:
         return False
 
 
+def run_seconds(runs, variant):
+    """What a run of `variant` took: its own finished runs' seconds if it has any, else every
+    run's (`Budget`'s estimate; a wide network's run takes 6x a small one's, so a mean over all
+    runs would start one that overruns --max_hours by most of an hour)."""
+    def seconds(rs):
+        return [r["run_seconds"] for r in rs if "run_seconds" in r]
+    return seconds(r for r in runs.values() if r.get("variant") == variant) or seconds(runs.values())
+
+
 class Driver:
     """Runs `study` into its `state` (a `State`, set after the checks of `__init__`): tune,
     pilot, runs, report (the phases it has)."""
@@ -243,8 +252,7 @@ class Driver:
                 if not self.tuned(v):
                     note(f"{key} waits for its search")
                     continue
-                if not self.budget.allows([r["run_seconds"] for r in runs.values() if "run_seconds" in r],
-                                          f"run {key}"):
+                if not self.budget.allows(run_seconds(runs, v.name), f"run {key}"):
                     return False
                 runs[key] = self.run_one(v, seed, epochs)
                 self.state.save()

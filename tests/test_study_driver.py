@@ -1,7 +1,8 @@
 """benchmarks/study.py, the one study driver, run for real at a tiny budget (300 training images,
 1 epoch, 100 test images): train → evaluate → JSON → markdown, per-example pairing, the reuse
-of finished runs, `--max_hours` and a flag the study varies; and a retained study (precision)
-through the train command's own final check, its table printed from the JSON it wrote."""
+of finished runs, `--max_hours` (and its estimate of a run) and a flag the study varies; and a
+retained study (precision) through the train command's own final check, its table printed from
+the JSON it wrote."""
 
 import functools
 import json
@@ -84,6 +85,24 @@ def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny, st
                      "--max_hours=0", *TINY))
     state = json.loads(stopped.read_text())
     assert "stopping before run at/s0" in run.stderr and state["runs"] == {} and state["complete"] is False
+
+
+def test_the_budget_expects_a_run_to_take_what_its_variant_took():
+    """`--max_hours` stops before a run that would overrun it, so a variant's estimate is its own
+    finished runs (a wide network's 50 min, not the study's mean of 20); one with none yet takes
+    the mean of every run."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import study_runs
+    finally:
+        sys.path.pop(0)
+    runs = {"small/s0": {"variant": "small", "run_seconds": 300.0}, "wide/s0": {"variant": "wide", "run_seconds": 3000.0},
+            "small/s1": {"variant": "small", "run_seconds": 330.0}, "wide/s1": {"variant": "wide"}}  # Not judged yet.
+    assert study_runs.run_seconds(runs, "wide") == [3000.0] and study_runs.run_seconds(runs, "new") == [300.0, 3000.0, 330.0]
+    budget = study_runs.Budget(0.5)
+    assert budget.allows(study_runs.run_seconds(runs, "small"), "run small/s2")
+    assert budget.allows(study_runs.run_seconds(runs, "new"), "run new/s0")  # 20 min of the 30.
+    assert not budget.allows(study_runs.run_seconds(runs, "wide"), "run wide/s2")
 
 
 def test_a_study_from_another_cpu_is_not_resumed_here(tiny, study):

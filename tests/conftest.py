@@ -15,6 +15,7 @@ tf.config.set_logical_device_configuration(
 )
 
 
+import importlib  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -57,3 +58,18 @@ def repo_python():
                               env=env, timeout=timeout)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def benchmarks_module():
+    """`benchmarks_module(name)`: a module of benchmarks/ (`"study_runs"`, `"studies.triplet"`)
+    imported as the scripts there import each other, by name with benchmarks/ on `sys.path`."""
+
+    def _import(name):
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.pop(0)
+
+    return _import

@@ -4,7 +4,6 @@ variant is the recipe with its one ingredient, as the train command parses it; a
 
 import functools
 import os
-import sys
 
 import pytest
 
@@ -18,17 +17,12 @@ def ablation(repo_python):
                              timeout=900)
 
 
-def test_every_variant_trains_the_recipe_with_its_one_ingredient():
+def test_every_variant_trains_the_recipe_with_its_one_ingredient(benchmarks_module):
     """Each variant's runs are the recipe's configuration with exactly its change, as the train
     command parses them (the driver's train -> judge -> pair -> resume path itself is run for
     real by tests/test_study_driver.py; training here would repeat it)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import study_runs
-        from studies import recipe_ablation
-    finally:
-        sys.path.pop(0)
-    study = recipe_ablation.STUDY
+    study_runs = benchmarks_module("study_runs")
+    study = benchmarks_module("studies.recipe_ablation").STUDY
     config = {v.name: study_runs.parse_config([*study.recipe, *v.flags, "--seed=0"]) for v in study.variants}
     base = config["trades"]
     assert (base.train.objective, base.model_name, base.train.ema, base.train.awp_gamma) == ("trades", "mnist_small", 0.0, 0.0)

@@ -7,7 +7,6 @@ the JSON it wrote."""
 import functools
 import json
 import os
-import sys
 
 import pytest
 
@@ -87,15 +86,11 @@ def test_a_finished_run_is_reused_and_a_spent_budget_stops_before_a_run(tiny, st
     assert "stopping before run at/s0" in run.stderr and state["runs"] == {} and state["complete"] is False
 
 
-def test_the_budget_expects_a_run_to_take_what_its_variant_took():
+def test_the_budget_expects_a_run_to_take_what_its_variant_took(benchmarks_module):
     """`--max_hours` stops before a run that would overrun it, so a variant's estimate is its own
     finished runs (a wide network's 50 min, not the study's mean of 20); one with none yet takes
     the mean of every run."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import study_runs
-    finally:
-        sys.path.pop(0)
+    study_runs = benchmarks_module("study_runs")
     runs = {"small/s0": {"variant": "small", "run_seconds": 300.0}, "wide/s0": {"variant": "wide", "run_seconds": 3000.0},
             "small/s1": {"variant": "small", "run_seconds": 330.0}, "wide/s1": {"variant": "wide"}}  # Not judged yet.
     assert study_runs.run_seconds(runs, "wide") == [3000.0] and study_runs.run_seconds(runs, "new") == [300.0, 3000.0, 330.0]
@@ -140,17 +135,12 @@ def test_the_precision_study_runs_through_the_final_check_and_prints_its_table(t
     assert _ok(study("--study=precision", f"--markdown_from={out}")).stdout == run.stdout
 
 
-def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp_path):
+def test_a_study_with_searched_designs_checks_its_variants_before_any_search(tmp_path, benchmarks_module):
     """The triplet study's `trades_best` takes its design from `at_triplet`'s search: before
     that search exists (a new study, or the check that precedes a resumed one), its
     configuration is checked with the untuned flags instead of failing on the missing search."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import study_runs
-        from studies import triplet
-    finally:
-        sys.path.pop(0)
-    study = triplet.STUDY
+    study_runs = benchmarks_module("study_runs")
+    study = benchmarks_module("studies.triplet").STUDY
     assert any(v.design_from for v in study.variants)
     driver = study_runs.Driver(study, variants=[v.name for v in study.variants], seeds=[0], study_dir=str(tmp_path))
     assert [v.name for v in driver.variants] == [v.name for v in study.variants]
